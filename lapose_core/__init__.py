@@ -1,0 +1,6 @@
+"""LA-Pose: latent action pretraining meets pose estimation (model, trainer, evaluation)."""
+from pathlib import Path
+
+__version__ = "0.1.0"
+PACKAGE_DIR = Path(__file__).resolve().parent
+ASSETS_DIR = PACKAGE_DIR / "assets"

@@ -1,0 +1,232 @@
+"""The one configuration object of LA-Pose.
+
+Every size, rate and optimiser setting lives here, grouped as ``model``, ``data`` and ``train``.
+Named presets (``tiny``, ``small``, ``paper``) give complete configurations; YAML files under
+``training/configs/`` name a preset and override fields. An unknown key is an error that names the
+file and the key, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or dictionary that does not describe a valid LA-Pose config."""
+
+
+@dataclass
+class ModelConfig:
+    # Input: frames are resized and centre-cropped to this size (intrinsics follow).
+    image_height: int = 96
+    image_width: int = 256
+    patch_size: int = 32
+    num_frames: int = 16  # T: a window of 16 frames gives 15 latent actions.
+    # Transformer sizes (shared by the per-frame encoder and the dynamics models).
+    width: int = 128
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    encoder_layers: int = 2  # per-frame ViT encoder
+    idm_layers: int = 2  # inverse-dynamics ST-transformer
+    # Where the sinusoidal timestamp embedding enters: "encoder" (the paper's tokenizer, before the
+    # per-frame transformer) or "dynamics" (after it, at the inverse-dynamics input). "dynamics" keeps a
+    # frame's encoder output independent of the window it sits in, so a streaming node can cache it.
+    time_embedding_at: str = "dynamics"
+    # Optional action bottleneck: width -> action_dim -> width, three-layer MLPs each way.
+    use_bottleneck: bool = True
+    action_dim: int = 50
+    pose_head_input: str = "action"  # "action" (uncompressed) or "bottleneck" (decompressed)
+    # VQ-VAE image tokenizer (stage 0, frozen afterwards).
+    vq_codebook_size: int = 256
+    vq_code_dim: int = 32
+    vq_hidden: int = 64
+    vq_downsample: int = 16  # code grid = image / vq_downsample
+    vq_beta: float = 0.25  # commitment weight
+    vq_ema_decay: float = 0.99
+    # Forward-dynamics ST-transformer + extra blocks predicting next-frame code logits.
+    fdm_layers: int = 2
+    fdm_extra_layers: int = 4
+    # Pose head: learnable metric-scale token + 15 action tokens, non-causal transformer.
+    pose_layers: int = 2
+    pose_width: int = 128
+    pose_heads: int = 4
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.image_height // self.patch_size, self.image_width // self.patch_size
+
+    @property
+    def code_grid(self) -> tuple[int, int]:
+        return self.image_height // self.vq_downsample, self.image_width // self.vq_downsample
+
+
+@dataclass
+class DataConfig:
+    # Frame rate of a training window, drawn per window in [fps_min, fps_max] from real timestamps.
+    fps_min: float = 1.0
+    fps_max: float = 4.0
+    eval_fps: float = 2.0
+    # Windows whose mean ground-truth step is below this are near-stationary: left out of evaluation.
+    min_mean_step_m: float = 0.1
+    # Sources: KITTI-format sequence folders, video files, image folders, rosbag2 bags (globs allowed,
+    # relative paths are resolved against the repository root).
+    pretrain_sources: list[str] = field(default_factory=lambda: [
+        "../shared/data/unlabeled/*.mp4", "../shared/data/videos/*.mp4", "../shared/data/kitti/*"])
+    posttrain_sequences: list[str] = field(default_factory=lambda: [
+        "../shared/data/kitti/07_head", "../shared/data/kitti/06_head"])
+    image_topic: str = "/camera/image_raw"  # for rosbag2 sources
+    image_folder_fps: float = 10.0  # image folders carry no timestamps
+    # Cut / frozen-frame detection on the decoded low-resolution frames.
+    cut_threshold: float = 4.0  # a pair is a cut when this many times more different than its neighbours
+    frozen_threshold: float = 0.004  # a frame is a copy when < this fraction of thumbnail pixels changed
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "pretrain"  # "vqvae" | "pretrain" | "posttrain"
+    seed: int = 0
+    batch_size: int = 4  # per process
+    max_steps: int = 200
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    freeze_idm: bool = True  # post-training: inverse-dynamics model frozen (default) or fine-tuned
+    init_from: str = ""  # checkpoint of the previous stage (vqvae for pretrain, pretrain for posttrain)
+    vqvae_checkpoint: str = ""  # frozen tokenizer used by pretraining
+    out_dir: str = "runs/default"
+    log_every: int = 10
+    ckpt_every: int = 50
+    # Loss weights for post-training (L1 on t, q, FoV, log s).
+    w_translation: float = 1.0
+    w_rotation: float = 1.0
+    w_fov: float = 0.1
+    w_scale: float = 0.5
+
+
+@dataclass
+class LaPoseConfig:
+    preset: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "LaPoseConfig":
+        """Build from a (possibly partial) dict: ``preset`` first, then the overrides."""
+        d = dict(d)
+        unknown = set(d) - {"preset", "model", "data", "train"}
+        if unknown:
+            raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}; "
+                              "expected preset, model, data, train")
+        cfg = preset(d.pop("preset", "tiny"))
+        for section, values in d.items():
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: '{section}' must be a mapping, got {type(values).__name__}")
+            _apply(getattr(cfg, section), values, f"{source}: {section}")
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "LaPoseConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        return cls.from_dict(d, str(path))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "LaPoseConfig":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config JSON: {e}") from None
+        return cls.from_dict(d, str(path))
+
+    def validate(self, source: str = "<config>") -> None:
+        m = self.model
+        for name, size in (("image_height", m.image_height), ("image_width", m.image_width)):
+            if size % m.patch_size or size % m.vq_downsample:
+                raise ConfigError(f"{source}: model.{name}={size} must be a multiple of patch_size "
+                                  f"({m.patch_size}) and vq_downsample ({m.vq_downsample})")
+        if m.width % m.heads or m.pose_width % m.pose_heads:
+            raise ConfigError(f"{source}: width must be divisible by heads")
+        if m.num_frames < 2:
+            raise ConfigError(f"{source}: model.num_frames must be >= 2")
+        if m.time_embedding_at not in ("encoder", "dynamics"):
+            raise ConfigError(f"{source}: model.time_embedding_at must be 'encoder' or 'dynamics'")
+        if m.pose_head_input not in ("action", "bottleneck"):
+            raise ConfigError(f"{source}: model.pose_head_input must be 'action' or 'bottleneck'")
+        if m.pose_head_input == "bottleneck" and not m.use_bottleneck:
+            raise ConfigError(f"{source}: pose_head_input='bottleneck' needs use_bottleneck=true")
+        if self.train.stage not in ("vqvae", "pretrain", "posttrain"):
+            raise ConfigError(f"{source}: train.stage must be vqvae, pretrain or posttrain")
+        if not 0 < self.data.fps_min <= self.data.fps_max:
+            raise ConfigError(f"{source}: need 0 < data.fps_min <= data.fps_max")
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(fields))})")
+        current = getattr(obj, key)
+        if isinstance(current, tuple):
+            value = tuple(value)
+        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif current is not None and not isinstance(value, type(current)):
+            raise ConfigError(f"{where}: key '{key}' expects {type(current).__name__}, "
+                              f"got {type(value).__name__} ({value!r})")
+        setattr(obj, key, value)
+
+
+def preset(name: str) -> LaPoseConfig:
+    """A complete configuration by name."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
+    cfg = LaPoseConfig(preset=name)
+    _apply(cfg.model, PRESETS[name].get("model", {}), f"preset {name}: model")
+    _apply(cfg.train, PRESETS[name].get("train", {}), f"preset {name}: train")
+    return cfg
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Trains on 2 CPU cores in minutes.
+    "tiny": {},
+    # Between tiny and paper: a few hours on CPU, minutes on a GPU.
+    "small": {"model": dict(image_height=128, image_width=320, patch_size=32, width=256, heads=8,
+                            encoder_layers=4, idm_layers=4, fdm_layers=4, pose_layers=4,
+                            pose_width=256, pose_heads=8, vq_hidden=128)},
+    # The paper: 960x448 input, 64-pixel patches (15x7 tokens), width 1536, 12-layer encoder, T=16.
+    "paper": {
+        "model": dict(image_height=448, image_width=960, patch_size=64, width=1536, heads=16,
+                      encoder_layers=12, idm_layers=12, fdm_layers=12, fdm_extra_layers=4,
+                      action_dim=50, pose_layers=4, pose_width=768, pose_heads=12,
+                      vq_codebook_size=1024, vq_code_dim=64, vq_hidden=256, vq_downsample=16),
+        "train": dict(batch_size=8, lr=1e-4, weight_decay=0.05, warmup_steps=2000,
+                      max_steps=200_000, grad_clip=1.0),
+    },
+}

@@ -1,0 +1,1 @@
+"""Frame sources, window sampling and training datasets."""

@@ -1,0 +1,109 @@
+"""Pose conventions shared by training targets, evaluation and the ROS node.
+
+Poses are 4x4 camera-to-world matrices in the camera's optical frame (x right, y down, z forward),
+as KITTI stores them. The relative motion of step k is ``inv(P_k) @ P_{k+1}``: frame k+1 expressed in
+frame k. Quaternions are (w, x, y, z) with w >= 0 (the canonical sign; q and -q are one rotation).
+The paper's targets: s = mean step length over the window, translation divided by max(s, 1.0),
+metric scale predicted as s itself.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+SCALE_FLOOR = 1.0  # translation targets are t / max(s, SCALE_FLOOR)
+MIN_SCALE = 1e-3  # log(s) target is clamped here so a standing car does not give -inf
+
+
+def relative_poses(poses: torch.Tensor) -> torch.Tensor:
+    """(..., T, 4, 4) camera-to-world -> (..., T-1, 4, 4) step motions inv(P_k) @ P_{k+1}."""
+    return torch.linalg.inv(poses[..., :-1, :, :]) @ poses[..., 1:, :, :]
+
+
+def compose_relative(rel: torch.Tensor) -> torch.Tensor:
+    """(..., T-1, 4, 4) step motions -> (..., T, 4, 4) poses relative to the first frame."""
+    eye = torch.eye(4, dtype=rel.dtype, device=rel.device).expand(*rel.shape[:-3], 1, 4, 4)
+    out = [eye[..., 0, :, :]]
+    for k in range(rel.shape[-3]):
+        out.append(out[-1] @ rel[..., k, :, :])
+    return torch.stack(out, dim=-3)
+
+
+def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) rotation -> (..., 4) unit quaternion (w, x, y, z) with w >= 0."""
+    m = R
+    trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    # Four candidate formulas; pick the numerically largest denominator per element (Shepperd).
+    cand = torch.stack([
+        torch.stack([1 + trace, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0],
+                     m[..., 1, 0] - m[..., 0, 1]], -1),
+        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+                     m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
+        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0],
+                     1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], m[..., 1, 2] + m[..., 2, 1]], -1),
+        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0],
+                     m[..., 1, 2] + m[..., 2, 1], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1),
+    ], -2)
+    diag = torch.stack([1 + trace, 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+                        1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
+                        1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1)
+    best = diag.argmax(-1, keepdim=True)
+    q = torch.gather(cand, -2, best[..., None].expand(*best.shape[:-1], 1, 4)).squeeze(-2)
+    return canonical_quaternion(q)
+
+
+def canonical_quaternion(q: torch.Tensor) -> torch.Tensor:
+    """Normalise and flip the sign so that w >= 0."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """(..., 4) quaternion (w, x, y, z), normalised here -> (..., 3, 3) rotation."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(*q.shape[:-1], 3, 3)
+
+
+def horizontal_fov(fx: float | torch.Tensor, width: float | torch.Tensor):
+    """Horizontal field of view in radians of a pinhole camera."""
+    if isinstance(fx, torch.Tensor) or isinstance(width, torch.Tensor):
+        return 2 * torch.atan(torch.as_tensor(width) / (2 * torch.as_tensor(fx)))
+    return 2 * math.atan(width / (2 * fx))
+
+
+def pose_targets(poses: torch.Tensor, fov: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Post-training targets of a window (batched: poses (B, T, 4, 4), fov (B,)).
+
+    Returns translation (B, T-1, 3) = t / max(s, 1), quaternion (B, T-1, 4) canonical, fov (B, T-1),
+    scale s (B,) = mean step length in metres.
+    """
+    rel = relative_poses(poses)
+    t = rel[..., :3, 3]
+    s = t.norm(dim=-1).mean(-1)
+    t_norm = t / s.clamp_min(SCALE_FLOOR)[..., None, None]
+    q = matrix_to_quaternion(rel[..., :3, :3])
+    return {"translation": t_norm, "quaternion": q,
+            "fov": fov[..., None].expand(*t.shape[:-1]), "scale": s}
+
+
+def poses_from_prediction(translation: torch.Tensor, quaternion: torch.Tensor,
+                          scale: torch.Tensor) -> torch.Tensor:
+    """Invert :func:`pose_targets`: (B, T-1, 3), (B, T-1, 4), (B,) -> step motions (B, T-1, 4, 4) in metres."""
+    rel = torch.zeros(*translation.shape[:-1], 4, 4, dtype=translation.dtype, device=translation.device)
+    rel[..., :3, :3] = quaternion_to_matrix(quaternion)
+    rel[..., :3, 3] = translation * scale.clamp_min(SCALE_FLOOR)[..., None, None]
+    rel[..., 3, 3] = 1.0
+    return rel
+
+
+def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
+    """Angle in degrees of rotation matrices (..., 3, 3)."""
+    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))

@@ -1,0 +1,1 @@
+"""LA-Pose model parts."""

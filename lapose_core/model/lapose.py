@@ -1,0 +1,143 @@
+"""LA-Pose: every part of the method in one module, with one objective per training stage.
+
+One module holds all parts so that parameter names are the same in every stage's checkpoint:
+``vqvae`` (stage 0), ``encoder`` + ``time_embed`` + ``idm`` + ``bottleneck`` + ``fdm`` (stage 1,
+latent action pretraining), ``pose_head`` (stage 2, pose post-training). ``objective`` selects what
+``forward(batch)`` computes, so the trainer (and DistributedDataParallel) only ever calls ``forward``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import geometry
+from ..config import ModelConfig
+from .latent_action import ActionBottleneck, FrameEncoder, ForwardDynamics, InverseDynamics
+from .layers import TimestampEmbedding
+from .pose_head import PoseHead
+from .vqvae import VQVAE
+
+OBJECTIVES = ("vqvae", "pretrain", "posttrain")
+# Which parts each stage optimises; everything else is frozen (and saved as it is).
+TRAINABLE = {
+    "vqvae": ("vqvae",),
+    "pretrain": ("encoder", "time_embed", "idm", "bottleneck", "fdm"),
+    "posttrain_frozen": ("pose_head",),
+    "posttrain_finetune": ("encoder", "time_embed", "idm", "bottleneck", "pose_head"),
+}
+
+
+class LaPose(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = FrameEncoder(cfg)
+        self.time_embed = TimestampEmbedding(cfg.width)
+        self.idm = InverseDynamics(cfg)
+        self.bottleneck = ActionBottleneck(cfg) if cfg.use_bottleneck else None
+        self.vqvae = VQVAE(cfg)
+        self.fdm = ForwardDynamics(cfg)
+        self.pose_head = PoseHead(cfg)
+        self.objective = "posttrain"
+        self.loss_weights = {"translation": 1.0, "rotation": 1.0, "fov": 0.1, "scale": 0.5}
+
+    def set_stage(self, stage: str, freeze_idm: bool = True) -> None:
+        """Select the objective and freeze every part the stage does not train."""
+        self.objective = stage
+        key = stage if stage != "posttrain" else ("posttrain_frozen" if freeze_idm else "posttrain_finetune")
+        for name, part in self.named_children():
+            part.requires_grad_(name in TRAINABLE[key])
+        # The frozen VQ-VAE must not update its codebook statistics outside stage 0.
+        self.vqvae.train(stage == "vqvae")
+
+    # ----------------------------------------------------------------- shared pieces
+    def relative_times(self, timestamps: torch.Tensor) -> torch.Tensor:
+        """Timestamps measured from the window's first frame: the model never sees absolute time."""
+        return timestamps - timestamps[:, :1]
+
+    def encode_frames(self, frames: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W), (B, T) -> per-frame tokens (B, T, N, C)."""
+        B, T = frames.shape[:2]
+        time_emb = None
+        if self.cfg.time_embedding_at == "encoder":
+            time_emb = self.time_embed(self.relative_times(timestamps)).flatten(0, 1)
+        return self.encoder(frames.flatten(0, 1), time_emb).unflatten(0, (B, T))
+
+    def actions(self, tokens: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """(B, T, N, C) frame tokens -> (B, T-1, C) latent actions (uncompressed)."""
+        time_emb = None
+        if self.cfg.time_embedding_at == "dynamics":
+            time_emb = self.time_embed(self.relative_times(timestamps))
+        return self.idm(tokens, time_emb)
+
+    def pose(self, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.cfg.pose_head_input == "bottleneck":
+            actions = self.bottleneck(actions)
+        return self.pose_head(actions)
+
+    def predict(self, frames: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Frames to pose outputs (see :class:`PoseHead`)."""
+        return self.pose(self.actions(self.encode_frames(frames, timestamps), timestamps))
+
+    # ----------------------------------------------------------------- objectives
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.objective == "vqvae":
+            return self.vqvae.loss(batch["frames"].flatten(0, 1))
+        if self.objective == "pretrain":
+            return self.pretrain_loss(batch)
+        if self.objective == "posttrain":
+            return self.posttrain_loss(batch)
+        raise ValueError(f"unknown objective {self.objective!r} (expected one of {OBJECTIVES})")
+
+    def pretrain_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        frames, ts = batch["frames"], batch["timestamps"]
+        B, T = frames.shape[:2]
+        with torch.no_grad():  # the VQ-VAE is frozen: its codes are fixed targets
+            codes = self.vqvae.encode(frames.flatten(0, 1)).unflatten(0, (B, T))
+        actions = self.actions(self.encode_frames(frames, ts), ts)
+        if self.bottleneck is not None:
+            actions = self.bottleneck(actions)
+        # Each position is told the time of the frame it predicts, so any frame rate works.
+        time_emb = self.time_embed(self.relative_times(ts))[:, 1:]
+        logits = self.fdm(codes[:, :-1], actions, time_emb)
+        target = codes[:, 1:].flatten(2)
+        loss = F.cross_entropy(logits.flatten(0, 2), target.flatten())
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == target).float().mean()
+            copy_acc = (codes[:, :-1].flatten(2) == target).float().mean()
+        return loss, {"ce": loss.item(), "code_acc": acc.item(), "copy_acc": copy_acc.item()}
+
+    def posttrain_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        frames, ts = batch["frames"], batch["timestamps"]
+        backbone_frozen = not any(p.requires_grad for p in self.idm.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not backbone_frozen):
+            actions = self.actions(self.encode_frames(frames, ts), ts)
+        pred = self.pose(actions)
+        tgt = geometry.pose_targets(batch["poses"].double(), batch["fov"].double())
+        tgt = {k: v.float() for k, v in tgt.items()}
+        losses = pose_losses(pred, tgt)
+        w = self.loss_weights
+        loss = sum(w[k] * losses[k] for k in ("translation", "rotation", "fov", "scale"))
+        with torch.no_grad():
+            rot_err = quaternion_angle_deg(pred["quaternion"], tgt["quaternion"]).mean()
+        return loss, {**{k: v.item() for k, v in losses.items()}, "rot_err_deg": rot_err.item(),
+                      "scale_abs_err": (pred["scale"] - tgt["scale"]).abs().mean().item()}
+
+
+def pose_losses(pred: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The paper's L1 losses on translation, quaternion, FoV and log scale."""
+    q, qt = pred["quaternion"], tgt["quaternion"]
+    # q and -q are one rotation: take the closer sign (both are canonical, this only matters near w=0).
+    rot = torch.minimum((q - qt).abs().sum(-1), (q + qt).abs().sum(-1)).mean()
+    fov_ok = torch.isfinite(tgt["fov"])
+    fov = (F.l1_loss(pred["fov"][fov_ok], tgt["fov"][fov_ok]) if fov_ok.any()
+           else pred["fov"].sum() * 0.0)
+    log_s = torch.log(tgt["scale"].clamp_min(geometry.MIN_SCALE))
+    return {"translation": F.l1_loss(pred["translation"], tgt["translation"]), "rotation": rot,
+            "fov": fov, "scale": F.l1_loss(pred["log_scale"], log_s)}
+
+
+def quaternion_angle_deg(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    dot = (q1 * q2).sum(-1).abs().clamp(max=1.0)
+    return torch.rad2deg(2 * torch.acos(dot))

@@ -1,0 +1,35 @@
+"""Shared test fixtures: the real data folder and ROS isolation.
+
+Every ROS process a test starts stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) and on a
+domain of its own, so tests never talk to each other or to anything off this machine.
+"""
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LAPOSE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Set before anything imports rclpy, for this process and every child it starts.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 60))
+
+_domain_ids = itertools.count(100 + (os.getpid() * 7) % 60)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "kitti").is_dir():
+        pytest.fail(f"real data folder not found at {SHARED_DATA} (set LAPOSE_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def ros_domain_id(monkeypatch) -> int:
+    """A ROS_DOMAIN_ID of this test's own (valid ids are 0..232), set in the environment."""
+    domain = next(_domain_ids) % 230 + 1
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return domain

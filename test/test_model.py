@@ -1,0 +1,172 @@
+"""Model shapes, exact causality, presets and the pose-target conventions."""
+import math
+
+import pytest
+import torch
+
+from lapose_core import geometry
+from lapose_core.config import ConfigError, LaPoseConfig, preset
+from lapose_core.model.lapose import LaPose
+from lapose_core.model.vqvae import VQVAE
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    return cfg, LaPose(cfg.model).eval()
+
+
+def clip(cfg, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = cfg.model
+    frames = torch.rand(B, m.num_frames, 3, m.image_height, m.image_width, generator=g)
+    ts = torch.arange(m.num_frames).float().repeat(B, 1) * 0.5
+    return frames, ts
+
+
+def test_part_shapes(tiny):
+    cfg, model = tiny
+    m = cfg.model
+    frames, ts = clip(cfg)
+    tokens = model.encode_frames(frames, ts)
+    n_tokens = m.grid[0] * m.grid[1]
+    assert tokens.shape == (2, 16, n_tokens, m.width)
+    actions = model.actions(tokens, ts)
+    assert actions.shape == (2, 15, m.width)
+    assert model.bottleneck.compress(actions).shape == (2, 15, m.action_dim)
+    assert model.bottleneck(actions).shape == actions.shape
+    codes = model.vqvae.encode(frames[0])
+    assert codes.shape == (16, *m.code_grid)
+    logits = model.fdm(codes[None, :-1].repeat(2, 1, 1, 1), actions, model.time_embed(ts)[:, 1:])
+    assert logits.shape == (2, 15, m.code_grid[0] * m.code_grid[1], m.vq_codebook_size)
+    out = model.pose(actions)
+    assert out["translation"].shape == (2, 15, 3) and out["quaternion"].shape == (2, 15, 4)
+    assert out["fov"].shape == (2, 15) and out["scale"].shape == (2,)
+    assert torch.allclose(out["quaternion"].norm(dim=-1), torch.ones(2, 15), atol=1e-5)
+    assert (out["quaternion"][..., 0] >= 0).all() and (out["scale"] > 0).all()
+
+
+@pytest.mark.parametrize("t", [0, 6, 13])
+def test_inverse_dynamics_is_causal(tiny, t):
+    """Action t (frames t -> t+1) must not change at all when frames after t+1 change."""
+    cfg, model = tiny
+    frames, ts = clip(cfg)
+    changed = frames.clone()
+    changed[:, t + 2:] = torch.rand_like(changed[:, t + 2:])
+    with torch.no_grad():
+        a = model.actions(model.encode_frames(frames, ts), ts)
+        b = model.actions(model.encode_frames(changed, ts), ts)
+    assert torch.equal(a[:, :t + 1], b[:, :t + 1])
+    if t + 1 < 15:
+        assert not torch.allclose(a[:, t + 1], b[:, t + 1])
+
+
+def test_timestamps_change_actions(tiny):
+    cfg, model = tiny
+    frames, ts = clip(cfg)
+    with torch.no_grad():
+        a = model.actions(model.encode_frames(frames, ts), ts)
+        b = model.actions(model.encode_frames(frames, ts * 2), ts * 2)
+        c = model.actions(model.encode_frames(frames, ts + 100), ts + 100)
+    assert not torch.allclose(a, b)  # the frame rate is an input
+    assert torch.allclose(a, c, atol=1e-5)  # only time relative to the window counts
+
+
+def test_time_embedding_at_encoder_is_supported():
+    cfg = LaPoseConfig.from_dict({"model": {"time_embedding_at": "encoder"}})
+    model = LaPose(cfg.model)
+    frames, ts = clip(cfg, B=1)
+    assert model.predict(frames, ts)["translation"].shape == (1, 15, 3)
+
+
+def test_paper_preset_on_meta_device():
+    cfg = preset("paper")
+    m = cfg.model
+    assert (m.image_width, m.image_height, m.patch_size, m.width) == (960, 448, 64, 1536)
+    assert m.grid == (7, 15) and m.encoder_layers == 12 and m.num_frames == 16 and m.action_dim == 50
+    with torch.device("meta"):
+        model = LaPose(m)
+    counts = {n: sum(p.numel() for p in c.parameters()) for n, c in model.named_children()}
+    # A 12-layer width-1536 encoder holds 12 * ~28.3M parameters.
+    assert 330e6 < counts["encoder"] < 380e6
+    assert 1.2e9 < sum(counts.values()) < 1.7e9
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: tiny\nmodel:\n  widht: 64\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*unknown key 'widht'"):
+        LaPoseConfig.from_yaml(bad)
+    with pytest.raises(ConfigError, match="unknown top-level"):
+        LaPoseConfig.from_dict({"modle": {}})
+    with pytest.raises(ConfigError, match="multiple of patch_size"):
+        LaPoseConfig.from_dict({"model": {"image_height": 100}})
+
+
+def random_poses(T=16, seed=0, step=1.3):
+    g = torch.Generator().manual_seed(seed)
+    poses = [torch.eye(4, dtype=torch.float64)]
+    for _ in range(T - 1):
+        q = geometry.canonical_quaternion(torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
+                                          + 0.05 * torch.randn(4, generator=g, dtype=torch.float64))
+        rel = torch.eye(4, dtype=torch.float64)
+        rel[:3, :3] = geometry.quaternion_to_matrix(q)
+        rel[:3, 3] = torch.tensor([0.0, 0.0, step]) + 0.2 * torch.randn(3, generator=g, dtype=torch.float64)
+        poses.append(poses[-1] @ rel)
+    return torch.stack(poses)
+
+
+@pytest.mark.parametrize("step", [0.05, 0.8, 1.3, 3.0])
+def test_targets_round_trip(step):
+    """pose_targets then poses_from_prediction gives back the trajectory (any speed)."""
+    poses = random_poses(step=step)[None]
+    fov = torch.tensor([1.2], dtype=torch.float64)
+    tgt = geometry.pose_targets(poses, fov)
+    s = tgt["scale"]
+    steps = (geometry.relative_poses(poses)[..., :3, 3]).norm(dim=-1)
+    assert torch.allclose(s, steps.mean(-1))
+    # Translation divided by s, floored at 1 m: slow windows keep metres, fast ones are normalised.
+    if s.item() >= 1.0:
+        assert torch.allclose(tgt["translation"].norm(dim=-1).mean(), torch.tensor(1.0, dtype=torch.float64))
+    else:
+        assert torch.allclose(tgt["translation"].norm(dim=-1), steps)
+    assert (tgt["quaternion"][..., 0] >= 0).all()
+    rel = geometry.poses_from_prediction(tgt["translation"], tgt["quaternion"], s)
+    back = geometry.compose_relative(rel)
+    assert torch.allclose(back, torch.linalg.inv(poses[:, :1]) @ poses, atol=1e-9)
+
+
+def test_quaternion_conventions():
+    g = torch.Generator().manual_seed(1)
+    q = geometry.canonical_quaternion(torch.randn(500, 4, generator=g, dtype=torch.float64))
+    R = geometry.quaternion_to_matrix(q)
+    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(500, 3, 3), atol=1e-12)
+    assert torch.allclose(geometry.matrix_to_quaternion(R), q, atol=1e-9)
+    assert torch.allclose(geometry.quaternion_to_matrix(-q), R)  # q and -q: one rotation
+    # Cross-check against transforms3d (w, x, y, z convention too).
+    import transforms3d
+
+    for qi, Ri in zip(q[:20], R[:20]):
+        assert torch.allclose(torch.as_tensor(transforms3d.quaternions.quat2mat(qi.numpy())), Ri, atol=1e-12)
+    # A 90 degree yaw about the camera's y axis (down): a right turn of a forward-looking camera.
+    R90 = torch.tensor([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]], dtype=torch.float64)
+    q90 = geometry.matrix_to_quaternion(R90)
+    assert torch.allclose(q90, torch.tensor([math.cos(math.pi / 4), 0, math.sin(math.pi / 4), 0],
+                                            dtype=torch.float64), atol=1e-12)
+
+
+def test_fov_from_intrinsics():
+    assert geometry.horizontal_fov(360.77, 621) == pytest.approx(2 * math.atan(621 / 721.54))
+    assert geometry.horizontal_fov(500.0, 1000) == pytest.approx(math.pi / 2)
+
+
+def test_vqvae_dead_code_restart():
+    cfg = preset("tiny").model
+    vq = VQVAE(cfg).train()
+    frames = torch.rand(4, 3, cfg.image_height, cfg.image_width)
+    vq.quantizer.usage.zero_()  # every code looks dead
+    vq.loss(frames)
+    n = vq.quantizer.restart_dead_codes()
+    assert n > 0 and (vq.quantizer.usage >= 0.03).sum() >= n
