@@ -1,0 +1,1 @@
+"""Pose metrics, the classical baseline and the evaluation command."""

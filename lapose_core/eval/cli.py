@@ -1,0 +1,181 @@
+"""``lapose eval`` and ``lapose bench-eval``: accuracy and speed of LA-Pose and the classical baseline.
+
+``register(subparsers)`` adds both subcommands to the ``lapose`` command (through the
+``lapose.commands`` entry point).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from lapose_core import PACKAGE_DIR
+from lapose_core.config import DataConfig
+from lapose_core.data.sources import DataError, open_source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BENCH_SEQUENCE = Path(os.environ.get(
+    "LAPOSE_SHARED_DATA", PACKAGE_DIR.parent.parent / "shared" / "data")) / "kitti" / "03_head"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="AUC@5/30, ATE-S, ATE-M on a KITTI-format sequence",
+                              description="Evaluate LA-Pose or the classical baseline on every window "
+                                          "of a sequence with ground-truth poses.")
+    p.add_argument("--data", required=True, metavar="SEQ_DIR",
+                   help="KITTI-format folder (images/, poses.txt, times.txt, calib.txt)")
+    p.add_argument("--method", choices=("lapose", "classical"), default="lapose")
+    p.add_argument("--checkpoint", help="post-trained checkpoint or run folder (default: bundled model)")
+    p.add_argument("--fps", type=float, default=DataConfig.eval_fps, help="window frame rate")
+    p.add_argument("--stride-s", type=float, default=1.0, help="seconds between window starts")
+    p.add_argument("--max-windows", type=int, help="evaluate at most this many windows")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (lapose only)")
+    p.add_argument("--json", metavar="OUT", help="write the results (with per-window values) here")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write the AUC distribution and the trajectories of a few windows here")
+    p.set_defaults(func=cmd_eval)
+
+    b = subparsers.add_parser("bench-eval", help="windows per second of each evaluation method")
+    b.add_argument("--data", default=str(DEFAULT_BENCH_SEQUENCE), metavar="SEQ",
+                   help="KITTI-format folder or any frame source (default: %(default)s)")
+    b.add_argument("--windows", type=int, default=5, help="timed windows per method")
+    b.add_argument("--fps", type=float, default=DataConfig.eval_fps)
+    b.add_argument("--methods", default="lapose,classical", help="comma-separated")
+    b.add_argument("--checkpoint", help="LA-Pose checkpoint (default: bundled model, else random weights)")
+    b.add_argument("--device", default="cpu")
+    b.set_defaults(func=cmd_bench_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lapose_core.eval.evaluate import evaluate_sequence, open_eval_sequence
+
+    if args.max_windows is not None and args.max_windows < 1:
+        return _fail(args, "--max-windows must be at least 1")
+    try:
+        open_eval_sequence(args.data)  # data errors before the (slower) model load
+    except DataError as e:
+        return _fail(args, str(e))
+    estimator = None
+    if args.method == "lapose":
+        estimator = _load_estimator(args, allow_random=False)
+        if estimator is None:
+            return 2
+    try:
+        result = evaluate_sequence(args.data, method=args.method, estimator=estimator, fps=args.fps,
+                                   stride_s=args.stride_s, max_windows=args.max_windows,
+                                   progress=sys.stderr.isatty())
+    except DataError as e:
+        return _fail(args, str(e))
+    print(result.table())
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"results written to {out}")
+    if args.plots:
+        _write_plots(result, Path(args.plots))
+        print(f"plots written to {args.plots}")
+    return 0
+
+
+def _write_plots(result, out_dir: Path) -> None:
+    from lapose_core.eval.plots import plot_auc_distribution, plot_window_trajectories
+
+    plot_auc_distribution({result.method: [w.auc5 for w in result.per_window]},
+                          out_dir / "auc5_per_window.png")
+    # The best, median and worst window by AUC@5 show the range of behaviour.
+    ranked = sorted(result.per_window, key=lambda w: w.auc5)
+    picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
+    for label, w in picks.items():
+        plot_window_trajectories(w.gt_poses, {result.method: w.pred_poses},
+                                 out_dir / f"trajectory_{label}_frame{w.start:06d}.png",
+                                 title=f"{Path(result.data).name} frame {w.start} ({label}), "
+                                       f"AUC@5 {w.auc5:.3f}")
+
+
+def cmd_bench_eval(args: argparse.Namespace) -> int:
+    from lapose_core.data.windows import window_indices, window_starts
+    from lapose_core.eval.classical import ClassicalVO
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - {"lapose", "classical"}
+    if unknown or not methods:
+        return _fail(args, f"--methods: unknown method(s) {sorted(unknown)} (lapose, classical)")
+    if args.windows < 1:
+        return _fail(args, "--windows must be at least 1")
+    try:
+        source = open_source(args.data)
+    except DataError as e:
+        return _fail(args, str(e))
+    estimator = _load_estimator(args, allow_random=True) if "lapose" in methods else None
+    if "lapose" in methods and estimator is None:
+        return 2
+    num_frames = estimator.num_frames if estimator is not None else 16
+
+    starts = window_starts(source.timestamps, args.fps, num_frames, stride_s=1.0)
+    windows = [w for w in (window_indices(source.timestamps, args.fps, num_frames, s) for s in starts)
+               if w is not None][:args.windows]
+    if not windows:
+        return _fail(args, f"{args.data}: {source.duration:.2f} s long, too short for one window of "
+                           f"{num_frames} frames at {args.fps:g} fps ({(num_frames - 1) / args.fps:.2f} s)")
+    # Frames are decoded up front: the benchmark times pose estimation, not JPEG decoding.
+    frames = {int(i): source.read(int(i)) for w in windows for i in w}
+    print(f"bench-eval: {source.path}, {len(windows)} windows of {num_frames} frames at {args.fps:g} fps "
+          f"(frame decoding excluded), {_cpu_summary(args.device)}")
+    rows = []
+    for method in methods:
+        if method == "lapose":
+            name = estimator.checkpoint_name
+            run = lambda w: estimator.predict_window([frames[int(i)] for i in w],  # noqa: E731
+                                                     source.timestamps[w])
+        else:
+            if source.intrinsics is None:
+                print(f"classical: skipped, {source.path} has no intrinsics")
+                continue
+            vo = ClassicalVO(source.intrinsics)
+            name = "opencv-sift-essential"
+            run = lambda w: vo.estimate([frames[int(i)] for i in w])  # noqa: E731
+        run(windows[0])  # warm-up: lazy initialisation, allocator, caches
+        t0 = time.perf_counter()
+        for w in windows:
+            run(w)
+        seconds = time.perf_counter() - t0
+        rows.append((method, name, len(windows), seconds, len(windows) / seconds))
+    header = f"{'method':<10} {'model':<28} {'windows':>7} {'seconds':>8} {'windows/s':>9}"
+    print(header)
+    for method, name, n, seconds, rate in rows:
+        print(f"{method:<10} {name:<28} {n:>7} {seconds:>8.2f} {rate:>9.2f}")
+    return 0
+
+
+def _load_estimator(args: argparse.Namespace, allow_random: bool):
+    """The requested estimator, or None after printing why it cannot be loaded."""
+    from lapose_core.inference import InferenceError, PoseEstimator
+    from lapose_core.train.checkpoint import CheckpointError
+
+    try:
+        return PoseEstimator.load(args.checkpoint, device=args.device)
+    except (InferenceError, CheckpointError) as e:
+        if args.checkpoint or not allow_random:
+            _fail(args, str(e))
+            return None
+        log.warning("%s; timing a randomly initialised tiny model instead", e)
+        return PoseEstimator.random(preset="tiny", seed=0, device=args.device)
+
+
+def _cpu_summary(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"device {torch.cuda.get_device_name()}"
+    return f"device cpu ({torch.get_num_threads()} threads)"
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    print(f"lapose {getattr(args, 'command', 'eval')}: error: {message}", file=sys.stderr)
+    return 2

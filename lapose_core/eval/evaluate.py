@@ -1,0 +1,211 @@
+"""Evaluate a pose method on a KITTI-format sequence with ground truth.
+
+Windows of ``num_frames`` frames at ``fps`` are cut from the real timestamps, one starting every
+``stride_s`` seconds so the whole sequence is covered (the last window ends at the last frame).
+Windows whose mean ground-truth step is below ``min_mean_step_m`` (a standing car) are left out and
+counted. Aggregation:
+
+- AUC@5 / AUC@30: pooled over all frame pairs of all windows (every pair weighs the same);
+- ATE-S / ATE-M: the mean over windows of the per-window value (every window weighs the same).
+
+ATE-M is only defined for methods that predict metric scale (LA-Pose); it is None for the classical
+baseline. See :mod:`lapose_core.eval.metrics` for the metric definitions.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lapose_core.data.sources import DataError, FrameReadError, KittiSequence
+from lapose_core.data.windows import window_indices, window_starts
+from lapose_core.eval import metrics
+from lapose_core.eval.classical import ClassicalVO
+
+log = logging.getLogger(__name__)
+
+METHODS = ("lapose", "classical")
+DEFAULT_NUM_FRAMES = 16
+
+
+class EvalError(DataError):
+    """A sequence or request that cannot be evaluated; the message names the file and the reason."""
+
+
+@dataclass
+class WindowResult:
+    start: int  # index of the window's first frame
+    indices: np.ndarray  # (T,) frame indices
+    timestamps: np.ndarray  # (T,) seconds from the start of the sequence
+    gt_poses: np.ndarray  # (T, 4, 4) ground truth relative to the first frame, metres
+    pred_poses: np.ndarray  # (T, 4, 4) prediction relative to the first frame (metres for lapose)
+    pair_errors: np.ndarray  # (T(T-1)/2,) max(rotation, translation) error per pair, degrees
+    auc5: float
+    auc30: float
+    ate_s: float
+    ate_m: float | None
+    mean_step_m: float  # ground truth
+    failed_steps: int = 0  # classical: steps without a usable essential matrix
+
+    def summary(self) -> dict[str, Any]:
+        return {"start": self.start, "start_time": round(float(self.timestamps[0]), 4),
+                "auc5": self.auc5, "auc30": self.auc30, "ate_s": self.ate_s, "ate_m": self.ate_m,
+                "mean_step_m": self.mean_step_m, "failed_steps": self.failed_steps}
+
+
+@dataclass
+class EvalResult:
+    method: str
+    checkpoint: str | None  # None for the classical baseline
+    data: str
+    fps: float
+    stride_s: float
+    num_frames: int
+    windows: int  # windows evaluated
+    skipped_stationary: int
+    skipped_unreadable: int  # windows with a frame that could not be read
+    auc5: float
+    auc30: float
+    ate_s: float
+    ate_m: float | None
+    seconds: float  # wall time of the evaluation
+    per_window: list[WindowResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "checkpoint": self.checkpoint, "data": self.data,
+                "fps": self.fps, "stride_s": self.stride_s, "num_frames": self.num_frames,
+                "windows": self.windows, "skipped_stationary": self.skipped_stationary,
+                "skipped_unreadable": self.skipped_unreadable, "auc5": self.auc5,
+                "auc30": self.auc30, "ate_s": self.ate_s, "ate_m": self.ate_m,
+                "failed_steps": sum(w.failed_steps for w in self.per_window),
+                "seconds": round(self.seconds, 3),
+                "per_window": [w.summary() for w in self.per_window]}
+
+    def table(self) -> str:
+        """A readable two-column summary for the terminal."""
+        fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+        rows = [("method", self.method), ("checkpoint", self.checkpoint or "-"), ("data", self.data),
+                ("fps", fmt(self.fps, "g")), ("windows", str(self.windows)),
+                ("skipped", f"{self.skipped_stationary} stationary, {self.skipped_unreadable} unreadable"),
+                ("AUC@5", fmt(self.auc5, ".4f")), ("AUC@30", fmt(self.auc30, ".4f")),
+                ("ATE-S", fmt(self.ate_s, ".4f")), ("ATE-M", fmt(self.ate_m, ".3f") +
+                                                    ("" if self.ate_m is None else " m"))]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def open_eval_sequence(seq_dir: str | Path) -> KittiSequence:
+    """A KITTI-format sequence that has ground-truth poses, or an :class:`EvalError` naming the file."""
+    seq = KittiSequence(seq_dir)
+    if seq.poses is None:
+        raise EvalError(f"{Path(seq_dir) / 'poses.txt'}: missing; evaluation needs ground-truth poses")
+    return seq
+
+
+def eval_windows(seq: KittiSequence, fps: float, num_frames: int, stride_s: float) -> list[np.ndarray]:
+    """Frame indices of every evaluation window, or an :class:`EvalError` if none fits."""
+    if fps <= 0:
+        raise EvalError(f"--fps must be positive, got {fps}")
+    if stride_s <= 0:
+        raise EvalError(f"--stride-s must be positive, got {stride_s}")
+    span = (num_frames - 1) / fps
+    starts = window_starts(seq.timestamps, fps, num_frames, stride_s)
+    windows = [window_indices(seq.timestamps, fps, num_frames, s) for s in starts]
+    windows = [w for w in windows if w is not None]
+    if not windows:
+        times = seq.path / "times.txt"
+        if seq.duration < span:
+            raise EvalError(f"{times}: sequence is {seq.duration:.2f} s long ({len(seq)} frames), "
+                            f"too short for one window of {num_frames} frames at {fps:g} fps, "
+                            f"which spans {span:.2f} s")
+        raise EvalError(f"{times}: no window of {num_frames} frames at {fps:g} fps fits the recorded "
+                        f"timestamps (gaps between frames longer than half a window step)")
+    return windows
+
+
+def evaluate_sequence(seq_dir: str | Path, method: str = "lapose", estimator=None, fps: float = 2.0,
+                      stride_s: float = 1.0, max_windows: int | None = None, *,
+                      checkpoint: str | Path | None = None, device: str = "cpu",
+                      min_mean_step_m: float = 0.1, progress: bool = False) -> EvalResult:
+    """Evaluate ``method`` on every window of a KITTI-format sequence.
+
+    ``estimator`` is a :class:`lapose_core.inference.PoseEstimator` for ``method="lapose"``; when None,
+    ``checkpoint`` (None = the bundled model) is loaded on ``device``. ``max_windows`` caps the number
+    of evaluated (non-stationary) windows, taken in order from the start of the sequence.
+    """
+    if method not in METHODS:
+        raise EvalError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    t0 = time.perf_counter()
+    seq = open_eval_sequence(seq_dir)
+    if method == "lapose" and estimator is None:
+        from lapose_core.inference import PoseEstimator
+
+        estimator = PoseEstimator.load(checkpoint, device=device)
+    num_frames = estimator.num_frames if method == "lapose" else DEFAULT_NUM_FRAMES
+    windows = eval_windows(seq, fps, num_frames, stride_s)
+    classical = ClassicalVO(seq.intrinsics) if method == "classical" else None
+
+    results: list[WindowResult] = []
+    stationary = unreadable = 0
+    bar = _progress(len(windows) if max_windows is None else min(len(windows), max_windows), progress)
+    for idx in windows:
+        if max_windows is not None and len(results) >= max_windows:
+            break
+        gt = metrics.relative_to_first(seq.poses[idx])
+        if metrics.is_stationary(gt, min_mean_step_m):
+            stationary += 1
+            continue
+        try:
+            images = [seq.read(int(i)) for i in idx]
+        except FrameReadError as e:
+            log.warning("skipping window at frame %d: %s", idx[0], e)
+            unreadable += 1
+            continue
+        stamps = seq.timestamps[idx]
+        failed = 0
+        if classical is not None:
+            window = classical.estimate(images)
+            pred, failed = _compose(window.relative), window.failures
+        else:
+            pred = np.asarray(estimator.predict_window(images, stamps).poses, dtype=np.float64)
+        errors = metrics.pose_pair_errors(pred, gt)
+        results.append(WindowResult(
+            start=int(idx[0]), indices=idx, timestamps=stamps, gt_poses=gt, pred_poses=pred,
+            pair_errors=errors, auc5=metrics.auc(errors, 5), auc30=metrics.auc(errors, 30),
+            ate_s=metrics.ate_s(pred, gt),
+            ate_m=None if classical is not None else metrics.ate_m(pred, gt),
+            mean_step_m=metrics.mean_step_length(gt), failed_steps=failed))
+        bar.update(1)
+    bar.close()
+
+    if not results:
+        raise EvalError(f"{seq.path}: none of the {len(windows)} windows at {fps:g} fps can be scored "
+                        f"({stationary} near-stationary with mean step < {min_mean_step_m} m, "
+                        f"{unreadable} with unreadable frames)")
+    pooled = np.concatenate([w.pair_errors for w in results])
+    return EvalResult(
+        method=method, checkpoint=estimator.checkpoint_name if classical is None else None,
+        data=str(seq.path), fps=float(fps), stride_s=float(stride_s), num_frames=num_frames,
+        windows=len(results), skipped_stationary=stationary, skipped_unreadable=unreadable,
+        auc5=metrics.auc(pooled, 5), auc30=metrics.auc(pooled, 30),
+        ate_s=float(np.mean([w.ate_s for w in results])),
+        ate_m=None if classical is not None else float(np.mean([w.ate_m for w in results])),
+        seconds=time.perf_counter() - t0, per_window=results)
+
+
+def _compose(relative: np.ndarray) -> np.ndarray:
+    """(T-1, 4, 4) step motions -> (T, 4, 4) poses relative to the first frame."""
+    poses = [np.eye(4)]
+    for step in relative:
+        poses.append(poses[-1] @ step)
+    return np.stack(poses)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="window", disable=not enabled, leave=False)

@@ -1,0 +1,248 @@
+"""Pose inference for evaluation and the ROS node.
+
+``PoseEstimator`` splits the post-trained model into the two pieces a streaming node needs: the
+per-frame encoder (run once per new frame, its output cached) and the window head (inverse dynamics +
+pose head over 16 cached frames). Each piece runs on one of three backends:
+
+- ``tensorrt``: Torch-TensorRT (dynamo IR), fp16, static shapes (one frame; one 16-frame window); the
+  engine is cached on disk, keyed by checkpoint digest, GPU name and library versions.
+- ``compile``: ``torch.compile``.
+- ``eager``: plain PyTorch.
+
+An unavailable backend falls back to the next one in that order with one log line saying why.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import ASSETS_DIR, geometry
+from .config import LaPoseConfig, preset
+from .model.lapose import LaPose
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("tensorrt", "compile", "eager")
+DEFAULT_CHECKPOINT = ASSETS_DIR / "default_model"
+
+
+class InferenceError(RuntimeError):
+    """The estimator cannot run as asked (missing checkpoint, bad input shape, ...)."""
+
+
+@dataclass
+class WindowPrediction:
+    relative: np.ndarray  # (T-1, 4, 4) step motions in metres: frame k+1 expressed in frame k (optical)
+    poses: np.ndarray  # (T, 4, 4) camera-to-first-frame poses
+    scale: float  # predicted mean step length, metres
+    fov: float  # predicted horizontal field of view, radians
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.relative).all() and np.isfinite(self.scale))
+
+
+class FramePart(nn.Module):
+    """(M, 3, H, W) frames -> (M, N, C) tokens. Timestamp-free, so a frame's output can be cached."""
+
+    def __init__(self, model: LaPose):
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encoder(frames)
+
+
+class WindowPart(nn.Module):
+    """(B, T, N, C) tokens, (B, T) timestamps -> translation, quaternion, fov, scale."""
+
+    def __init__(self, model: LaPose):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, timestamps: torch.Tensor):
+        out = self.model.pose(self.model.actions(tokens, timestamps))
+        return out["translation"], out["quaternion"], out["fov"], out["scale"]
+
+
+class PoseEstimator:
+    def __init__(self, model: LaPose, config: LaPoseConfig, *, device: str = "cpu",
+                 backend: str = "eager", checkpoint_name: str = "random",
+                 checkpoint_digest: str = "", engine_cache_dir: str | Path | None = None):
+        if config.model.time_embedding_at != "dynamics":
+            raise InferenceError("streaming inference needs model.time_embedding_at='dynamics' "
+                                 "(frame encodings must not depend on the window)")
+        self.config = config
+        self.num_frames = config.model.num_frames
+        self.fps = config.data.eval_fps
+        self.checkpoint_name = checkpoint_name
+        self.device = torch.device(_resolve_device(device))
+        self.model = model.to(self.device).eval()
+        self.model.objective = "posttrain"
+        self.dtype = torch.float32
+        self.frame_part: nn.Module = FramePart(self.model)
+        self.window_part: nn.Module = WindowPart(self.model)
+        self.backend = self._set_backend(backend, checkpoint_digest, engine_cache_dir)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, checkpoint: str | Path | None = None, device: str = "cpu", backend: str = "eager",
+             engine_cache_dir: str | Path | None = None) -> "PoseEstimator":
+        """Load a post-trained checkpoint (a checkpoint or run folder); None = the bundled model."""
+        from .train.checkpoint import load_model_weights, read_config
+
+        path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+        if not path.exists():
+            raise InferenceError(f"checkpoint not found: {path}" + (
+                "" if checkpoint else " (the bundled default model is missing from this install)"))
+        config = read_config(path)
+        model = LaPose(config.model)
+        load_model_weights(path, model)
+        return cls(model, config, device=device, backend=backend, checkpoint_name=str(path),
+                   checkpoint_digest=_digest(path), engine_cache_dir=engine_cache_dir)
+
+    @classmethod
+    def random(cls, preset: str = "tiny", seed: int = 0, device: str = "cpu",
+               backend: str = "eager") -> "PoseEstimator":
+        """Random weights of a preset: for tests and benchmarks of speed, never for accuracy."""
+        cfg = _preset(preset)
+        torch.manual_seed(seed)
+        dev = _resolve_device(device)
+        with torch.device(dev):
+            model = LaPose(cfg.model)
+        return cls(model, cfg, device=dev, backend=backend,
+                   checkpoint_name=f"random:{cfg.preset}:seed{seed}")
+
+    def _set_backend(self, backend: str, digest: str, cache_dir: str | Path | None) -> str:
+        if backend not in BACKENDS:
+            raise InferenceError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+        for candidate in BACKENDS[BACKENDS.index(backend):]:
+            try:
+                if candidate == "tensorrt":
+                    self._compile_tensorrt(digest, cache_dir)
+                elif candidate == "compile":
+                    self.frame_part = torch.compile(self.frame_part)
+                    self.window_part = torch.compile(self.window_part)
+                    self._warm_up()
+                return candidate
+            except Exception as e:  # noqa: BLE001 - any failure means: use the next backend
+                self.frame_part, self.window_part = FramePart(self.model), WindowPart(self.model)
+                self.dtype = torch.float32
+                log.warning("backend '%s' unavailable (%s: %s); falling back to '%s'", candidate,
+                            type(e).__name__, str(e).splitlines()[0] if str(e) else "",
+                            BACKENDS[BACKENDS.index(candidate) + 1])
+        return "eager"
+
+    def example_inputs(self) -> tuple[tuple[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        m = self.config.model
+        n_tokens = m.grid[0] * m.grid[1]
+        frame = torch.zeros(1, 3, m.image_height, m.image_width, device=self.device, dtype=self.dtype)
+        tokens = torch.zeros(1, self.num_frames, n_tokens, m.width, device=self.device, dtype=self.dtype)
+        ts = (torch.arange(self.num_frames, device=self.device, dtype=self.dtype) / self.fps)[None]
+        return (frame,), (tokens, ts)
+
+    def _compile_tensorrt(self, digest: str, cache_dir: str | Path | None) -> None:
+        if self.device.type != "cuda":
+            raise InferenceError("TensorRT needs device 'cuda'")
+        try:
+            import torch_tensorrt
+        except ImportError as e:
+            raise InferenceError(f"torch_tensorrt is not installed ({e})") from None
+        self.model.half()
+        self.dtype = torch.float16
+        frame_in, window_in = self.example_inputs()
+        cache = Path(cache_dir or Path.home() / ".cache" / "lapose" / "tensorrt")
+        cache.mkdir(parents=True, exist_ok=True)
+        gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
+        key = f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}_trt{torch_tensorrt.__version__}"
+        parts = []
+        for name, module, inputs in (("frame", FramePart(self.model), frame_in),
+                                     ("window", WindowPart(self.model), window_in)):
+            path = cache / f"{key}_{name}.ep"
+            if path.is_file():
+                log.info("loading cached TensorRT engine %s", path)
+                parts.append(torch.export.load(str(path)).module())
+                continue
+            log.info("compiling %s part with TensorRT (fp16, static shapes); cached at %s", name, path)
+            compiled = torch_tensorrt.compile(module, ir="dynamo", arg_inputs=list(inputs))
+            tmp = path.with_suffix(".tmp")
+            torch_tensorrt.save(compiled, str(tmp), arg_inputs=list(inputs))
+            tmp.replace(path)
+            parts.append(compiled)
+        self.frame_part, self.window_part = parts
+
+    def _warm_up(self) -> None:
+        frame_in, window_in = self.example_inputs()
+        with torch.inference_mode():
+            self.frame_part(*frame_in)
+            self.window_part(*window_in)
+
+    # ------------------------------------------------------------------ inference
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB (or (H, W) grayscale) at any size -> (3, h, w) model input."""
+        from .data.transforms import fit_to_model, to_tensor
+
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InferenceError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+        m = self.config.model
+        fitted, _ = fit_to_model(image, None, (m.image_height, m.image_width))
+        return to_tensor(fitted)
+
+    @torch.inference_mode()
+    def encode_frame(self, image: np.ndarray) -> torch.Tensor:
+        """One camera frame -> its cached encoder features (N, C)."""
+        x = self.preprocess(image).to(self.device, self.dtype)[None]
+        return self.frame_part(x)[0]
+
+    @torch.inference_mode()
+    def predict_features(self, features: Sequence[torch.Tensor],
+                         timestamps: Sequence[float]) -> WindowPrediction:
+        """16 cached frame features + their timestamps (seconds) -> the window's motion."""
+        if len(features) != self.num_frames or len(timestamps) != self.num_frames:
+            raise InferenceError(f"a window needs {self.num_frames} frames, got {len(features)} "
+                                 f"features and {len(timestamps)} timestamps")
+        tokens = torch.stack(list(features))[None].to(self.device, self.dtype)
+        ts = np.asarray(timestamps, dtype=np.float64)
+        ts = torch.as_tensor(ts - ts[0], dtype=self.dtype, device=self.device)[None]
+        t, q, fov, scale = self.window_part(tokens, ts)
+        rel = geometry.poses_from_prediction(t.double(), q.double(), scale.double())[0]
+        return WindowPrediction(relative=rel.cpu().numpy(),
+                                poses=geometry.compose_relative(rel).cpu().numpy(),
+                                scale=float(scale[0]), fov=float(fov.float().mean()))
+
+    def predict_window(self, images: Sequence[np.ndarray], timestamps: Sequence[float]) -> WindowPrediction:
+        return self.predict_features([self.encode_frame(im) for im in images], timestamps)
+
+
+def _preset(name: str) -> LaPoseConfig:
+    return preset(name)  # module-level alias: PoseEstimator.random's argument shadows the name
+
+
+def _resolve_device(device: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device '%s' requested but CUDA is not available; using 'cpu'", device)
+        return "cpu"
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise InferenceError(f"unknown device '{device}' (use 'cpu' or 'cuda[:N]')")
+    return device
+
+
+def _digest(path: Path) -> str:
+    """Short content digest of a checkpoint's weights: the key of compiled-engine caches."""
+    from .train.checkpoint import resolve_checkpoint
+
+    weights = resolve_checkpoint(path) / "model.safetensors"
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

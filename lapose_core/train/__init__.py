@@ -1,0 +1,1 @@
+"""The multi-stage trainer: loop, checkpoints, distributed set-up."""
