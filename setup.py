@@ -41,6 +41,7 @@ setup(
         "lapose.commands": [
             "ros = lapose_ros.cli:register",
             "bench = lapose_ros.bench:register",
+            "demo = lapose_ros.demo:register",
             "eval = lapose_core.eval.cli:register",
         ],
     },

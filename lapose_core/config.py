@@ -48,7 +48,7 @@ class ModelConfig:
     vq_ema_decay: float = 0.99
     # Forward-dynamics ST-transformer + extra blocks predicting next-frame code logits.
     fdm_layers: int = 2
-    fdm_extra_layers: int = 4
+    fdm_extra_layers: int = 2  # the paper uses 4 (paper preset); tiny halves it for CPU training
     # Pose head: learnable metric-scale token + 15 action tokens, non-causal transformer.
     pose_layers: int = 2
     pose_width: int = 128

@@ -30,7 +30,8 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("codebook", embed)
         self.register_buffer("cluster_size", torch.ones(codebook_size))
         self.register_buffer("embed_sum", embed.clone())
-        self.register_buffer("usage", torch.ones(codebook_size))  # running usage, for restarts
+        self.register_buffer("usage", torch.zeros(codebook_size))  # running usage, for restarts
+        self.register_buffer("initialized", torch.tensor(False))
         self._last_inputs: torch.Tensor | None = None
 
     def codes(self, z: torch.Tensor) -> torch.Tensor:
@@ -41,12 +42,26 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(M, D) -> quantised (M, D) with straight-through gradient, indices (M,), commitment loss."""
+        if self.training and not bool(self.initialized):
+            self._init_from_data(z.detach().float())
         idx = self.codes(z.detach().float())
         zq = F.embedding(idx, self.codebook).to(z.dtype)
         if self.training:
             self._ema_update(z.detach().float(), idx)
         commit = F.mse_loss(z, zq.detach())
         return z + (zq - z).detach(), idx, commit
+
+    @torch.no_grad()
+    def _init_from_data(self, z: torch.Tensor) -> None:
+        """Place the codebook on encoder outputs of the first batch: a random Gaussian codebook far
+        from the data would leave all but a few codes unused from the first step on."""
+        pick = z[torch.randint(len(z), (self.codebook.shape[0],), device=z.device)]
+        if _distributed():
+            dist.broadcast(pick, src=0)
+        self.codebook.copy_(pick)
+        self.embed_sum.copy_(pick)
+        self.cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
 
     @torch.no_grad()
     def _ema_update(self, z: torch.Tensor, idx: torch.Tensor) -> None:

@@ -29,7 +29,9 @@ INHERITED = {
     "pretrain": ("vqvae",),
     "posttrain": ("encoder", "time_embed", "idm", "bottleneck", "vqvae", "fdm"),
 }
-RESTART_EVERY = 20  # steps between dead-code restarts of the VQ-VAE codebook
+RESTART_EVERY = 10
+# Model fields that only shape the pose head: post-training variants may change them freely.
+POSE_HEAD_FIELDS = {"pose_head_input", "pose_layers", "pose_width", "pose_heads"}  # steps between dead-code restarts of the VQ-VAE codebook
 
 
 class LaPoseStage:
@@ -78,8 +80,9 @@ def load_parts(model: LaPose, path: Path, parts: tuple[str, ...], cfg: LaPoseCon
     """Copy the named parts of ``model`` from a checkpoint trained with the same model config."""
     ckpt = resolve_checkpoint(path)
     stored = read_config(ckpt)
-    if stored.model != cfg.model:
-        diff = [k for k, v in vars(cfg.model).items() if getattr(stored.model, k) != v]
+    diff = [k for k, v in vars(cfg.model).items()
+            if getattr(stored.model, k) != v and k not in POSE_HEAD_FIELDS]
+    if diff:
         raise CheckpointError(f"{ckpt}: model config differs from this run in {diff}")
     try:
         state = load_file(str(ckpt / "model.safetensors"))

@@ -1,0 +1,1 @@
+"""ROS 2 node publishing LA-Pose visual odometry."""

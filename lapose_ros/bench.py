@@ -1,0 +1,312 @@
+"""``lapose bench``: latency of the odometry node, from image arrival to odometry publication.
+
+For every backend and device available (eager and compile on cpu; tensorrt, compile and eager on
+cuda) and for the bundled model and the paper-size model (random weights, when memory allows), the
+node runs in this process with a publisher of real KITTI frames and an odometry subscriber on a
+private DDS domain on loopback. Each frame is sent once the previous odometry has come back, so the
+numbers are the node's own latency, not queueing. Keyframes (one encoder pass + the window model)
+and frames between keyframes (extrapolation only) are reported apart, and combined into the load at
+camera rates of 10 Hz (KITTI) and 30 Hz. The compiled model's output is compared with eager's on the
+same window.
+
+  lapose bench --quick            # eager on the bundled model, 30 frames
+  lapose bench --frames 100       # every backend, the paper-size model too
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+DEFAULT_SEQUENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti" / "03_head"
+CAMERA_RATES_HZ = (10.0, 30.0)
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run as asked (missing sequence, bad option)."""
+
+
+@dataclass
+class Measurement:
+    model: str
+    device: str
+    backend: str
+    keyframe_ms: np.ndarray
+    between_ms: np.ndarray
+    model_fps: float
+
+    def load_at(self, camera_hz: float) -> float:
+        """Fraction of one second spent processing at ``camera_hz`` (> 1: frames will be dropped)."""
+        keyframes_per_s = min(self.model_fps, camera_hz)
+        kf = float(np.mean(self.keyframe_ms)) if self.keyframe_ms.size else 0.0
+        between = float(np.mean(self.between_ms)) if self.between_ms.size else 0.0
+        return (keyframes_per_s * kf + (camera_hz - keyframes_per_s) * between) / 1e3
+
+    def achievable_hz(self) -> float:
+        """The highest camera rate whose load stays below one (keyframes still at the model rate)."""
+        kf = float(np.mean(self.keyframe_ms)) / 1e3 if self.keyframe_ms.size else 0.0
+        between = float(np.mean(self.between_ms)) / 1e3 if self.between_ms.size else 0.0
+        spare = 1.0 - self.model_fps * kf
+        if spare <= 0:
+            return 1.0 / kf if kf > 0 else float("inf")  # cannot even keep up with the keyframes
+        return self.model_fps + (spare / between if between > 0 else float("inf"))
+
+
+def percentile(values: np.ndarray, q: float) -> str:
+    return f"{np.percentile(values, q):8.1f}" if values.size else "       -"
+
+
+def load_frames(folder: Path, count: int) -> tuple[list[np.ndarray], np.ndarray]:
+    import cv2
+
+    times_file = folder / "times.txt"
+    if not times_file.is_file():
+        raise BenchError(f"{folder}: not a KITTI-format sequence (times.txt missing)")
+    times = np.loadtxt(times_file)
+    count = min(count, len(times))
+    frames = []
+    for i in range(count):
+        path = folder / "images" / f"{i:06d}.jpg"
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            raise BenchError(f"{path}: cannot read image")
+        frames.append(gray)
+    return frames, times[:count]
+
+
+def measure_node(estimator: Any, frames: list[np.ndarray], times: np.ndarray, warmup: int,
+                 label: tuple[str, str, str], domain_id: int, timeout_s: float = 120.0) -> Measurement:
+    """Run LaPoseNode in-process; send each frame after the previous odometry came back."""
+    import rclpy
+    import rclpy.context
+    import rclpy.time
+    from nav_msgs.msg import Odometry
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    from .image_conversion import fill_image_msg
+    from .node import LaPoseNode
+
+    # A private domain on loopback: the benchmark neither hears nor disturbs other ROS nodes.
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    try:
+        node = LaPoseNode(estimator=estimator, context=context, parameter_overrides=[
+            Parameter("image_topic", value="/bench/image"), Parameter("odom_topic", value="/bench/odom"),
+            Parameter("camera_info_topic", value="/bench/camera_info"),
+            Parameter("path_topic", value="/bench/path"), Parameter("publish_tf", value=False),
+            Parameter("qos_depth", value=10), Parameter("max_gap_s", value=1e6)])
+        client = rclpy.create_node("lapose_bench_camera", context=context)
+        publisher = client.create_publisher(Image, "/bench/image", 10)
+        received: dict[int, float] = {}
+
+        def on_odom(msg: Odometry) -> None:
+            received[rclpy.time.Time.from_msg(msg.header.stamp).nanoseconds] = time.perf_counter()
+
+        client.create_subscription(Odometry, "/bench/odom", on_odom, 10)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        executor.add_node(client)
+        deadline = time.monotonic() + 30
+        while publisher.get_subscription_count() == 0 or client.count_publishers("/bench/odom") == 0:
+            if time.monotonic() > deadline:
+                raise BenchError("the node's image subscription was not discovered within 30 s")
+            executor.spin_once(timeout_sec=0.05)
+
+        keyframe_ms, between_ms = [], []
+        for i, gray in enumerate(frames):
+            msg = fill_image_msg(Image(), gray, "mono8")
+            stamp_ns = int(round((1.0e9 + float(times[i])) * 1e9))
+            msg.header.stamp = rclpy.time.Time(nanoseconds=stamp_ns).to_msg()
+            msg.header.frame_id = "camera_optical"
+            keyframes_before = node.vo.trajectory.keyframe_stamps[-1:] if node.vo.tracking else None
+            sent = time.perf_counter()
+            publisher.publish(msg)
+            deadline = time.monotonic() + timeout_s
+            if i < warmup:
+                # Warm-up: nothing comes back; wait until the node has taken the frame.
+                while node.counters["frames"] <= i and time.monotonic() < deadline:
+                    executor.spin_once(timeout_sec=0.01)
+                continue
+            while stamp_ns not in received and time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.01)
+            if stamp_ns not in received:
+                raise BenchError(f"no odometry for frame {i} within {timeout_s:.0f} s "
+                                 f"(status: {node.vo.status})")
+            latency = (received[stamp_ns] - sent) * 1e3
+            was_keyframe = node.vo.trajectory.keyframe_stamps[-1:] != keyframes_before
+            (keyframe_ms if was_keyframe else between_ms).append(latency)
+        fps = node.vo.selector.period
+        executor.shutdown()
+        node.destroy_node()
+        client.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    return Measurement(*label, np.asarray(keyframe_ms), np.asarray(between_ms), 1.0 / fps)
+
+
+def max_output_difference(reference: Any, other: Any, frames: list[np.ndarray], times: np.ndarray) -> float:
+    """Largest absolute difference of the step motions two estimators give on one window."""
+    idx = np.arange(0, 5 * reference.num_frames, 5)[: reference.num_frames]
+    images = [np.repeat(frames[i][..., None], 3, -1) for i in idx]
+    a = reference.predict_window(images, list(times[idx]))
+    b = other.predict_window(images, list(times[idx]))
+    return float(max(np.abs(a.relative - b.relative).max(), abs(a.scale - b.scale)))
+
+
+def paper_memory_estimate_gb() -> float:
+    """Weights of the paper-size model (float32), from its configuration: ~12 width^2 per layer."""
+    from lapose_core.config import preset
+
+    m = preset("paper").model
+    layers = m.encoder_layers + m.idm_layers + m.fdm_layers + m.fdm_extra_layers
+    params = 12 * m.width ** 2 * layers + 12 * m.pose_width ** 2 * m.pose_layers
+    return params * 4 / 1e9
+
+
+def available_memory_gb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1e6
+    return 0.0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from lapose_core.inference import InferenceError, PoseEstimator
+
+    frames_needed = 16 * 5 + args.frames
+    frames, times = load_frames(Path(args.sequence), frames_needed)
+    if len(frames) < 16 * 5 + 5:
+        raise BenchError(f"{args.sequence}: {len(frames)} frames, need at least {16 * 5 + 5}")
+    warmup = 15 * 5  # sixteen keyframes at 2 fps from a ~10 Hz sequence
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    backends = {"cpu": ["eager", "compile"], "cuda": ["tensorrt", "compile", "eager"]}
+    if args.quick:
+        backends = {"cpu": ["eager"], "cuda": ["tensorrt", "eager"]}
+        print("--quick: eager only on cpu (torch.compile takes minutes to warm up on a "
+              "small CPU), no paper-size model")
+    if args.backends:
+        wanted = args.backends.split(",")
+        backends = {d: [b for b in bs if b in wanted] for d, bs in backends.items()}
+
+    models: list[tuple[str, Callable[[str, str], Any]]] = []
+    try:
+        PoseEstimator.load(args.checkpoint or None)  # fail early, and once, if it is missing
+        name = args.checkpoint or "bundled"
+        models.append((name, lambda device, backend: PoseEstimator.load(
+            args.checkpoint or None, device=device, backend=backend)))
+    except InferenceError as e:
+        print(f"model '{args.checkpoint or 'bundled'}' skipped: {e}; measuring random tiny-preset "
+              "weights instead (same size as the bundled model, meaningless poses)")
+        models.append(("random:tiny", lambda device, backend: PoseEstimator.random(
+            "tiny", device=device, backend=backend)))
+    if args.quick:
+        print("paper-size model skipped: --quick")
+    else:
+        need, have = 3 * paper_memory_estimate_gb(), available_memory_gb()
+        if have < need:
+            print(f"paper-size model skipped: needs ~{need:.1f} GB of memory, {have:.1f} GB available")
+        else:
+            models.append(("random:paper", lambda device, backend: PoseEstimator.random(
+                "paper", device=device, backend=backend)))
+
+    results: list[Measurement] = []
+    for model_name, make in models:
+        # The paper-size model on a CPU takes seconds per keyframe: measure fewer frames.
+        count = args.frames if "paper" not in model_name else min(args.frames, 10)
+        for device in devices:
+            eager = None
+            for backend in backends[device]:
+                t0 = time.perf_counter()
+                estimator = make(device, backend)
+                setup_s = time.perf_counter() - t0
+                if estimator.backend != backend:
+                    print(f"{model_name} {device} {backend}: unavailable (fell back to "
+                          f"{estimator.backend}); skipped")
+                    continue
+                print(f"{model_name} {device} {backend}: ready in {setup_s:.1f} s, measuring "
+                      f"{count} frames after {warmup} warm-up frames", flush=True)
+                results.append(measure_node(estimator, frames[:warmup + count], times, warmup,
+                                            (model_name, device, backend), args.domain_id))
+                if backend == "eager":
+                    eager = estimator
+                else:
+                    reference = eager or make(device, "eager")
+                    diff = max_output_difference(reference, estimator, frames, times)
+                    print(f"{model_name} {device}: largest |{backend} - eager| difference of the step "
+                          f"motions and scale on one window: {diff:.2e}")
+                    eager = reference
+
+    header = (f"{'model':<14}{'device':<7}{'backend':<10}{'key p50':>9}{'key p95':>9}"
+              f"{'mid p50':>9}{'mid p95':>9}{'max Hz':>9}" +
+              "".join(f"{f'load@{hz:g}Hz':>11}" for hz in CAMERA_RATES_HZ))
+    print("\nlatency from image publication to odometry reception, ms (key: keyframe, one encoder pass "
+          "+ window model; mid: between keyframes)")
+    print(header)
+    for m in results:
+        print(f"{m.model:<14}{m.device:<7}{m.backend:<10}{percentile(m.keyframe_ms, 50)} "
+              f"{percentile(m.keyframe_ms, 95)} {percentile(m.between_ms, 50)} "
+              f"{percentile(m.between_ms, 95)} {m.achievable_hz():8.1f}" +
+              "".join(f"{m.load_at(hz) * 100:10.0f}%" for hz in CAMERA_RATES_HZ))
+    for m in results:
+        for hz in CAMERA_RATES_HZ:
+            period = 1e3 / hz
+            kf95 = float(np.percentile(m.keyframe_ms, 95)) if m.keyframe_ms.size else 0.0
+            verdict = ("keeps up" if m.load_at(hz) < 1 else "falls behind: frames will be dropped")
+            late = (f"; a keyframe (p95 {kf95:.0f} ms) delays the next "
+                    f"{int(kf95 // period)} frame(s)" if kf95 > period else "")
+            print(f"{m.model} {m.device} {m.backend} at {hz:g} Hz (period {period:.0f} ms): {verdict}{late}")
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``bench`` to the ``lapose`` command."""
+    p = subparsers.add_parser("bench", help="latency of the ROS odometry node per backend and device",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames measured after the warm-up (default 60, 30 with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="30 frames, eager only on cpu, no paper-size model")
+    p.add_argument("--checkpoint", default="", help="model to measure ('' = the bundled model)")
+    p.add_argument("--backends", default="", help="comma-separated subset of tensorrt,compile,eager")
+    p.add_argument("--sequence", default=str(DEFAULT_SEQUENCE),
+                   help="KITTI-format sequence folder whose frames are sent")
+    p.add_argument("--domain-id", type=int, default=200 + os.getpid() % 30,
+                   help="private ROS_DOMAIN_ID of the in-process node (discovery stays on loopback)")
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.frames is None:
+        args.frames = 30 if args.quick else 60
+    try:
+        if args.frames < 1:
+            raise BenchError(f"--frames must be >= 1, got {args.frames}")
+        return run_bench(args)
+    except BenchError as e:
+        print(f"lapose bench: error: {e}")
+        return 2
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="lapose-bench")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB, the input of the pose estimator.
+
+The buffer is unpacked by ``cv_bridge`` where it is importable (it knows every encoding, row padding
+and byte order) and by numpy otherwise; the colour and bit-depth conversion after that is shared, so
+both paths give the same array. ``mono16`` is scaled linearly to 8 bits (65535 -> 255).
+
+No rclpy import here: a message is read through its fields only.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# encoding -> (numpy dtype, channels)
+SUPPORTED_ENCODINGS: dict[str, tuple[str, int]] = {
+    "mono8": ("u1", 1),
+    "mono16": ("u2", 1),
+    "rgb8": ("u1", 3),
+    "bgr8": ("u1", 3),
+    "rgba8": ("u1", 4),
+    "bgra8": ("u1", 4),
+}
+
+
+class ImageConversionError(ValueError):
+    """An image message that cannot be turned into an RGB frame (the message says why)."""
+
+
+class UnsupportedEncodingError(ImageConversionError):
+    """An image encoding outside :data:`SUPPORTED_ENCODINGS`."""
+
+    def __init__(self, encoding: str, topic: str = ""):
+        self.encoding = encoding
+        where = f" on {topic}" if topic else ""
+        super().__init__(f"image encoding '{encoding}'{where} is not supported "
+                         f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
+
+
+def unpack_with_numpy(msg: Any) -> np.ndarray:
+    """The raw pixel array of an image message, (H, W) or (H, W, C), native byte order."""
+    dtype_code, channels = SUPPORTED_ENCODINGS[msg.encoding]
+    dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise ImageConversionError(f"image step {step} is smaller than width*channels*bytes "
+                                   f"= {row_bytes} ({msg.encoding}, {width}x{height})")
+    if isinstance(msg.data, (list, tuple, np.ndarray)):
+        data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
+    else:  # bytes or array.array('B') as rclpy gives it: no copy
+        data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size < step * height:
+        raise ImageConversionError(f"image data has {data.size} bytes, expected step*height = "
+                                   f"{step}*{height} = {step * height} ({msg.encoding})")
+    rows = data[: step * height].reshape(height, step)[:, :row_bytes]
+    pixels = rows.copy().view(dtype).reshape(height, width, channels)
+    pixels = pixels.astype(dtype.newbyteorder("="), copy=False)
+    return pixels[..., 0] if channels == 1 else pixels
+
+
+def _cv_bridge_unpacker() -> Optional[Callable[[Any], np.ndarray]]:
+    try:
+        from cv_bridge import CvBridge, CvBridgeError
+    except ImportError:
+        return None
+    bridge = CvBridge()
+
+    def unpack(msg: Any) -> np.ndarray:
+        try:
+            return np.asarray(bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
+        except (CvBridgeError, TypeError, ValueError) as e:
+            raise ImageConversionError(f"cv_bridge cannot read the {msg.encoding} image: {e}") from None
+
+    return unpack
+
+
+def to_rgb8(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """Raw pixels in ``encoding`` -> contiguous (H, W, 3) uint8 RGB."""
+    if encoding == "mono16":
+        pixels = np.rint(pixels.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+        encoding = "mono8"
+    if encoding == "mono8":
+        return np.ascontiguousarray(np.repeat(pixels[..., None], 3, axis=-1))
+    if encoding in ("bgr8", "bgra8"):
+        return np.ascontiguousarray(pixels[..., 2::-1])
+    return np.ascontiguousarray(pixels[..., :3])
+
+
+class ImageConverter:
+    """Converts image messages to RGB frames; ``backend`` says which unpacker is in use."""
+
+    def __init__(self, prefer_cv_bridge: bool = True):
+        self._unpack = _cv_bridge_unpacker() if prefer_cv_bridge else None
+        self.backend = "cv_bridge" if self._unpack is not None else "numpy"
+        if self._unpack is None:
+            self._unpack = unpack_with_numpy
+
+    def __call__(self, msg: Any, topic: str = "") -> np.ndarray:
+        if msg.encoding not in SUPPORTED_ENCODINGS:
+            raise UnsupportedEncodingError(msg.encoding, topic)
+        if msg.height == 0 or msg.width == 0:
+            raise ImageConversionError(f"empty image ({msg.width}x{msg.height}) on {topic or 'input'}")
+        pixels = self._unpack(msg)
+        expected = (int(msg.height), int(msg.width))
+        if pixels.shape[:2] != expected:
+            raise ImageConversionError(f"image on {topic or 'input'} unpacked to {pixels.shape}, "
+                                       f"expected {expected[0]}x{expected[1]}")
+        return to_rgb8(pixels, msg.encoding)
+
+
+def fill_image_msg(msg: Any, pixels: np.ndarray, encoding: str) -> Any:
+    """Fill an image message's data fields from an array in ``encoding`` (for publishers and tests)."""
+    dtype_code, channels = SUPPORTED_ENCODINGS[encoding]
+    pixels = np.ascontiguousarray(pixels, dtype=np.dtype(dtype_code))
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = sys.byteorder == "big"
+    msg.step = msg.width * channels * pixels.dtype.itemsize
+    msg.data = pixels.tobytes()
+    return msg

@@ -1,0 +1,422 @@
+"""``lapose_node``: LA-Pose visual odometry as a ROS 2 node.
+
+Subscribes a camera (``sensor_msgs/Image`` + ``sensor_msgs/CameraInfo``) and publishes
+``nav_msgs/Odometry``, the ``odom -> base_link`` transform, a ``nav_msgs/Path`` of keyframe poses and
+``diagnostic_msgs/DiagnosticArray`` at 1 Hz. The node is thin: keyframe selection, the feature cache,
+trajectory integration and the reset rules live in :mod:`lapose_ros.odometry`.
+
+Output while warming up (fewer than 16 keyframes, ~7.5 s at 2 fps): nothing is published on the
+odometry topic or TF; diagnostics say "warming up". An identity pose with a large covariance would be
+read as "standing still" by consumers that ignore covariance, which is worse than silence.
+
+Run: ``ros2 run lapose_ros lapose_node --ros-args --params-file config/lapose.yaml`` or
+``python -m lapose_ros.node --ros-args -p image_topic:=/my/camera``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from typing import Any, Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from nav_msgs.msg import Odometry, Path
+from rclpy.exceptions import InvalidParameterTypeException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
+
+from .image_conversion import ImageConversionError, ImageConverter, UnsupportedEncodingError
+from .odometry import (DEFAULT_CAMERA_TO_BASE, OdometryConfigError, OdometryEstimate, VisualOdometry,
+                       camera_to_base_from_xyz_quat, pose_to_xyz_quat)
+
+NODE_NAME = "lapose_node"
+BACKEND_CHOICES = ("auto", "tensorrt", "compile", "eager")
+
+# name -> default. The same names and values are in config/lapose.yaml (a test keeps them in step).
+PARAMETERS: dict[str, Any] = {
+    "image_topic": "/camera/image_raw",
+    "camera_info_topic": "/camera/camera_info",
+    "odom_topic": "/lapose/odom",
+    "path_topic": "/lapose/path",
+    "odom_frame": "odom",
+    "base_frame": "base_link",
+    "qos_depth": 5,
+    # The model's window rate: keyframes are picked from the camera stream at this rate.
+    "model_fps": 2.0,
+    # 0: publish once per camera image (stamp = image stamp); > 0: publish at this rate from a timer,
+    # extrapolating to the current time.
+    "publish_rate": 0.0,
+    "publish_tf": True,
+    "invert_tf": False,
+    "path_max_length": 1000,
+    "max_gap_s": 1.0,
+    # '' = the bundled model; a checkpoint or run folder; 'random:<preset>' = random weights of a
+    # preset (timing and plumbing checks only, the poses are meaningless).
+    "checkpoint": "",
+    # auto = eager on cpu (torch.compile takes minutes to warm up on a small CPU for little gain),
+    # tensorrt on cuda. An unavailable backend falls back tensorrt -> compile -> eager.
+    "backend": "auto",
+    "device": "cpu",
+    "engine_cache_dir": "",
+    # Camera pose in the base frame, x y z qx qy qz qw. Used when TF has no base_frame <- camera
+    # transform (or tf2_ros is absent). Default: camera at the base origin looking along base x.
+    "camera_to_base": list(DEFAULT_CAMERA_TO_BASE),
+    # Intrinsics used when no CameraInfo arrives (0 = unknown); only reported in diagnostics next to
+    # the field of view the model predicts, which is a quick check that the model sees a sane camera.
+    "fx": 0.0,
+    "fy": 0.0,
+    "cx": 0.0,
+    "cy": 0.0,
+    "pose_covariance_diagonal": [0.05, 0.05, 0.05, 0.01, 0.01, 0.01],
+    "twist_covariance_diagonal": [0.1, 0.1, 0.1, 0.02, 0.02, 0.02],
+}
+
+
+class LaPoseNodeError(RuntimeError):
+    """The node cannot start with its parameters (the message names the parameter)."""
+
+
+def sensor_qos(depth: int) -> QoSProfile:
+    """rclpy's sensor-data profile (best effort, volatile) with a configurable depth."""
+    if depth < 1:
+        raise LaPoseNodeError(f"parameter 'qos_depth' must be >= 1, got {depth}")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+
+
+def stamp_seconds(stamp: Any) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def stamp_msg(seconds: float):
+    return Time(nanoseconds=int(round(seconds * 1e9))).to_msg()
+
+
+def fill_pose(msg_pose: Any, pose: np.ndarray) -> None:
+    xyz, q = pose_to_xyz_quat(pose)
+    msg_pose.position.x, msg_pose.position.y, msg_pose.position.z = (float(v) for v in xyz)
+    o = msg_pose.orientation
+    o.x, o.y, o.z, o.w = (float(v) for v in q)
+
+
+def transform_to_matrix(t: Any) -> np.ndarray:
+    """geometry_msgs/Transform -> 4x4."""
+    r = t.rotation
+    return camera_to_base_from_xyz_quat([t.translation.x, t.translation.y, t.translation.z,
+                                         r.x, r.y, r.z, r.w], name="TF camera transform")
+
+
+def diagonal_covariance(values: list[float], name: str) -> list[float]:
+    if len(values) != 6 or any(v < 0 for v in values):
+        raise LaPoseNodeError(f"parameter '{name}' needs 6 non-negative numbers "
+                              f"(x y z roll pitch yaw variances), got {values}")
+    return np.diag(np.asarray(values, dtype=float)).reshape(-1).tolist()
+
+
+def load_estimator(checkpoint: str, backend: str, device: str, engine_cache_dir: str, logger: Any):
+    """The pose estimator the parameters ask for, resolving 'auto' and an absent CUDA device."""
+    import torch
+
+    from lapose_core.inference import PoseEstimator
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"device '{device}' requested but CUDA is not available: using 'cpu'")
+        device = "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise LaPoseNodeError(f"parameter 'device' must be 'cpu' or 'cuda[:N]', got '{device}'")
+    if backend not in BACKEND_CHOICES:
+        raise LaPoseNodeError(f"parameter 'backend' must be one of {', '.join(BACKEND_CHOICES)}, "
+                              f"got '{backend}'")
+    if backend == "auto":
+        backend = "tensorrt" if device.startswith("cuda") else "eager"
+    if checkpoint.startswith("random:"):
+        logger.warning(f"checkpoint '{checkpoint}': random weights, poses are meaningless")
+        return PoseEstimator.random(preset=checkpoint.split(":", 1)[1], device=device, backend=backend)
+    return PoseEstimator.load(checkpoint or None, device=device, backend=backend,
+                              engine_cache_dir=engine_cache_dir or None)
+
+
+class LaPoseNode(Node):
+    """The odometry node. ``estimator`` may be passed in (benchmarks); otherwise it is loaded."""
+
+    def __init__(self, estimator: Any = None, node_name: str = NODE_NAME, **node_kwargs):
+        super().__init__(node_name, **node_kwargs)
+        for name, default in PARAMETERS.items():
+            try:
+                self.declare_parameter(name, default)
+            except InvalidParameterTypeException as e:
+                raise LaPoseNodeError(f"parameter '{name}' must be of type {type(default).__name__} "
+                                      f"like its default {default!r}: {e}") from None
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self.params = p
+        log = self.get_logger()
+
+        if estimator is None:
+            estimator = load_estimator(p["checkpoint"], p["backend"], p["device"],
+                                       p["engine_cache_dir"], log)
+        self.estimator = estimator
+        fps = p["model_fps"] if p["model_fps"] > 0 else float(getattr(estimator, "fps", 2.0))
+        self.vo = VisualOdometry(estimator, fps=fps, max_gap_s=p["max_gap_s"],
+                                 camera_to_base=camera_to_base_from_xyz_quat(p["camera_to_base"]))
+        self.pose_covariance = diagonal_covariance(p["pose_covariance_diagonal"], "pose_covariance_diagonal")
+        self.twist_covariance = diagonal_covariance(p["twist_covariance_diagonal"],
+                                                    "twist_covariance_diagonal")
+        if p["path_max_length"] < 1:
+            raise LaPoseNodeError(f"parameter 'path_max_length' must be >= 1, got {p['path_max_length']}")
+        if p["invert_tf"] and not p["publish_tf"]:
+            log.warning("invert_tf is set but publish_tf is false: no TF is published")
+
+        self.convert = ImageConverter()
+        if self.convert.backend != "cv_bridge":
+            log.info("cv_bridge not installed: converting images with numpy (same result)")
+        self.counters = {"frames": 0, "corrupt_frames": 0, "model_errors": 0}
+        self._warned_encodings: set[str] = set()
+        self._latency_ms: deque[float] = deque(maxlen=200)
+        self._intrinsics_from_info: Optional[tuple[float, float, float, float, int]] = None
+        self._camera_frame = ""
+        self._camera_to_base_source = "parameter camera_to_base"
+        self._path = Path()
+        self._path.header.frame_id = p["odom_frame"]
+        self._path_poses: deque[PoseStamped] = deque(maxlen=p["path_max_length"])
+
+        qos = sensor_qos(p["qos_depth"])
+        self.create_subscription(Image, p["image_topic"], self._on_image, qos)
+        self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, qos)
+        self.odom_pub = self.create_publisher(Odometry, p["odom_topic"], 10)
+        self.path_pub = self.create_publisher(Path, p["path_topic"], 1)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_timer(1.0, self._publish_diagnostics)
+        if p["publish_rate"] > 0:
+            self.create_timer(1.0 / p["publish_rate"], self._on_publish_timer)
+        self._send_transform = self._make_tf_broadcaster() if p["publish_tf"] else None
+        self._tf_buffer = self._make_tf_listener()
+        log.info(f"LA-Pose odometry: {p['image_topic']} -> {p['odom_topic']} ({p['odom_frame']} -> "
+                 f"{p['base_frame']}), model {getattr(estimator, 'checkpoint_name', '?')}, backend "
+                 f"{getattr(estimator, 'backend', '?')}, keyframes at {fps:g} fps")
+
+    # ------------------------------------------------------------------ optional ROS packages
+    def _make_tf_broadcaster(self):
+        try:
+            from tf2_ros import TransformBroadcaster
+
+            return TransformBroadcaster(self).sendTransform
+        except ImportError:
+            pass
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            self.get_logger().warning("tf2_ros and tf2_msgs are not installed: TF is not published "
+                                      "(odometry and path still are)")
+            return None
+        # What TransformBroadcaster does: TFMessage on /tf, reliable, depth 100.
+        publisher = self.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
+        self.get_logger().info("tf2_ros not installed: publishing tf2_msgs/TFMessage on /tf directly")
+        return lambda transform: publisher.publish(TFMessage(transforms=[transform]))
+
+    def _make_tf_listener(self):
+        try:
+            from tf2_ros.buffer import Buffer
+            from tf2_ros.transform_listener import TransformListener
+        except ImportError:
+            self.get_logger().info("tf2_ros not installed: camera-to-base transform from parameter "
+                                   "camera_to_base")
+            return None
+        buffer = Buffer()
+        self._tf_listener = TransformListener(buffer, self)
+        return buffer
+
+    def _lookup_camera_to_base(self) -> None:
+        """While first warming up, take base_frame <- camera frame from TF when it is there.
+
+        Frozen once tracking starts: a transform that changes mid-trajectory would make it jump.
+        """
+        base = self.params["base_frame"]
+        if self._tf_buffer is None or not self._camera_frame or self._camera_frame == base:
+            return
+        from tf2_ros import TransformException
+
+        try:
+            t = self._tf_buffer.lookup_transform(base, self._camera_frame, Time())
+        except TransformException:
+            return
+        self.vo.camera_to_base = transform_to_matrix(t.transform)
+        self._camera_to_base_source = f"TF {base} <- {self._camera_frame}"
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        fx, fy, cx, cy = msg.k[0], msg.k[4], msg.k[2], msg.k[5]
+        if fx > 0 and fy > 0:
+            self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
+
+    def _on_image(self, msg: Image) -> None:
+        arrival = time.perf_counter()
+        self.counters["frames"] += 1
+        log = self.get_logger()
+        try:
+            image = self.convert(msg, self.params["image_topic"])
+        except UnsupportedEncodingError as e:
+            self.counters["corrupt_frames"] += 1
+            if e.encoding not in self._warned_encodings:
+                self._warned_encodings.add(e.encoding)
+                log.warning(f"{e}; such frames are skipped and counted in diagnostics")
+            return
+        except ImageConversionError as e:
+            self.counters["corrupt_frames"] += 1
+            log.warning(f"skipping corrupt frame: {e}", throttle_duration_sec=5.0)
+            return
+        self._camera_frame = msg.header.frame_id
+        was_tracking = self.vo.tracking
+        if not was_tracking and self.vo.resets == 0:
+            self._lookup_camera_to_base()
+        try:
+            result = self.vo.process(stamp_seconds(msg.header.stamp), image)
+        except Exception as e:  # noqa: BLE001 - a failing model must not take the robot's node down
+            self.counters["model_errors"] += 1
+            self.vo.reset(f"model error {type(e).__name__}: {e}")
+            log.error(f"model failed on frame at {stamp_seconds(msg.header.stamp):.3f}: "
+                      f"{type(e).__name__}: {e}; window reset", throttle_duration_sec=5.0)
+            return
+        if result.reset_reason:
+            log.warning(f"odometry window reset: {result.reset_reason}")
+        if result.estimate is None:
+            return
+        if not was_tracking:
+            log.info(f"tracking (camera-to-base from {self._camera_to_base_source})")
+        if self.params["publish_rate"] <= 0:
+            self._publish_odometry(result.estimate, msg.header.stamp)
+        if result.estimate.new_keyframes:
+            self._publish_path(result.estimate)
+        self._latency_ms.append((time.perf_counter() - arrival) * 1e3)
+
+    def _on_publish_timer(self) -> None:
+        now = self.get_clock().now()
+        estimate = self.vo.extrapolate(now.nanoseconds * 1e-9)
+        if estimate is not None:
+            self._publish_odometry(estimate, now.to_msg())
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.vo.reset("reset service called", restart_trajectory=True)
+        self._path_poses.clear()
+        self.get_logger().warning("odometry reset by service: trajectory restarts at the origin")
+        response.success = True
+        response.message = "odometry reset; warming up"
+        return response
+
+    # ------------------------------------------------------------------ publishing
+    def _publish_odometry(self, estimate: OdometryEstimate, stamp: Any) -> None:
+        p = self.params
+        odom = Odometry()
+        odom.header.stamp = stamp
+        odom.header.frame_id = p["odom_frame"]
+        odom.child_frame_id = p["base_frame"]
+        fill_pose(odom.pose.pose, estimate.pose)
+        odom.pose.covariance = self.pose_covariance
+        lin, ang = estimate.linear_velocity, estimate.angular_velocity
+        odom.twist.twist.linear.x, odom.twist.twist.linear.y, odom.twist.twist.linear.z = map(float, lin)
+        odom.twist.twist.angular.x, odom.twist.twist.angular.y, odom.twist.twist.angular.z = map(float, ang)
+        odom.twist.covariance = self.twist_covariance
+        self.odom_pub.publish(odom)
+        if self._send_transform is None:
+            return
+        t = TransformStamped()
+        t.header.stamp = stamp
+        pose = estimate.pose
+        if p["invert_tf"]:
+            t.header.frame_id, t.child_frame_id = p["base_frame"], p["odom_frame"]
+            pose = np.linalg.inv(pose)
+        else:
+            t.header.frame_id, t.child_frame_id = p["odom_frame"], p["base_frame"]
+        xyz, q = pose_to_xyz_quat(pose)
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, xyz)
+        r = t.transform.rotation
+        r.x, r.y, r.z, r.w = map(float, q)
+        self._send_transform(t)
+
+    def _publish_path(self, estimate: OdometryEstimate) -> None:
+        for stamp, pose in estimate.new_keyframes:
+            ps = PoseStamped()
+            ps.header.frame_id = self.params["odom_frame"]
+            ps.header.stamp = stamp_msg(stamp)
+            fill_pose(ps.pose, pose)
+            self._path_poses.append(ps)
+        self._path.header.stamp = stamp_msg(estimate.stamp)
+        self._path.poses = list(self._path_poses)
+        self.path_pub.publish(self._path)
+
+    def diagnostic_values(self) -> dict[str, str]:
+        vo, lat = self.vo, np.asarray(self._latency_ms)
+        values = {
+            "status": vo.status,
+            "keyframes": str(len(vo.keyframes)),
+            "frames": str(self.counters["frames"]),
+            "dropped_frames": str(vo.monitor.dropped_frames),
+            "corrupt_frames": str(self.counters["corrupt_frames"]),
+            "model_errors": str(self.counters["model_errors"]),
+            "resets": str(vo.resets),
+            "last_reset_reason": vo.last_reset_reason,
+            "latency_ms_p50": f"{np.percentile(lat, 50):.1f}" if lat.size else "",
+            "latency_ms_p95": f"{np.percentile(lat, 95):.1f}" if lat.size else "",
+            "backend": str(getattr(self.estimator, "backend", "")),
+            "device": str(getattr(self.estimator, "device", "")),
+            "checkpoint": str(getattr(self.estimator, "checkpoint_name", "")),
+            "image_conversion": self.convert.backend,
+            "camera_to_base": self._camera_to_base_source,
+        }
+        intrinsics = self._intrinsics_from_info
+        if intrinsics is None and self.params["fx"] > 0 and vo.monitor.last_size is not None:
+            intrinsics = (self.params["fx"], self.params["fy"], self.params["cx"], self.params["cy"],
+                          vo.monitor.last_size[1])
+        if intrinsics is not None:
+            values["fov_camera_deg"] = f"{np.degrees(2 * np.arctan(intrinsics[4] / (2 * intrinsics[0]))):.1f}"
+        if vo.last_prediction is not None:
+            values["fov_predicted_deg"] = f"{np.degrees(vo.last_prediction.fov):.1f}"
+            values["scale_m"] = f"{vo.last_prediction.scale:.3f}"
+        return values
+
+    def _publish_diagnostics(self) -> None:
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: visual odometry"
+        status.hardware_id = self._camera_frame or self.params["image_topic"]
+        status.level = DiagnosticStatus.OK if self.vo.tracking else DiagnosticStatus.WARN
+        status.message = self.vo.status
+        status.values = [KeyValue(key=k, value=v) for k, v in self.diagnostic_values().items()]
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self.diag_pub.publish(array)
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
+    rclpy.init(args=args)
+    try:
+        node = LaPoseNode()
+    except Exception as e:  # noqa: BLE001 - report a bad start-up in one line, not a traceback
+        from lapose_core.inference import InferenceError
+
+        if not isinstance(e, (LaPoseNodeError, OdometryConfigError, InferenceError)):
+            raise
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""Streaming visual odometry from windowed pose predictions (pure Python: no ROS here).
+
+The model sees 16 keyframes at a time and returns the 15 step motions between them. A camera stream
+is turned into odometry in four small pieces, each testable on its own:
+
+* :class:`KeyframeSelector` picks keyframes at the model's rate (2 fps by default) by stamp.
+* :class:`StreamMonitor` watches the stream for the conditions that invalidate the window
+  (stamps going backwards, long gaps, a change of image size) and estimates dropped frames.
+* :class:`TrajectoryIntegrator` chains step motions into a continuous camera trajectory and
+  extrapolates it at constant velocity between keyframes.
+* :class:`VisualOdometry` ties them to an estimator with the ``encode_frame`` / ``predict_features``
+  interface of :class:`lapose_core.inference.PoseEstimator`, and converts the camera (optical frame)
+  trajectory to the robot body frame (REP-103: x forward, y left, z up).
+
+Pose conventions follow :mod:`lapose_core.geometry`: 4x4 camera-to-world matrices in the optical frame
+(x right, y down, z forward); the step motion k is ``inv(P_k) @ P_{k+1}``.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from transforms3d.axangles import axangle2mat, mat2axangle
+from transforms3d.quaternions import mat2quat, quat2mat
+
+
+class OdometryConfigError(ValueError):
+    """A parameter of the odometry pipeline that cannot be used (the message names it)."""
+
+
+# Rotation taking optical-frame vectors (x right, y down, z forward) to body-frame vectors
+# (x forward, y left, z up): body x = optical z, body y = -optical x, body z = -optical y.
+OPTICAL_TO_BODY = np.array([[0.0, 0.0, 1.0],
+                            [-1.0, 0.0, 0.0],
+                            [0.0, -1.0, 0.0]])
+
+# The same rotation as the ROS parameter ``camera_to_base`` (x y z qx qy qz qw).
+DEFAULT_CAMERA_TO_BASE = (0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5)
+
+
+def se3(rotation: np.ndarray, translation: Sequence[float]) -> np.ndarray:
+    """A 4x4 rigid transform from a 3x3 rotation and a translation."""
+    T = np.eye(4)
+    T[:3, :3] = rotation
+    T[:3, 3] = translation
+    return T
+
+
+def camera_to_base_from_xyz_quat(values: Sequence[float], name: str = "camera_to_base") -> np.ndarray:
+    """``x y z qx qy qz qw`` (the order of a ROS transform) -> 4x4 pose of the camera in the base frame."""
+    values = [float(v) for v in values]
+    if len(values) != 7:
+        raise OdometryConfigError(f"parameter '{name}' needs 7 numbers (x y z qx qy qz qw), "
+                                  f"got {len(values)}: {values}")
+    if not all(math.isfinite(v) for v in values):
+        raise OdometryConfigError(f"parameter '{name}' has a non-finite value: {values}")
+    x, y, z, qx, qy, qz, qw = values
+    norm = math.sqrt(qx * qx + qy * qy + qz * qz + qw * qw)
+    if not 0.9 < norm < 1.1:
+        raise OdometryConfigError(f"parameter '{name}': quaternion ({qx}, {qy}, {qz}, {qw}) has norm "
+                                  f"{norm:.3f}; expected a unit quaternion in the order qx qy qz qw")
+    return se3(quat2mat([qw, qx, qy, qz]), [x, y, z])
+
+
+def default_camera_to_base() -> np.ndarray:
+    """The camera at the base origin, looking along the base x axis (optical-to-body rotation)."""
+    return se3(OPTICAL_TO_BODY, [0.0, 0.0, 0.0])
+
+
+def camera_motion_to_base(camera_motion: np.ndarray, camera_to_base: np.ndarray) -> np.ndarray:
+    """Conjugate camera poses or motions (..., 4, 4) into the base frame.
+
+    A camera pose relative to the first camera, ``C``, moves the base by ``B @ C @ inv(B)`` where
+    ``B`` is the camera's pose in the base frame: the odometry frame is the base frame at the start.
+    """
+    return camera_to_base @ camera_motion @ np.linalg.inv(camera_to_base)
+
+
+def _hat(w: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]])
+
+
+def se3_log(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4x4 rigid motion -> (v, w): the constant body-frame velocity that produces it in unit time."""
+    R, t = motion[:3, :3], motion[:3, 3]
+    if _is_identity(R):
+        return t.copy(), np.zeros(3)
+    axis, angle = mat2axangle(R, unit_thresh=1e-5)
+    w = np.asarray(axis) * angle
+    W = _hat(w)
+    # Inverse of the left Jacobian V = I + (1 - cos)/th^2 W + (th - sin)/th^3 W^2; its W^2 term
+    # cancels catastrophically for small angles, where its Taylor series is used instead.
+    if abs(angle) < 1e-3:
+        c = 1.0 / 12.0 + angle ** 2 / 720.0
+    else:
+        c = (1.0 - angle * math.sin(angle) / (2.0 * (1.0 - math.cos(angle)))) / angle ** 2
+    V_inv = np.eye(3) - 0.5 * W + c * W @ W
+    return V_inv @ t, w
+
+
+def se3_exp(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`se3_log`."""
+    angle = float(np.linalg.norm(w))
+    if angle < 1e-12:
+        return se3(np.eye(3), v)
+    W = _hat(w)
+    if angle < 1e-3:  # Taylor series, as in se3_log
+        a, b = 0.5 - angle ** 2 / 24.0, 1.0 / 6.0 - angle ** 2 / 120.0
+    else:
+        a, b = (1.0 - math.cos(angle)) / angle ** 2, (angle - math.sin(angle)) / angle ** 3
+    V = np.eye(3) + a * W + b * W @ W
+    return se3(axangle2mat(w / angle, angle), V @ v)
+
+
+def interpolate_motion(step: np.ndarray, fraction: float) -> np.ndarray:
+    """The part ``fraction`` of a step motion at constant velocity (fraction may exceed 1).
+
+    Constant body-frame velocity is a screw motion, ``exp(fraction * log(step))``: a car turning at a
+    steady rate follows the arc, and extrapolating by two halves equals the whole step.
+    """
+    v, w = se3_log(step)
+    return se3_exp(v * fraction, w * fraction)
+
+
+def twist_from_step(step: np.ndarray, duration: float) -> tuple[np.ndarray, np.ndarray]:
+    """Linear (m/s) and angular (rad/s) body velocity that moves through ``step`` in ``duration``."""
+    if duration <= 0:
+        return np.zeros(3), np.zeros(3)
+    v, w = se3_log(step)
+    return v / duration, w / duration
+
+
+def pose_to_xyz_quat(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4x4 -> translation (3,) and quaternion (x, y, z, w) as ROS messages order it, w >= 0."""
+    w, x, y, z = mat2quat(pose[:3, :3])
+    q = np.array([x, y, z, w])
+    return pose[:3, 3].copy(), (-q if w < 0 else q)
+
+
+def _is_identity(R: np.ndarray) -> bool:
+    return bool(np.allclose(R, np.eye(3), atol=1e-12))
+
+
+class KeyframeSelector:
+    """Picks keyframes from a camera stream so that they are spaced at the model's rate.
+
+    A frame becomes a keyframe once at least one model period has passed since the last keyframe,
+    less half a camera period of tolerance: with a 10 Hz camera and a 2 fps model every fifth frame
+    is taken even when stamps jitter, and with a dropped frame the next one is taken. The model is
+    given the real stamps, so an irregular spacing is handled by its timestamp embedding.
+    """
+
+    def __init__(self, fps: float):
+        if not fps > 0:
+            raise OdometryConfigError(f"parameter 'model_fps' must be > 0, got {fps}")
+        self.period = 1.0 / fps
+        self._last_keyframe: Optional[float] = None
+        self._last_frame: Optional[float] = None
+        self._intervals: deque[float] = deque(maxlen=15)
+
+    def offer(self, stamp: float) -> bool:
+        """Whether the frame at ``stamp`` (seconds) becomes a keyframe."""
+        if self._last_frame is not None and stamp > self._last_frame:
+            self._intervals.append(stamp - self._last_frame)
+        self._last_frame = stamp
+        if self._last_keyframe is None:
+            self._last_keyframe = stamp
+            return True
+        camera_period = float(np.median(self._intervals)) if self._intervals else 0.0
+        tolerance = min(0.5 * camera_period, 0.25 * self.period)
+        if stamp - self._last_keyframe >= self.period - tolerance:
+            self._last_keyframe = stamp
+            return True
+        return False
+
+    def reset(self) -> None:
+        self._last_keyframe = None
+        self._last_frame = None
+        self._intervals.clear()
+
+
+class StreamMonitor:
+    """Checks each frame against the previous one for the conditions that invalidate the window.
+
+    Also estimates dropped frames from holes in the stamp sequence (a frame interval well above the
+    usual one), which is the only trace a best-effort subscription leaves of them.
+    """
+
+    def __init__(self, max_gap_s: float):
+        if not max_gap_s > 0:
+            raise OdometryConfigError(f"parameter 'max_gap_s' must be > 0, got {max_gap_s}")
+        self.max_gap_s = max_gap_s
+        self.dropped_frames = 0
+        self._last_stamp: Optional[float] = None
+        self._last_size: Optional[tuple[int, int]] = None
+        self._intervals: deque[float] = deque(maxlen=31)
+
+    def check(self, stamp: float, size: tuple[int, int]) -> Optional[str]:
+        """Record a frame; return why the window must be reset, or None when it may continue."""
+        last_stamp, last_size = self._last_stamp, self._last_size
+        self._last_stamp, self._last_size = stamp, size
+        if last_stamp is None:
+            return None
+        if stamp < last_stamp:
+            self._intervals.clear()
+            return f"time jumped backwards by {last_stamp - stamp:.3f} s (bag loop or clock reset)"
+        if size != last_size:
+            return f"image size changed from {last_size[1]}x{last_size[0]} to {size[1]}x{size[0]}"
+        gap = stamp - last_stamp
+        if gap > self.max_gap_s:
+            return f"gap of {gap:.3f} s between frames exceeds max_gap_s={self.max_gap_s}"
+        if self._intervals and gap > 1.5 * (usual := float(np.median(self._intervals))) > 0:
+            self.dropped_frames += int(round(gap / usual)) - 1
+        if gap > 0:
+            self._intervals.append(gap)
+        return None
+
+    @property
+    def last_stamp(self) -> Optional[float]:
+        return self._last_stamp
+
+    @property
+    def last_size(self) -> Optional[tuple[int, int]]:
+        return self._last_size
+
+    def forget(self) -> None:
+        """Start over after a reset (the dropped-frame count is kept: it is a lifetime counter)."""
+        self._last_stamp = None
+        self._last_size = None
+        self._intervals.clear()
+
+
+class TrajectoryIntegrator:
+    """A continuous camera trajectory built from step motions.
+
+    The trajectory starts at ``anchor`` (identity at start-up). The first full window contributes all
+    of its steps; every later keyframe appends one step. Poses are camera-to-odometry in the optical
+    frame; between keyframes :meth:`pose_at` extrapolates the last step at constant velocity.
+    """
+
+    def __init__(self):
+        self.anchor = np.eye(4)
+        self.restart()
+
+    def restart(self, anchor: Optional[np.ndarray] = None) -> None:
+        """Forget the trajectory; the next :meth:`start` begins at ``anchor`` (default: identity)."""
+        self.anchor = np.eye(4) if anchor is None else anchor.copy()
+        self.keyframe_stamps: list[float] = []
+        self.keyframe_poses: list[np.ndarray] = []
+        self.last_step: Optional[np.ndarray] = None
+        self.last_step_duration = 0.0
+
+    @property
+    def started(self) -> bool:
+        return bool(self.keyframe_poses)
+
+    def start(self, stamps: Sequence[float], steps: np.ndarray) -> None:
+        """Begin at the anchor with a full window: ``len(stamps) == len(steps) + 1``."""
+        assert len(stamps) == len(steps) + 1, "a window has one more stamp than steps"
+        self.keyframe_stamps = [float(stamps[0])]
+        self.keyframe_poses = [self.anchor.copy()]
+        for stamp, step in zip(stamps[1:], steps):
+            self.append(stamp, step)
+
+    def append(self, stamp: float, step: np.ndarray) -> None:
+        """Add the motion from the last keyframe to a new keyframe at ``stamp``."""
+        self.last_step = np.asarray(step, dtype=np.float64)
+        self.last_step_duration = float(stamp) - self.keyframe_stamps[-1]
+        self.keyframe_stamps.append(float(stamp))
+        self.keyframe_poses.append(self.keyframe_poses[-1] @ self.last_step)
+        # Only the newest pose is needed to continue; keep a short tail for inspection.
+        del self.keyframe_stamps[:-64], self.keyframe_poses[:-64]
+
+    @property
+    def pose(self) -> np.ndarray:
+        return self.keyframe_poses[-1]
+
+    def pose_at(self, stamp: float) -> np.ndarray:
+        """Camera pose at ``stamp``: the last keyframe's, moved on at the last step's velocity."""
+        if self.last_step is None or self.last_step_duration <= 0:
+            return self.pose
+        fraction = (float(stamp) - self.keyframe_stamps[-1]) / self.last_step_duration
+        if fraction <= 0:
+            return self.pose
+        return self.pose @ interpolate_motion(self.last_step, fraction)
+
+
+@dataclass
+class OdometryEstimate:
+    """Odometry of the base frame at one stamp (what a node publishes)."""
+
+    stamp: float
+    pose: np.ndarray  # 4x4 base pose in the odometry frame
+    linear_velocity: np.ndarray  # m/s, in the base frame
+    angular_velocity: np.ndarray  # rad/s, in the base frame
+    is_keyframe: bool
+    # Keyframe poses (stamp, 4x4 base pose) that this update added to the trajectory, oldest first:
+    # all 16 when tracking starts, then one per keyframe.
+    new_keyframes: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass
+class FrameResult:
+    """What processing one frame produced."""
+
+    estimate: Optional[OdometryEstimate] = None  # None while warming up or after a reset
+    reset_reason: Optional[str] = None
+    is_keyframe: bool = False
+    model_ran: bool = False
+
+
+class VisualOdometry:
+    """Sliding-window odometry over an estimator with ``encode_frame`` and ``predict_features``.
+
+    Each keyframe's encoder features are cached, so a new keyframe costs one encoder pass and one
+    ``predict_features`` call over the 16 cached features.
+
+    How overlapping windows are combined: every step between two keyframes is predicted by up to 15
+    windows, but only the newest window's estimate of the newest step is appended. Odometry must
+    stay continuous (REP-105), so a published pose is never revised, and the newest window is the
+    only one that contains the new keyframe; the inverse-dynamics model is causal, so its estimate
+    of the newest step already uses every frame up to it, and the step is put in metres with that
+    window's own metric scale. Averaging older windows' estimates would need to delay publication
+    by several keyframes (seconds at 2 fps) for little gain.
+
+    Resets: a backwards time jump (a bag looping) or an explicit request restarts the trajectory at
+    the origin; a long gap, an image-size change or a non-finite model output only drops the window,
+    and the trajectory resumes from the last pose after the next warm-up so the odometry frame stays
+    continuous.
+    """
+
+    def __init__(self, estimator: Any, fps: float = 2.0, max_gap_s: float = 1.0,
+                 camera_to_base: Optional[np.ndarray] = None, num_frames: Optional[int] = None):
+        self.estimator = estimator
+        self.num_frames = int(num_frames or getattr(estimator, "num_frames", 16))
+        self.selector = KeyframeSelector(fps)
+        self.monitor = StreamMonitor(max_gap_s)
+        self.trajectory = TrajectoryIntegrator()
+        self.camera_to_base = default_camera_to_base() if camera_to_base is None else camera_to_base
+        self.keyframes: deque[tuple[float, Any]] = deque(maxlen=self.num_frames)
+        self.resets = 0
+        self.last_reset_reason = ""
+        self.last_prediction: Any = None
+        self._last_camera_pose: Optional[np.ndarray] = None
+
+    @property
+    def tracking(self) -> bool:
+        return self.trajectory.started
+
+    @property
+    def status(self) -> str:
+        if self.tracking:
+            return "tracking"
+        return f"warming up ({len(self.keyframes)}/{self.num_frames} keyframes)"
+
+    def reset(self, reason: str, restart_trajectory: bool = False) -> None:
+        """Drop the window; keep the trajectory's last pose as the anchor unless restarting."""
+        if restart_trajectory:
+            anchor = None
+        elif self._last_camera_pose is not None:
+            anchor = self._last_camera_pose  # the last pose handed out: no jump in the odometry
+        else:
+            anchor = self.trajectory.anchor
+        self.trajectory.restart(anchor)
+        self._last_camera_pose = None if restart_trajectory else anchor
+        self.keyframes.clear()
+        self.selector.reset()
+        self.monitor.forget()
+        self.resets += 1
+        self.last_reset_reason = reason
+
+    def process(self, stamp: float, image: np.ndarray) -> FrameResult:
+        """One camera frame, (H, W, 3) uint8 RGB, at ``stamp`` seconds."""
+        reason = self.monitor.check(stamp, image.shape[:2])
+        if reason is not None:
+            # Hold the pose where it was when the stream broke, then start a fresh window with this
+            # frame. A backwards jump starts the trajectory over: the data is being replayed.
+            self.reset(reason, restart_trajectory=reason.startswith("time jumped backwards"))
+            self.monitor.check(stamp, image.shape[:2])
+            result = FrameResult(reset_reason=reason)
+        else:
+            result = FrameResult()
+        if self.keyframes and stamp == self.keyframes[-1][0]:
+            return result  # a repeated stamp carries no new motion
+        if not self.selector.offer(stamp):
+            if self.tracking:
+                result.estimate = self._estimate(stamp, is_keyframe=False)
+            return result
+        result.is_keyframe = True
+        self.keyframes.append((stamp, self.estimator.encode_frame(image)))
+        if len(self.keyframes) < self.num_frames:
+            return result
+        stamps = [s for s, _ in self.keyframes]
+        prediction = self.estimator.predict_features([f for _, f in self.keyframes],
+                                                     [s - stamps[0] for s in stamps])
+        result.model_ran = True
+        relative = np.asarray(prediction.relative, dtype=np.float64)
+        if relative.shape != (self.num_frames - 1, 4, 4) or not np.isfinite(relative).all() \
+                or not np.isfinite(float(prediction.scale)):
+            reason = ("model output is not finite (scale "
+                      f"{float(prediction.scale)!r}, relative motion shape {relative.shape})")
+            self.reset(reason)
+            result.reset_reason = reason
+            return result
+        self.last_prediction = prediction
+        if not self.trajectory.started:
+            self.trajectory.start(stamps, relative)
+            added = list(zip(self.trajectory.keyframe_stamps, self.trajectory.keyframe_poses))
+        else:
+            self.trajectory.append(stamp, relative[-1])
+            added = [(stamp, self.trajectory.pose)]
+        result.estimate = self._estimate(stamp, is_keyframe=True)
+        result.estimate.new_keyframes = [(s, camera_motion_to_base(p, self.camera_to_base))
+                                         for s, p in added]
+        return result
+
+    def extrapolate(self, stamp: float) -> Optional[OdometryEstimate]:
+        """Odometry at an arbitrary stamp (for publishing at a fixed rate).
+
+        None while warming up, and once the camera has been silent for longer than ``max_gap_s``:
+        extrapolating further would publish a guess as if it were a measurement.
+        """
+        last = self.monitor.last_stamp
+        if not self.tracking or last is None or stamp - last > self.monitor.max_gap_s:
+            return None
+        return self._estimate(stamp, is_keyframe=False)
+
+    def _estimate(self, stamp: float, is_keyframe: bool) -> OdometryEstimate:
+        traj = self.trajectory
+        self._last_camera_pose = traj.pose_at(stamp)
+        pose = camera_motion_to_base(self._last_camera_pose, self.camera_to_base)
+        if traj.last_step is not None:
+            step = camera_motion_to_base(traj.last_step, self.camera_to_base)
+            linear, angular = twist_from_step(step, traj.last_step_duration)
+        else:
+            linear, angular = np.zeros(3), np.zeros(3)
+        return OdometryEstimate(stamp, pose, linear, angular, is_keyframe)

@@ -1,0 +1,418 @@
+"""The odometry node over real DDS on loopback, fed with KITTI frames; image conversion.
+
+Every node runs in its own process on a domain of its own (``ros_domain_id``) with
+ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST; every wait is bounded.
+"""
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+import torch
+import rclpy.context
+import rclpy.executors
+import rclpy.time
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import Odometry, Path as PathMsg
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
+from transforms3d.quaternions import quat2mat
+
+from lapose_ros.image_conversion import (ImageConversionError, ImageConverter, UnsupportedEncodingError,
+                                         fill_image_msg)
+from lapose_ros.odometry import camera_motion_to_base, default_camera_to_base, se3
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_STAMP = 1_700_000_000.0  # an epoch-like stamp, as a live camera would give
+
+try:
+    from tf2_msgs.msg import TFMessage
+except ImportError:  # built by tools/setup_ros.sh where no ROS distribution provides it
+    TFMessage = None
+
+
+# ---------------------------------------------------------------------------- image conversion
+@pytest.fixture(scope="module")
+def kitti_gray(shared_data):
+    return cv2.imread(str(shared_data / "kitti" / "03_head" / "images" / "000000.jpg"), cv2.IMREAD_GRAYSCALE)
+
+
+def make_image(pixels: np.ndarray, encoding: str) -> Image:
+    return fill_image_msg(Image(), pixels, encoding)
+
+
+@pytest.mark.parametrize("prefer_cv_bridge", [True, False])
+def test_every_encoding_converts_to_the_same_rgb(kitti_gray, prefer_cv_bridge):
+    convert = ImageConverter(prefer_cv_bridge=prefer_cv_bridge)
+    rgb = np.ascontiguousarray(np.stack([kitti_gray, np.roll(kitti_gray, 7, 1), 255 - kitti_gray], -1))
+    alpha = np.full(kitti_gray.shape + (1,), 200, np.uint8)
+    cases = {
+        "rgb8": rgb,
+        "bgr8": rgb[..., ::-1],
+        "rgba8": np.concatenate([rgb, alpha], -1),
+        "bgra8": np.concatenate([rgb[..., ::-1], alpha], -1),
+    }
+    for encoding, pixels in cases.items():
+        out = convert(make_image(pixels, encoding))
+        assert out.dtype == np.uint8 and out.shape == rgb.shape
+        assert np.array_equal(out, rgb), encoding
+    gray_rgb = np.repeat(kitti_gray[..., None], 3, -1)
+    assert np.array_equal(convert(make_image(kitti_gray, "mono8")), gray_rgb)
+    mono16 = kitti_gray.astype(np.uint16) * 257  # 8-bit values spread over the 16-bit range
+    assert np.array_equal(convert(make_image(mono16, "mono16")), gray_rgb)
+
+
+def test_row_padding_and_byte_order(kitti_gray):
+    convert = ImageConverter(prefer_cv_bridge=False)
+    h, w = kitti_gray.shape
+    padded = np.zeros((h, w + 3), np.uint8)
+    padded[:, :w] = kitti_gray
+    msg = make_image(kitti_gray, "mono8")
+    msg.step, msg.data = w + 3, padded.tobytes()
+    assert np.array_equal(convert(msg)[..., 0], kitti_gray)
+    big = make_image(kitti_gray.astype(np.uint16) * 257, "mono16")
+    big.data = (kitti_gray.astype(">u2") * 257).tobytes()
+    big.is_bigendian = True
+    assert np.array_equal(convert(big)[..., 0], kitti_gray)
+
+
+def test_bad_images_raise_clear_errors(kitti_gray):
+    convert = ImageConverter(prefer_cv_bridge=False)
+    msg = make_image(kitti_gray.astype(np.float32), "mono8")
+    msg.encoding = "32FC1"
+    with pytest.raises(UnsupportedEncodingError, match="'32FC1' on /cam is not supported"):
+        convert(msg, "/cam")
+    short = make_image(kitti_gray, "mono8")
+    short.data = short.data[:-10]
+    with pytest.raises(ImageConversionError, match="expected step\\*height"):
+        convert(short, "/cam")
+    narrow = make_image(kitti_gray, "mono8")
+    narrow.step = 10
+    with pytest.raises(ImageConversionError, match="step 10 is smaller"):
+        convert(narrow)
+
+
+# ---------------------------------------------------------------------------- node processes
+class KittiStream:
+    """Frames of a KITTI folder as image + camera-info messages with epoch-like stamps."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.times = np.loadtxt(folder / "times.txt")
+        self.calib = np.loadtxt(folder / "calib.txt")
+
+    def gray(self, index: int) -> np.ndarray:
+        return cv2.imread(str(self.folder / "images" / f"{index:06d}.jpg"), cv2.IMREAD_GRAYSCALE)
+
+    def stamp(self, index: int, offset: float = 0.0) -> float:
+        return BASE_STAMP + float(self.times[index]) + offset
+
+    def messages(self, index: int, offset: float = 0.0, encoding: str = "mono8"):
+        gray = self.gray(index)
+        pixels = gray if encoding == "mono8" else np.repeat(gray[..., None], 3, -1)
+        image = fill_image_msg(Image(), pixels, encoding)
+        stamp = rclpy.time.Time(nanoseconds=int(round(self.stamp(index, offset) * 1e9))).to_msg()
+        image.header.stamp, image.header.frame_id = stamp, "camera_optical"
+        fx, fy, cx, cy, width, height = self.calib
+        info = CameraInfo()
+        info.header = image.header
+        info.width, info.height = int(width), int(height)
+        info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+        return image, info
+
+
+class Harness:
+    """The test side: publishes camera messages, records what the node publishes."""
+
+    def __init__(self, context):
+        self.node = Node("lapose_test_harness", context=context)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", 100)
+        self.info_pub = self.node.create_publisher(CameraInfo, "/camera/camera_info", 100)
+        self.odom, self.paths, self.diagnostics, self.tf = [], [], [], []
+        self.node.create_subscription(Odometry, "/lapose/odom", self.odom.append, 100)
+        self.node.create_subscription(PathMsg, "/lapose/path", self.paths.append, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        if TFMessage is not None:
+            self.node.create_subscription(TFMessage, "/tf", self.tf.append, QoSProfile(depth=100))
+        self.reset_client = self.node.create_client(Trigger, "/lapose_node/reset")
+
+    def spin_until(self, condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def spin_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def wait_for_node(self, process) -> None:
+        def ready():
+            if process.poll() is not None:
+                raise AssertionError(f"lapose_node exited with {process.returncode}:\n{process.output()}")
+            return (self.image_pub.get_subscription_count() > 0 and
+                    self.node.count_publishers("/lapose/odom") > 0)
+        self.spin_until(ready, 60, "lapose_node to start and be discovered")
+        self.spin_for(0.5)
+
+    def send(self, image: Image, info: CameraInfo, period: float = 0.04) -> None:
+        self.info_pub.publish(info)
+        self.image_pub.publish(image)
+        self.spin_for(period)
+
+    def latest_diagnostics(self) -> dict:
+        status = self.diagnostics[-1].status[0]
+        level = status.level  # a byte field: bytes of length one in rclpy
+        return {"message": status.message, "level": level[0] if isinstance(level, bytes) else int(level),
+                **{kv.key: kv.value for kv in status.values}}
+
+    def wait_diagnostics(self, condition, timeout: float, what: str) -> dict:
+        start = len(self.diagnostics)
+        self.spin_until(lambda: len(self.diagnostics) > start and condition(self.latest_diagnostics()),
+                        timeout, what)
+        return self.latest_diagnostics()
+
+
+class NodeProcess:
+    """``python -m lapose_ros.node`` on the test's domain; stopped with SIGINT, then killed."""
+
+    def __init__(self, tmp_path: Path, **params):
+        params = {"checkpoint": "random:tiny", "qos_depth": 100, **params}
+        args = [f"{k}:={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
+        cmd = [sys.executable, "-m", "lapose_ros.node", "--ros-args"]
+        for arg in args:
+            cmd += ["-p", arg]
+        env = dict(os.environ, PYTHONPATH=str(REPO), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                   PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        assert env["ROS_DOMAIN_ID"]  # set by the ros_domain_id fixture
+        self.log_path = tmp_path / "lapose_node.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def poll(self):
+        return self.process.poll()
+
+    @property
+    def returncode(self):
+        return self.process.returncode
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def ros_context(ros_domain_id):
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)
+
+
+@pytest.fixture
+def stream(shared_data):
+    return KittiStream(shared_data / "kitti" / "03_head")
+
+
+def offline_trajectory(stream: KittiStream, keyframe_indices: list[int]) -> np.ndarray:
+    """What the node should have published at its keyframes: the first window's poses, then each
+    later window's newest step, with the same estimator on the same frames."""
+    from lapose_core.inference import PoseEstimator
+
+    estimator = PoseEstimator.random(preset="tiny")
+    stamps = [stream.stamp(i) for i in keyframe_indices]
+    features = [estimator.encode_frame(np.repeat(stream.gray(i)[..., None], 3, -1)) for i in keyframe_indices]
+    poses = list(estimator.predict_features(features[:16], stamps[:16]).poses)
+    for end in range(17, len(keyframe_indices) + 1):
+        window = estimator.predict_features(features[end - 16:end], stamps[end - 16:end])
+        poses.append(poses[-1] @ window.relative[-1])
+    return camera_motion_to_base(np.stack(poses), default_camera_to_base())
+
+
+def msg_pose(pose) -> np.ndarray:
+    p, o = pose.position, pose.orientation
+    return se3(quat2mat([o.w, o.x, o.y, o.z]), [p.x, p.y, p.z])
+
+
+def test_node_publishes_odometry_tf_path_and_diagnostics(ros_context, stream, tmp_path):
+    node = NodeProcess(tmp_path)
+    harness = Harness(ros_context)
+    try:
+        harness.wait_for_node(node)
+        indices = list(range(0, 111))
+        sent = {}
+        for i in indices:
+            image, info = stream.messages(i)
+            sent[round(stream.stamp(i), 6)] = i
+            harness.send(image, info)
+        last = round(stream.stamp(indices[-1]), 6)
+        harness.spin_until(lambda: harness.odom and round(rclpy.time.Time.from_msg(
+            harness.odom[-1].header.stamp).nanoseconds * 1e-9, 6) == last, 60, "odometry of the last frame")
+        diag = harness.wait_diagnostics(lambda d: d["message"] == "tracking", 5, "diagnostics 'tracking'")
+    finally:
+        code = node.stop()
+    assert code == 0, node.output()
+
+    # Odometry: frames, stamps (each one an image stamp), nothing while warming up.
+    stamps = [round(rclpy.time.Time.from_msg(o.header.stamp).nanoseconds * 1e-9, 6) for o in harness.odom]
+    assert all(o.header.frame_id == "odom" and o.child_frame_id == "base_link" for o in harness.odom)
+    assert set(stamps) <= set(sent) and stamps == sorted(stamps)
+    assert sent[stamps[0]] >= 75  # sixteen keyframes at 2 fps from ~10 Hz: frame 75 at the earliest
+    assert len(stamps) >= 25
+    cov = np.asarray(harness.odom[-1].pose.covariance).reshape(6, 6)
+    assert np.allclose(np.diag(cov), [0.05, 0.05, 0.05, 0.01, 0.01, 0.01])
+    # Twist is the last step's velocity: consecutive keyframe positions agree with it.
+    assert np.isfinite([harness.odom[-1].twist.twist.linear.x, harness.odom[-1].twist.twist.angular.z]).all()
+
+    # TF mirrors the odometry.
+    if TFMessage is not None:
+        transforms = [t for m in harness.tf for t in m.transforms]
+        assert transforms and all(t.header.frame_id == "odom" and t.child_frame_id == "base_link"
+                                  for t in transforms)
+        by_stamp = {round(rclpy.time.Time.from_msg(t.header.stamp).nanoseconds * 1e-9, 6): t
+                    for t in transforms}
+        odom = harness.odom[-1]
+        t = by_stamp[stamps[-1]].transform.translation
+        assert np.allclose([t.x, t.y, t.z], [odom.pose.pose.position.x, odom.pose.pose.position.y,
+                                             odom.pose.pose.position.z])
+    else:
+        print("tf2_msgs not importable here: TF output not checked (run tools/setup_ros.sh)")
+
+    # Diagnostics.
+    assert diag["level"] == 0 and diag["backend"] == "eager" and diag["corrupt_frames"] == "0"
+    assert diag["resets"] == "0" and float(diag["latency_ms_p50"]) > 0
+    assert 50 < float(diag["fov_camera_deg"]) < 120  # from the CameraInfo of the KITTI calibration
+
+    # Path: keyframe poses, and the trajectory the same estimator gives offline on the same frames.
+    path = harness.paths[-1]
+    assert path.header.frame_id == "odom" and len(path.poses) >= 16
+    path_stamps = [round(rclpy.time.Time.from_msg(p.header.stamp).nanoseconds * 1e-9, 6) for p in path.poses]
+    keyframes = [sent[min(sent, key=lambda s: abs(s - ps))] for ps in path_stamps]
+    assert np.allclose([stream.stamp(k) for k in keyframes], path_stamps, atol=1e-5)
+    expected = offline_trajectory(stream, keyframes)
+    published = np.stack([msg_pose(p.pose) for p in path.poses])
+    assert np.abs(published[:, :3, 3] - expected[:, :3, 3]).max() < 1e-3
+    assert np.abs(published[:, :3, :3] - expected[:, :3, :3]).max() < 1e-3
+    assert np.linalg.norm(published[-1, :3, 3]) > 0.1  # it does move
+
+
+def test_node_survives_bad_input_and_resets(ros_context, stream, shared_data, tmp_path):
+    node = NodeProcess(tmp_path, invert_tf=True, odom_frame="odom_vo", base_frame="base_vo")
+    harness = Harness(ros_context)
+    try:
+        harness.wait_for_node(node)
+        for i in range(0, 80):
+            harness.send(*stream.messages(i))
+        harness.spin_until(lambda: len(harness.odom) > 0, 60, "odometry after warm-up")
+        assert harness.odom[-1].header.frame_id == "odom_vo"
+        assert harness.odom[-1].child_frame_id == "base_vo"
+        if TFMessage is not None:
+            harness.spin_until(lambda: harness.tf, 10, "TF")
+            t = harness.tf[-1].transforms[0]
+            assert (t.header.frame_id, t.child_frame_id) == ("base_vo", "odom_vo")  # invert_tf
+
+        # An unsupported encoding: counted, warned once, never fatal.
+        image, info = stream.messages(80)
+        image.encoding = "32FC1"
+        for _ in range(3):
+            harness.send(image, info)
+        d = harness.wait_diagnostics(lambda d: d["corrupt_frames"] == "3", 10, "3 corrupt frames")
+        assert d["message"] == "tracking" and d["resets"] == "0"
+
+        # A change of image size: the window is reset, nothing is published from it.
+        other = KittiStream(shared_data / "kitti" / "07_head")
+        image, info = other.messages(0)
+        image.header.stamp = stream.messages(81)[0].header.stamp
+        count = len(harness.odom)
+        harness.send(image, info)
+        d = harness.wait_diagnostics(lambda d: d["resets"] == "1", 10, "a reset after the size change")
+        assert "size changed from 621x188 to 613x185" in d["last_reset_reason"]
+        assert d["message"].startswith("warming up")
+
+        # Time jumps backwards (a bag loop): reset again.
+        harness.send(*stream.messages(3))
+        d = harness.wait_diagnostics(lambda d: d["resets"] == "2", 10, "a reset after a backwards jump")
+        assert "backwards" in d["last_reset_reason"]
+
+        # The reset service.
+        assert harness.reset_client.wait_for_service(timeout_sec=10)
+        future = harness.reset_client.call_async(Trigger.Request())
+        harness.spin_until(future.done, 10, "the reset service")
+        assert future.result().success
+        d = harness.wait_diagnostics(lambda d: d["resets"] == "3", 10, "a reset by service")
+        assert d["last_reset_reason"] == "reset service called" and d["level"] == 1  # WARN: warming up
+        harness.spin_for(0.5)
+        assert len(harness.odom) == count  # no pose after any of the resets
+        assert node.poll() is None
+    finally:
+        code = node.stop()
+    assert code == 0, node.output()
+    log = node.output()
+    assert log.count("image encoding '32FC1' on /camera/image_raw is not supported") == 1
+    assert "odometry window reset: image size changed" in log
+    # The fallbacks for the ROS packages that may be absent each say what is used instead.
+    if importlib.util.find_spec("cv_bridge") is None:
+        assert "cv_bridge not installed: converting images with numpy (same result)" in log
+    if importlib.util.find_spec("tf2_ros") is None:
+        assert "tf2_ros not installed: camera-to-base transform from parameter camera_to_base" in log
+        assert ("tf2_ros not installed: publishing tf2_msgs/TFMessage on /tf directly" in log
+                if TFMessage is not None else "TF is not published" in log)
+
+
+def test_device_and_backend_parameters(caplog):
+    import logging
+
+    from lapose_ros.node import LaPoseNodeError, load_estimator
+
+    logger = logging.getLogger("lapose_node_test")
+    with caplog.at_level(logging.WARNING):
+        estimator = load_estimator("random:tiny", "auto", "cuda", "", logger)
+    assert str(estimator.device) == "cpu" and estimator.backend == "eager"  # auto on cpu = eager
+    if not torch.cuda.is_available():
+        assert "device 'cuda' requested but CUDA is not available: using 'cpu'" in caplog.text
+    with pytest.raises(LaPoseNodeError, match="parameter 'backend' must be one of"):
+        load_estimator("random:tiny", "onnx", "cpu", "", logger)
+    with pytest.raises(LaPoseNodeError, match="parameter 'device'"):
+        load_estimator("random:tiny", "eager", "tpu", "", logger)
+
+
+def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
+    from lapose_ros import bench
+
+    code = bench.main(["--quick", "--frames", "6", "--domain-id", str(ros_domain_id),
+                       "--sequence", str(shared_data / "kitti" / "03_head")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    table = out[out.index("latency from image publication"):].splitlines()[2:]
+    rows = [line.split() for line in table if line.split()[1:3] == ["cpu", "eager"] and " at " not in line]
+    assert len(rows) == 1, out
+    key_p50, key_p95, mid_p50, mid_p95, max_hz = map(float, rows[0][3:8])
+    assert 0 < key_p50 <= key_p95 and 0 < mid_p50 <= mid_p95 and max_hz > 0
+    assert "at 10 Hz (period 100 ms)" in out and "at 30 Hz (period 33 ms)" in out
+    assert "paper-size model skipped: --quick" in out
+    assert bench.main(["--frames", "0"]) == 2  # a bad option is an error message, not a traceback

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Reproduces docs/results.md end to end: VQ-VAE and latent action pretraining on unlabeled frames,
+# pose post-training with the labels of 07_head and 06_head only, the ablations, and the evaluation
+# on 03_head (1, 1.3, 2, 4 fps) and 01_head (4 fps). Every stage resumes where a killed run stopped
+# and a finished stage is not trained again, so the script can simply be started again.
+#
+#   bash training/reproduce.sh            # tiny preset, CPU (RUNS=runs/tiny)
+#   PRESET=paper bash training/reproduce.sh   # on a GPU machine; wrap lapose in torchrun for many
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+PRESET=${PRESET:-tiny}
+RUNS=${RUNS:-runs/$PRESET}
+CONFIGS=training/configs/$PRESET
+LAPOSE=${LAPOSE:-.venv/bin/lapose}
+POST_STEPS=${POST_STEPS:-}  # optional override of post-training steps for every variant
+post_args=(--config "$CONFIGS/posttrain.yaml" --resume --no-progress ${POST_STEPS:+--max-steps "$POST_STEPS"})
+
+$LAPOSE train-vqvae --config "$CONFIGS/vqvae.yaml" --out "$RUNS/vqvae" --resume --no-progress
+$LAPOSE pretrain --config "$CONFIGS/pretrain.yaml" --out "$RUNS/pretrain" --vqvae "$RUNS/vqvae" \
+  --resume --no-progress
+
+# Post-training variants (the paper's default first, then the ablations).
+$LAPOSE posttrain "${post_args[@]}" --out "$RUNS/post_frozen" --init-from "$RUNS/pretrain" --freeze
+$LAPOSE posttrain "${post_args[@]}" --out "$RUNS/post_finetune" --init-from "$RUNS/pretrain" --finetune
+$LAPOSE posttrain "${post_args[@]}" --out "$RUNS/post_scratch" --init-from scratch --finetune
+$LAPOSE posttrain "${post_args[@]}" --out "$RUNS/post_bottleneck" --init-from "$RUNS/pretrain" \
+  --freeze --set model.pose_head_input=bottleneck
+
+.venv/bin/python training/make_results.py --runs "$RUNS" --out docs/results.md
