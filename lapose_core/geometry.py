@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 SCALE_FLOOR = 1.0  # translation targets are t / max(s, SCALE_FLOOR)
@@ -102,8 +101,3 @@ def poses_from_prediction(translation: torch.Tensor, quaternion: torch.Tensor,
     rel[..., 3, 3] = 1.0
     return rel
 
-
-def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
-    """Angle in degrees of rotation matrices (..., 3, 3)."""
-    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))

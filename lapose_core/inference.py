@@ -133,6 +133,7 @@ class PoseEstimator:
                     self._warm_up()
                 return candidate
             except Exception as e:  # noqa: BLE001 - any failure means: use the next backend
+                self.model.float()  # a failed TensorRT build may have left the weights in fp16
                 self.frame_part, self.window_part = FramePart(self.model), WindowPart(self.model)
                 self.dtype = torch.float32
                 log.warning("backend '%s' unavailable (%s: %s); falling back to '%s'", candidate,

@@ -1,0 +1,60 @@
+"""PoseEstimator: streaming through cached frame features equals the whole-window model, the
+backend fallback chain, and clear errors."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from lapose_core.data.sources import KittiSequence
+from lapose_core.data.windows import window_indices
+from lapose_core.inference import InferenceError, PoseEstimator
+
+
+@pytest.fixture(scope="module")
+def window(shared_data):
+    seq = KittiSequence(shared_data / "kitti" / "03_head")
+    idx = window_indices(seq.timestamps, 2.0, 16, start=20)
+    return [seq.read(i) for i in idx], seq.timestamps[idx]
+
+
+def test_streaming_equals_whole_window(window):
+    images, ts = window
+    est = PoseEstimator.random("tiny", seed=3)
+    streamed = est.predict_features([est.encode_frame(im) for im in images], ts)
+    frames = torch.stack([est.preprocess(im) for im in images])[None]
+    with torch.no_grad():
+        out = est.model.predict(frames, torch.as_tensor(ts - ts[0], dtype=torch.float32)[None])
+    assert np.allclose(streamed.scale, out["scale"].item(), rtol=1e-5)
+    assert streamed.relative.shape == (15, 4, 4) and streamed.poses.shape == (16, 4, 4)
+    assert np.allclose(streamed.poses[0], np.eye(4))
+    assert np.allclose(streamed.poses[-1], streamed.poses[-2] @ streamed.relative[-1], atol=1e-9)
+    assert streamed.finite
+
+
+def test_backend_falls_back_to_eager(window, monkeypatch, caplog):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with caplog.at_level(logging.WARNING):
+        est = PoseEstimator.random("tiny", seed=3, backend="tensorrt")
+    assert est.backend == "eager"
+    assert "backend 'tensorrt' unavailable" in caplog.text and "backend 'compile' unavailable" in caplog.text
+    assert all(p.dtype == torch.float32 for p in est.model.parameters())
+    images, ts = window
+    reference = PoseEstimator.random("tiny", seed=3).predict_window(images, ts)
+    assert np.allclose(est.predict_window(images, ts).relative, reference.relative, atol=1e-6)
+
+
+def test_clear_errors(tmp_path, window):
+    with pytest.raises(InferenceError, match="nowhere"):
+        PoseEstimator.load(tmp_path / "nowhere")
+    with pytest.raises(InferenceError, match="unknown backend 'fast'"):
+        PoseEstimator.random("tiny", backend="fast")
+    est = PoseEstimator.random("tiny")
+    images, ts = window
+    with pytest.raises(InferenceError, match="needs 16 frames, got 3"):
+        est.predict_features([est.encode_frame(im) for im in images[:3]], ts[:3])
+    with pytest.raises(InferenceError, match="uint8"):
+        est.encode_frame(np.zeros((10, 10, 3), dtype=np.float32))
