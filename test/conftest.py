@@ -21,8 +21,13 @@ _domain_ids = itertools.count(100 + (os.getpid() * 7) % 60)
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The real data folder. CI must have it; elsewhere (``colcon test`` on a robot, say) the tests
+    that need it are skipped with the reason."""
     if not (SHARED_DATA / "kitti").is_dir():
-        pytest.fail(f"real data folder not found at {SHARED_DATA} (set LAPOSE_SHARED_DATA)")
+        message = f"real data folder not found at {SHARED_DATA} (set LAPOSE_SHARED_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return SHARED_DATA
 
 
