@@ -50,24 +50,33 @@ class WindowPrediction:
 
 
 class FramePart(nn.Module):
-    """(M, 3, H, W) frames -> (M, N, C) tokens. Timestamp-free, so a frame's output can be cached."""
+    """(M, 3, H, W) frames -> what is cached per frame.
+
+    With the timestamp embedding at the dynamics input (the default) that is the encoder's output
+    (M, N, C), which does not depend on the window. With it at the encoder input (the paper's exact
+    tokenizer) a frame's encoding changes with its time in the window, so the frame itself is cached
+    and the whole window is encoded again at every prediction.
+    """
 
     def __init__(self, model: LaPose):
         super().__init__()
         self.encoder = model.encoder
+        self.cache_tokens = model.cfg.time_embedding_at == "dynamics"
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.encoder(frames)
+        return self.encoder(frames) if self.cache_tokens else frames
 
 
 class WindowPart(nn.Module):
-    """(B, T, N, C) tokens, (B, T) timestamps -> translation, quaternion, fov, scale."""
+    """(B, T, ...) cached frame features, (B, T) timestamps -> translation, quaternion, fov, scale."""
 
     def __init__(self, model: LaPose):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor, timestamps: torch.Tensor):
+    def forward(self, cached: torch.Tensor, timestamps: torch.Tensor):
+        tokens = (cached if self.model.cfg.time_embedding_at == "dynamics"
+                  else self.model.encode_frames(cached, timestamps))
         out = self.model.pose(self.model.actions(tokens, timestamps))
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
 
@@ -76,9 +85,6 @@ class PoseEstimator:
     def __init__(self, model: LaPose, config: LaPoseConfig, *, device: str = "cpu",
                  backend: str = "eager", checkpoint_name: str = "random",
                  checkpoint_digest: str = "", engine_cache_dir: str | Path | None = None):
-        if config.model.time_embedding_at != "dynamics":
-            raise InferenceError("streaming inference needs model.time_embedding_at='dynamics' "
-                                 "(frame encodings must not depend on the window)")
         self.config = config
         self.num_frames = config.model.num_frames
         self.fps = config.data.eval_fps
@@ -143,9 +149,10 @@ class PoseEstimator:
 
     def example_inputs(self) -> tuple[tuple[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         m = self.config.model
-        n_tokens = m.grid[0] * m.grid[1]
         frame = torch.zeros(1, 3, m.image_height, m.image_width, device=self.device, dtype=self.dtype)
-        tokens = torch.zeros(1, self.num_frames, n_tokens, m.width, device=self.device, dtype=self.dtype)
+        cached_shape = ((m.grid[0] * m.grid[1], m.width) if m.time_embedding_at == "dynamics"
+                        else (3, m.image_height, m.image_width))
+        tokens = torch.zeros(1, self.num_frames, *cached_shape, device=self.device, dtype=self.dtype)
         ts = (torch.arange(self.num_frames, device=self.device, dtype=self.dtype) / self.fps)[None]
         return (frame,), (tokens, ts)
 
@@ -200,7 +207,7 @@ class PoseEstimator:
 
     @torch.inference_mode()
     def encode_frame(self, image: np.ndarray) -> torch.Tensor:
-        """One camera frame -> its cached encoder features (N, C)."""
+        """One camera frame -> what the window keeps of it (encoder features (N, C) by default)."""
         x = self.preprocess(image).to(self.device, self.dtype)[None]
         return self.frame_part(x)[0]
 

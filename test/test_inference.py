@@ -32,6 +32,22 @@ def test_streaming_equals_whole_window(window):
     assert streamed.finite
 
 
+def test_encoder_time_embedding_models_run_too(window):
+    """A model with the timestamp embedding in the tokenizer re-encodes the window each time."""
+    from lapose_core.config import LaPoseConfig
+    from lapose_core.model.lapose import LaPose
+
+    cfg = LaPoseConfig.from_dict({"model": {"time_embedding_at": "encoder"}})
+    torch.manual_seed(0)
+    est = PoseEstimator(LaPose(cfg.model), cfg)
+    images, ts = window
+    pred = est.predict_window(images, ts)
+    frames = torch.stack([est.preprocess(im) for im in images])[None]
+    with torch.no_grad():
+        out = est.model.predict(frames, torch.as_tensor(ts - ts[0], dtype=torch.float32)[None])
+    assert np.isclose(pred.scale, out["scale"].item(), rtol=1e-5)
+
+
 def test_backend_falls_back_to_eager(window, monkeypatch, caplog):
     def broken_compile(*args, **kwargs):
         raise RuntimeError("no compiler here")
