@@ -79,6 +79,7 @@ class DataConfig:
         "../shared/data/kitti/07_head", "../shared/data/kitti/06_head"])
     image_topic: str = "/camera/image_raw"  # for rosbag2 sources
     image_folder_fps: float = 10.0  # image folders carry no timestamps
+    hflip_prob: float = 0.0  # chance a training window is mirrored left-right (motion mirrored too)
     # Cut / frozen-frame detection on the decoded low-resolution frames.
     cut_threshold: float = 4.0  # a pair is a cut when this many times more different than its neighbours
     frozen_threshold: float = 0.004  # a frame is a copy when < this fraction of thumbnail pixels changed

@@ -26,6 +26,7 @@ VARIANTS = {  # run folder -> description
     "post_finetune": "pretrained, inverse dynamics fine-tuned",
     "post_scratch": "no pretraining (random init), everything trained on the labels",
     "post_bottleneck": "pretrained, frozen, pose head on the 50-d bottleneck action",
+    "post_frozen_noflip": "as post_frozen, without mirrored training windows",
 }
 TABLE3_FPS = (1.0, 1.3, 2.0, 4.0)
 

@@ -185,7 +185,8 @@ class ClipDataset(torch.utils.data.Dataset):
                 self.stats[reason] += 1
                 continue
             self.stats["used"] += 1
-            return self._clip(src, idx, fps)
+            clip = self._clip(src, idx, fps)
+            return mirror_clip(clip) if rng.uniform() < data.hflip_prob else clip
         raise DataError(f"seed {seed}: no usable window in {MAX_DRAWS} draws (drops so far: "
                         f"{dict(self.stats)})")
 
@@ -200,6 +201,22 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.labeled:
             clip["poses"] = torch.from_numpy(src.poses[idx].astype(np.float32))
         return clip
+
+
+MIRROR = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+
+
+def mirror_clip(clip: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same drive seen in a mirror: frames flipped left-right, motion reflected to match.
+
+    Flipping the image is the camera frame's x -> -x; reflecting the world the same way keeps every
+    pose a proper rigid motion: P' = M P M with M = diag(-1, 1, 1), so each step becomes M rel M (a
+    left turn becomes a right turn). The field of view is unchanged.
+    """
+    out = dict(clip, frames=clip["frames"].flip(-1))
+    if "poses" in clip:
+        out["poses"] = MIRROR @ clip["poses"] @ MIRROR
+    return out
 
 
 def build_pretrain_dataset(cfg: LaPoseConfig, root: Path) -> ClipDataset:

@@ -38,6 +38,7 @@ class LaPoseStage:
     def __init__(self, cfg: LaPoseConfig, root: Path):
         self.cfg = cfg
         self.name = cfg.train.stage
+        self._restarted = 0
         self.model = LaPose(cfg.model)
         t = cfg.train
         self.model.loss_weights = {"translation": t.w_translation, "rotation": t.w_rotation,
@@ -64,16 +65,15 @@ class LaPoseStage:
         load_parts(self.model, path, INHERITED[self.name], self.cfg)
 
     def scalars(self) -> dict[str, float]:
-        if self.name != "vqvae":
-            return {}
-        usage = self.model.vqvae.quantizer.usage
-        return {"codebook_usage": (usage > 0.03).float().mean().item()}
+        # Codebook health: the model logs codes_used and perplexity per batch; this is how many codes
+        # the last restart had to revive (it falls towards 0 as the codebook settles).
+        return {"codes_restarted": float(self._restarted)} if self.name == "vqvae" else {}
 
     def on_step_end(self, step: int) -> None:
         if self.name == "vqvae" and step % RESTART_EVERY == 0:
-            n = self.model.vqvae.quantizer.restart_dead_codes()
-            if n:
-                log.info("step %d: restarted %d dead codebook entries", step, n)
+            self._restarted = self.model.vqvae.quantizer.restart_dead_codes()
+            if self._restarted:
+                log.info("step %d: restarted %d dead codebook entries", step, self._restarted)
 
 
 def load_parts(model: LaPose, path: Path, parts: tuple[str, ...], cfg: LaPoseConfig) -> None:
