@@ -47,7 +47,7 @@ def apply_override(cfg, item: str) -> None:
     """``section.key=value`` with the value parsed as YAML (numbers, booleans, lists)."""
     import yaml
 
-    from .config import ConfigError, _apply
+    from .config import ConfigError, apply_fields
 
     if "=" not in item or "." not in item.split("=", 1)[0]:
         raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=1e-4")
@@ -55,7 +55,7 @@ def apply_override(cfg, item: str) -> None:
     section, field = key.split(".", 1)
     if section not in ("model", "data", "train"):
         raise ConfigError(f"--set {item!r}: unknown section '{section}' (model, data or train)")
-    _apply(getattr(cfg, section), {field: yaml.safe_load(value)}, f"--set {section}")
+    apply_fields(getattr(cfg, section), {field: yaml.safe_load(value)}, f"--set {section}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -138,7 +138,7 @@ class LaPoseConfig:
                 continue
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: '{section}' must be a mapping, got {type(values).__name__}")
-            _apply(getattr(cfg, section), values, f"{source}: {section}")
+            apply_fields(getattr(cfg, section), values, f"{source}: {section}")
         cfg.validate(source)
         return cfg
 
@@ -188,7 +188,8 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: need 0 < data.fps_min <= data.fps_max")
 
 
-def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+def apply_fields(obj: Any, values: dict[str, Any], where: str) -> None:
+    """Set ``values`` on a config section, type-checked; ``where`` names the source in errors."""
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in fields:
@@ -209,8 +210,8 @@ def preset(name: str) -> LaPoseConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
     cfg = LaPoseConfig(preset=name)
-    _apply(cfg.model, PRESETS[name].get("model", {}), f"preset {name}: model")
-    _apply(cfg.train, PRESETS[name].get("train", {}), f"preset {name}: train")
+    apply_fields(cfg.model, PRESETS[name].get("model", {}), f"preset {name}: model")
+    apply_fields(cfg.train, PRESETS[name].get("train", {}), f"preset {name}: train")
     return cfg
 
 
