@@ -25,6 +25,18 @@ def last_log(run: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
+def data_summary(log_path: Path) -> str:
+    """What the pretraining data loader reported: sources used, footage, sources skipped."""
+    if not log_path.is_file():
+        return "see the training log"
+    lines = log_path.read_text().splitlines()
+    used = next((l.split("datasets: ", 1)[1] for l in lines if "sources," in l and "footage" in l), "")
+    skipped = sorted(Path(l.split(": no usable")[0].split()[-1]).name for l in lines
+                     if "no usable window" in l)
+    return (f"{used}; skipped for having no usable 16-frame window at 1-4 fps: "
+            f"{', '.join(skipped) or 'none'}")
+
+
 def fmt(v, spec=".3f"):
     return "n/a" if v is None else format(v, spec)
 
@@ -43,8 +55,8 @@ def main() -> int:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copy2(ckpt / "model.safetensors", tmp / "model.safetensors")
-    shutil.copy2(ckpt / "config.json", tmp / "config.json")
+    for name in ("model.safetensors", "config.json"):
+        shutil.copyfile(ckpt / name, tmp / name)  # plain copy: readable by every user of the install
 
     stages = [("vqvae", runs / "vqvae"), ("pretrain", runs / "pretrain"), ("posttrain", run)]
     if cfg.train.init_from == "scratch":
@@ -69,6 +81,7 @@ def main() -> int:
     m = cfg.model
     n_params = sum(t.numel() for k, t in load_file(str(ckpt / "model.safetensors")).items()
                    if not k.startswith(("fdm.", "vqvae.")))
+    pretrain_summary = data_summary(runs / "vqvae.log")
     card = f"""# LA-Pose default model (preset `{cfg.preset}`)
 
 The model `lapose demo`, `lapose eval`, `lapose replay` and `lapose_node` use when no checkpoint is
@@ -85,8 +98,9 @@ the VQ-VAE and forward-dynamics weights of pretraining). Inverse dynamics
 {'frozen' if cfg.train.freeze_idm else 'fine-tuned'} during post-training.
 
 ## Data and stages
-- VQ-VAE and pretraining: every unlabeled frame of `../shared/data` (37 driving clips, 2 videos, the
-  KITTI images without their poses); windows spanning scene cuts or frozen stretches dropped.
+- VQ-VAE and pretraining: the unlabeled frames of `../shared/data` (driving clips, the highway video,
+  the KITTI images without their poses): {pretrain_summary}. Windows spanning scene cuts or frozen
+  stretches dropped.
 - Post-training: the poses of KITTI `07_head` and `06_head` only (211 labeled frames).
 - Trained on a 2-core CPU with `bash training/reproduce.sh`.
 
@@ -108,8 +122,8 @@ default for the pipeline, not a production odometry model; train the `paper` pre
 for that.
 
 ## Licence and attribution
-Weights derived from KITTI (CC BY-NC-SA 3.0; Geiger, Lenz, Urtasun, CVPR 2012), nuScenes
-(CC BY-NC-SA 4.0) and public driving clips whose licences are not stated: non-commercial use only.
+Weights derived from KITTI (CC BY-NC-SA 3.0; Geiger, Lenz, Urtasun, CVPR 2012) and public driving
+clips whose licences are not stated: non-commercial use only.
 """
     (tmp / "MODEL_CARD.md").write_text(card)
     if out.exists():
