@@ -54,6 +54,16 @@ def final_losses(run: Path) -> str:
     return f"step {last.get('step')}: " + ", ".join(f"{k.split('/')[-1]} {last[k]:.4g}" for k in keys)
 
 
+def code_version() -> str:
+    """The commit, and any uncommitted change to tracked files outside docs/ (this script's output)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                             ":!docs"], capture_output=True, text=True, cwd=REPO).stdout
+    changed = sorted(line[3:] for line in status.splitlines() if line.strip())
+    return commit + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", default="runs/tiny")
@@ -63,6 +73,7 @@ def main() -> int:
                     help="the variant shipped as the default model: evaluated at every rate too")
     args = ap.parse_args()
     runs, out = Path(args.runs), Path(args.out)
+    commit = code_version()
     assets = out.parent / "results"
     assets.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -115,13 +126,6 @@ def main() -> int:
     plot_auc_distribution({"LA-Pose": [w.auc5 for w in lap.per_window],
                            "classical": [w.auc5 for w in cla.per_window]}, auc_png)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, cwd=REPO).stdout.strip()
-    if dirty:
-        commit += " with uncommitted changes to " + ", ".join(
-            sorted({line[3:] for line in dirty.splitlines()}))
     lines = [
         "# Results",
         "",
