@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from . import ASSETS_DIR, geometry
-from .config import LaPoseConfig, preset
+from .config import LaPoseConfig
+from .config import preset as preset_config
 from .model.lapose import LaPose
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class PoseEstimator:
     def random(cls, preset: str = "tiny", seed: int = 0, device: str = "cpu",
                backend: str = "eager") -> "PoseEstimator":
         """Random weights of a preset: for tests and benchmarks of speed, never for accuracy."""
-        cfg = _preset(preset)
+        cfg = preset_config(preset)
         torch.manual_seed(seed)
         dev = _resolve_device(device)
         with torch.device(dev):
@@ -229,10 +230,6 @@ class PoseEstimator:
 
     def predict_window(self, images: Sequence[np.ndarray], timestamps: Sequence[float]) -> WindowPrediction:
         return self.predict_features([self.encode_frame(im) for im in images], timestamps)
-
-
-def _preset(name: str) -> LaPoseConfig:
-    return preset(name)  # module-level alias: PoseEstimator.random's argument shadows the name
 
 
 def _resolve_device(device: str) -> str:
