@@ -18,10 +18,6 @@ log = logging.getLogger("lapose")
 STAGE_COMMANDS = {"train-vqvae": "vqvae", "pretrain": "pretrain", "posttrain": "posttrain"}
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line without a traceback."""
-
-
 def load_config(args: argparse.Namespace, stage: str):
     from .config import LaPoseConfig, preset
 
@@ -150,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (UserError, ConfigError, DataError, CheckpointError, InferenceError, TrainError,
+    except (ConfigError, DataError, CheckpointError, InferenceError, TrainError,
             DistributedSetupError, FileNotFoundError) as e:
         print(f"lapose {args.command}: error: {e}", file=sys.stderr)
         return 2

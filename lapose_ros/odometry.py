@@ -398,8 +398,7 @@ class VisualOdometry:
                                                      [s - stamps[0] for s in stamps])
         result.model_ran = True
         relative = np.asarray(prediction.relative, dtype=np.float64)
-        if relative.shape != (self.num_frames - 1, 4, 4) or not np.isfinite(relative).all() \
-                or not np.isfinite(float(prediction.scale)):
+        if relative.shape != (self.num_frames - 1, 4, 4) or not prediction.finite:
             reason = ("model output is not finite (scale "
                       f"{float(prediction.scale)!r}, relative motion shape {relative.shape})")
             self.reset(reason)

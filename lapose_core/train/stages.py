@@ -15,12 +15,11 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..config import LaPoseConfig
 from ..data.datasets import build_posttrain_dataset, build_pretrain_dataset
 from ..model.lapose import LaPose
-from .checkpoint import CheckpointError, read_config, resolve_checkpoint
+from .checkpoint import CheckpointError, read_config, read_model_state, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +28,9 @@ INHERITED = {
     "pretrain": ("vqvae",),
     "posttrain": ("encoder", "time_embed", "idm", "bottleneck", "vqvae", "fdm"),
 }
-RESTART_EVERY = 10
+RESTART_EVERY = 10  # steps between dead-code restarts of the VQ-VAE codebook
 # Model fields that only shape the pose head: post-training variants may change them freely.
-POSE_HEAD_FIELDS = {"pose_head_input", "pose_layers", "pose_width", "pose_heads"}  # steps between dead-code restarts of the VQ-VAE codebook
+POSE_HEAD_FIELDS = {"pose_head_input", "pose_layers", "pose_width", "pose_heads"}
 
 
 class LaPoseStage:
@@ -84,10 +83,7 @@ def load_parts(model: LaPose, path: Path, parts: tuple[str, ...], cfg: LaPoseCon
             if getattr(stored.model, k) != v and k not in POSE_HEAD_FIELDS]
     if diff:
         raise CheckpointError(f"{ckpt}: model config differs from this run in {diff}")
-    try:
-        state = load_file(str(ckpt / "model.safetensors"))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise CheckpointError(f"{ckpt / 'model.safetensors'}: cannot read weights ({e})") from None
+    state = read_model_state(ckpt)
     wanted = {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
     if not wanted:
         raise CheckpointError(f"{ckpt}: holds none of the parts {parts}")
