@@ -30,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/lapose bench-train --presets tiny,small --steps 3
+	$(VENV)/bin/lapose bench-data
 	$(VENV)/bin/lapose bench-eval
 	$(VENV)/bin/lapose bench --quick
 

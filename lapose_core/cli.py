@@ -2,8 +2,8 @@
 
 Training: ``lapose train-vqvae``, ``lapose pretrain``, ``lapose posttrain`` (each takes a YAML config
 from ``training/configs/``); the same command runs as one CPU process or under ``torchrun`` on many
-GPUs. Benchmarks: ``lapose bench-train``. Other groups (evaluation, bags, replay, the node benchmark)
-register themselves through the ``lapose.commands`` entry point, so this module imports no ROS code.
+GPUs. Benchmarks: ``lapose bench-train``, ``lapose bench-data``. Other groups (evaluation, bags,
+replay, the node benchmark) register themselves through the ``lapose.commands`` entry point, so this module imports no ROS code.
 """
 from __future__ import annotations
 
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.set_defaults(func=cmd_bench_train)
+    from .bench_data import add_parser as add_bench_data
+
+    add_bench_data(sub)
     for ep in sorted(entry_points(group="lapose.commands"), key=lambda e: e.name):
         try:
             ep.load()(sub)

@@ -84,6 +84,9 @@ class DataConfig:
     cut_threshold: float = 4.0  # a pair is a cut when this many times more different than its neighbours
     frozen_threshold: float = 0.004  # a frame is a copy when < this fraction of thumbnail pixels changed
     num_workers: int = 0
+    # Folder for decoded, fitted frames reused by later runs ("" = decode every run); relative paths
+    # are resolved against the repository root. Safe to delete at any time.
+    frame_cache: str = ""
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Frame sources, preprocessing, windows, cut / repeat detection and datasets on the real data."""
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -8,7 +10,8 @@ import pytest
 import torch
 
 from lapose_core.config import preset
-from lapose_core.data.datasets import ClipDataset, cache_source
+from lapose_core.data.datasets import ClipDataset
+from lapose_core.data.frame_cache import fit_source
 from lapose_core.data.quality import CUT_THRESHOLD, FROZEN_THRESHOLD, bad_window, source_stats
 from lapose_core.data.sources import (DataError, FrameReadError, KittiSequence, VideoSource,
                                       expand_sources, open_source)
@@ -191,7 +194,7 @@ def test_labeled_source_without_window_is_an_error(shared_data, tmp_path, cfg):
     short = copy_kitti(shared_data / "kitti" / "06_head", tmp_path / "short", frames=12)
     with pytest.raises(DataError, match="short: no usable window"):
         ClipDataset([short], cfg, labeled=True)
-    fov = cache_source(shared_data / "kitti" / "06_head", cfg).fov
+    fov = fit_source(shared_data / "kitti" / "06_head", cfg).fov
     assert 1.0 < fov < 1.4  # KITTI's ~82 degree lens, centre-cropped to 256x96
 
 
@@ -214,3 +217,66 @@ def test_mirrored_clip_is_a_consistent_drive(shared_data):
     assert torch.allclose(rel[:, 0, 2], -rel_m[:, 0, 2], atol=1e-6)
     assert torch.allclose(rel[:, 0, 3], -rel_m[:, 0, 3], atol=1e-6)  # lateral translation mirrored
     assert torch.allclose(rel[:, 2, 3], rel_m[:, 2, 3], atol=1e-6)  # forward motion kept
+
+
+def test_frame_cache_reuses_entries_and_rebuilds_stale_or_damaged_ones(shared_data, tmp_path, cfg,
+                                                                       monkeypatch, caplog):
+    from lapose_core.data import frame_cache
+    from lapose_core.data.datasets import build_posttrain_dataset
+
+    seq_dir = copy_kitti(shared_data / "kitti" / "07_head", tmp_path / "seq")
+    cache = tmp_path / "cache"
+    cfg.data.posttrain_sequences = [str(seq_dir)]
+    cfg.data.frame_cache = str(cache)
+    first = build_posttrain_dataset(cfg, tmp_path)
+    entries = list(cache.iterdir())
+    assert len(entries) == 1 and entries[0].name.startswith("seq-")  # no temporary folder left
+
+    decoded = []
+    real_fit = frame_cache.fit_source
+    monkeypatch.setattr(frame_cache, "fit_source", lambda *a: decoded.append(a) or real_fit(*a))
+
+    def same_windows(ds):
+        for seed in range(5):
+            a, b = first.sample(seed), ds.sample(seed)
+            assert all(torch.equal(a[k], b[k]) for k in ("frames", "poses", "timestamps", "fov"))
+
+    second = build_posttrain_dataset(cfg, tmp_path)
+    assert decoded == [] and isinstance(second.sources[0].frames, np.memmap)
+    same_windows(second)
+
+    # Any change to the source's files gives a new entry, never the stale one.
+    poses = seq_dir / "poses.txt"
+    poses.write_text(poses.read_text())
+    os.utime(poses, ns=(poses.stat().st_atime_ns, poses.stat().st_mtime_ns + 10**9))
+    build_posttrain_dataset(cfg, tmp_path)
+    assert len(decoded) == 1 and len(list(cache.iterdir())) == 2
+
+    # A damaged entry is rebuilt with a warning naming it.
+    newest = max(cache.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    frames_file = newest / "frames.npy"
+    frames_file.write_bytes(frames_file.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        third = build_posttrain_dataset(cfg, tmp_path)
+    assert len(decoded) == 2 and f"{newest}: unreadable cache entry" in caplog.text
+    same_windows(third)
+
+    # A writer that fails half way leaves neither an entry nor its temporary folder.
+    cfg.model.image_width = 128  # another input size: another entry
+    monkeypatch.setattr(frame_cache.np, "savez", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        build_posttrain_dataset(cfg, tmp_path)
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_bench_data_prints_both_build_times(shared_data, tmp_path, capsys):
+    from lapose_core.cli import main
+
+    sources = [str(shared_data / "kitti" / "06_head"), str(shared_data / "videos" / "highway_*.mp4")]
+    assert main(["bench-data", "--sources", *sources, "--cache", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "2 sources, preset tiny (96x256 input)" in out
+    assert re.search(r"decode \+ write cache: +\d+\.\d+ s", out)
+    assert re.search(r"read cache: +\d+\.\d+ s", out)
+    assert "272 frames in 2 usable sources" in out  # 51 KITTI frames + 221 video frames
+    assert len(list((tmp_path / "cache").iterdir())) == 2

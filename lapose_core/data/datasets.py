@@ -1,7 +1,8 @@
 """Training datasets: random windows of frames at a random frame rate, from cached sources.
 
 Every source is read once, fitted to the model's input size and kept in memory as uint8 (all the data
-here is tens of MB of video), together with its cut / repeat statistics. ``sample(seed)`` then draws a
+here is tens of MB of video), together with its cut / repeat statistics; with ``data.frame_cache``
+set, that work is done once for all runs (``frame_cache.py``). ``sample(seed)`` then draws a
 window deterministically: a source weighted by duration, a frame rate uniform in
 [fps_min, fps_max], a start time; windows that span a cut, contain copied or unreadable frames, or do
 not fit are redrawn, and every drop is counted per reason in ``stats``.
@@ -13,23 +14,20 @@ that ``window_indices`` rejects.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lapose_core.config import LaPoseConfig
-from lapose_core.data.quality import FrameStats, bad_window, frame_stats, thumbnail
-from lapose_core.data.sources import (DataError, FrameReadError, FrameSource, expand_sources,
-                                      open_source)
-from lapose_core.data.transforms import fit_to_model, to_tensor
+from lapose_core.data.frame_cache import CachedSource, load_source
+from lapose_core.data.quality import bad_window
+from lapose_core.data.sources import DataError, FrameSource, expand_sources
+from lapose_core.data.transforms import to_tensor
 from lapose_core.data.windows import window_indices
-from lapose_core.geometry import horizontal_fov
 
 log = logging.getLogger(__name__)
 
@@ -37,67 +35,16 @@ MAX_DRAWS = 200  # redraws per sample before giving up (only reached with almost
 FPS_PROBES = 7  # frame rates tried when checking that a source has any usable window
 
 
-@dataclass
-class CachedSource:
-    """One source fitted to the model input and held in memory."""
-
-    name: str
-    path: Path
-    frames: np.ndarray  # (N, H, W, 3) uint8, zeros where unreadable
-    timestamps: np.ndarray  # (N,) float64
-    readable: np.ndarray  # (N,) bool
-    stats: FrameStats
-    fov: float  # horizontal FoV of the fitted frames in radians, NaN if unknown
-    poses: np.ndarray | None  # (N, 4, 4)
-    timeline: np.ndarray  # frame indices windows are drawn from: every frame that is not a copy
-
-    @property
-    def duration(self) -> float:
-        return float(self.timestamps[-1] - self.timestamps[0])
-
-
-def cache_source(source: FrameSource | str | Path, cfg: LaPoseConfig) -> CachedSource:
-    """Read every frame once: fit it to the model input and compute cut / repeat statistics."""
-    out_hw = (cfg.model.image_height, cfg.model.image_width)
-    if not isinstance(source, FrameSource):
-        # Decode videos only as large as the model needs: the raw clip is dropped after fitting.
-        source = open_source(source, image_topic=cfg.data.image_topic,
-                             image_folder_fps=cfg.data.image_folder_fps,
-                             max_width=max(320, int(1.5 * cfg.model.image_width)))
-    n = len(source)
-    frames = np.zeros((n, *out_hw, 3), np.uint8)
-    thumbs = np.zeros((n, 32, 64), np.uint8)
-    readable = np.ones(n, bool)
-    fov = math.nan
-    for i in range(n):
-        try:
-            image = source.read(i)
-        except FrameReadError as e:
-            readable[i] = False
-            log.debug("%s", e)
-            continue
-        intrinsics = source.intrinsics_for(image.shape[1], image.shape[0])
-        frames[i], fitted = fit_to_model(image, intrinsics, out_hw)
-        thumbs[i] = thumbnail(image)
-        if fitted is not None and math.isnan(fov):
-            fov = horizontal_fov(float(fitted[0]), out_hw[1])
-    if not readable.any():
-        raise DataError(f"{source.path}: none of its {n} frames could be read")
-    stats = frame_stats(thumbs, readable, cfg.data.cut_threshold, cfg.data.frozen_threshold)
-    timeline = np.flatnonzero(np.concatenate([[True], ~stats.is_repeat]))
-    return CachedSource(source.name, Path(source.path), frames, source.timestamps.copy(), readable,
-                        stats, fov, source.poses, timeline)
-
-
 class ClipDataset(torch.utils.data.Dataset):
     """Windows of ``cfg.model.num_frames`` frames drawn deterministically from a seed.
 
     ``sources`` may be opened :class:`FrameSource` objects or paths (opened one at a time, so raw
     video is never all in memory at once). ``labeled`` datasets also return camera-to-world poses.
+    With ``frame_cache``, sources given as paths are fitted once and read back from there.
     """
 
     def __init__(self, sources: list[FrameSource | str | Path], cfg: LaPoseConfig, labeled: bool,
-                 length: int = 10_000):
+                 length: int = 10_000, frame_cache: Path | None = None):
         if not sources:
             raise DataError("no sources given")
         self.cfg = cfg
@@ -107,7 +54,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.stats: Counter[str] = Counter()
         workers = min(len(sources), max(1, os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:  # PyAV, libjpeg and OpenCV release the GIL
-            cached = list(pool.map(lambda s: cache_source(s, cfg), sources))
+            cached = list(pool.map(lambda s: load_source(s, cfg, frame_cache), sources))
 
         self.sources: list[CachedSource] = []
         for src in cached:
@@ -221,9 +168,16 @@ def mirror_clip(clip: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def build_pretrain_dataset(cfg: LaPoseConfig, root: Path) -> ClipDataset:
     """Unlabeled windows from ``cfg.data.pretrain_sources`` (globs relative to ``root``)."""
-    return ClipDataset(expand_sources(cfg.data.pretrain_sources, Path(root)), cfg, labeled=False)
+    return ClipDataset(expand_sources(cfg.data.pretrain_sources, Path(root)), cfg, labeled=False,
+                       frame_cache=frame_cache_dir(cfg, root))
 
 
 def build_posttrain_dataset(cfg: LaPoseConfig, root: Path) -> ClipDataset:
     """Labeled windows (with poses) from ``cfg.data.posttrain_sequences``."""
-    return ClipDataset(expand_sources(cfg.data.posttrain_sequences, Path(root)), cfg, labeled=True)
+    return ClipDataset(expand_sources(cfg.data.posttrain_sequences, Path(root)), cfg, labeled=True,
+                       frame_cache=frame_cache_dir(cfg, root))
+
+
+def frame_cache_dir(cfg: LaPoseConfig, root: Path) -> Path | None:
+    """``data.frame_cache`` (relative paths against ``root``), or None when caching is off."""
+    return Path(root) / cfg.data.frame_cache if cfg.data.frame_cache else None
