@@ -58,7 +58,8 @@ def main() -> int:
     for name in ("model.safetensors", "config.json"):
         shutil.copyfile(ckpt / name, tmp / name)  # plain copy: readable by every user of the install
 
-    stages = [("vqvae", runs / "vqvae"), ("pretrain", runs / "pretrain"), ("posttrain", run)]
+    pretrain_run = Path(cfg.train.init_from) if cfg.train.init_from else runs / "pretrain"
+    stages = [("vqvae", runs / "vqvae"), ("pretrain", pretrain_run), ("posttrain", run)]
     if cfg.train.init_from == "scratch":
         stages = [("posttrain (no pretraining)", run)]
     rows = []
@@ -116,7 +117,7 @@ By `training/make_results.py` (see `docs/results.md`); windows every 1 s, statio
 {chr(10).join(evals)}
 
 ## Limitations
-A tiny model trained for minutes on a CPU with 211 labeled frames: it does not reach the classical
+A tiny model trained on a 2-core CPU with 211 labeled frames: it does not reach the classical
 baseline's accuracy on KITTI (see the table) and is nowhere near the paper's numbers. It is a working
 default for the pipeline, not a production odometry model; train the `paper` preset on a GPU cluster
 for that.

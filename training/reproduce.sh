@@ -20,6 +20,17 @@ $LAPOSE train-vqvae --config "$CONFIGS/vqvae.yaml" --out "$RUNS/vqvae" --resume 
 $LAPOSE pretrain --config "$CONFIGS/pretrain.yaml" --out "$RUNS/pretrain" --vqvae "$RUNS/vqvae" \
   --resume --no-progress
 
+# Longer pretraining (an ablation): the finished run, continued to LONG_STEPS. Resuming with a larger
+# max_steps stretches the cosine schedule, so the learning rate rises again (a warm restart) and the
+# optimiser state carries over. The copy is renamed into place only when complete.
+LONG_STEPS=${LONG_STEPS:-4000}
+if [ ! -d "$RUNS/pretrain_long" ]; then
+  rm -rf "$RUNS/pretrain_long.partial"
+  cp -r "$RUNS/pretrain" "$RUNS/pretrain_long.partial" && mv "$RUNS/pretrain_long.partial" "$RUNS/pretrain_long"
+fi
+$LAPOSE pretrain --config "$CONFIGS/pretrain.yaml" --out "$RUNS/pretrain_long" --vqvae "$RUNS/vqvae" \
+  --resume --no-progress --max-steps "$LONG_STEPS"
+
 # Post-training variants (the paper's default, then the ablations), two at a time with one thread
 # each: for a model this small that uses two cores better than one run with two threads.
 # PARALLEL=1 runs them one after the other.
@@ -36,6 +47,8 @@ variants=(
   "post_bottleneck --init-from $RUNS/pretrain --freeze --set model.pose_head_input=bottleneck"
   "post_scratch --init-from scratch --finetune"
   "post_frozen_noflip --init-from $RUNS/pretrain --freeze --set data.hflip_prob=0.0"
+  "post_frozen_long --init-from $RUNS/pretrain_long --freeze"
+  "post_bottleneck_long --init-from $RUNS/pretrain_long --freeze --set model.pose_head_input=bottleneck"
 )
 pids=()
 for v in "${variants[@]}"; do
