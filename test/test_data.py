@@ -229,8 +229,11 @@ def test_frame_cache_reuses_entries_and_rebuilds_stale_or_damaged_ones(shared_da
     cfg.data.posttrain_sequences = [str(seq_dir)]
     cfg.data.frame_cache = str(cache)
     first = build_posttrain_dataset(cfg, tmp_path)
-    entries = list(cache.iterdir())
-    assert len(entries) == 1 and entries[0].name.startswith("seq-")  # no temporary folder left
+
+    def entries():
+        return [p for p in cache.iterdir() if p.is_dir()]
+
+    assert len(entries()) == 1 and entries()[0].name.startswith("seq-")  # no temporary folder left
 
     decoded = []
     real_fit = frame_cache.fit_source
@@ -250,10 +253,10 @@ def test_frame_cache_reuses_entries_and_rebuilds_stale_or_damaged_ones(shared_da
     poses.write_text(poses.read_text())
     os.utime(poses, ns=(poses.stat().st_atime_ns, poses.stat().st_mtime_ns + 10**9))
     build_posttrain_dataset(cfg, tmp_path)
-    assert len(decoded) == 1 and len(list(cache.iterdir())) == 2
+    assert len(decoded) == 1 and len(entries()) == 2
 
     # A damaged entry is rebuilt with a warning naming it.
-    newest = max(cache.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    newest = max(entries(), key=lambda p: p.stat().st_mtime_ns)
     frames_file = newest / "frames.npy"
     frames_file.write_bytes(frames_file.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING):
@@ -266,7 +269,39 @@ def test_frame_cache_reuses_entries_and_rebuilds_stale_or_damaged_ones(shared_da
     monkeypatch.setattr(frame_cache.np, "savez", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         build_posttrain_dataset(cfg, tmp_path)
-    assert len(list(cache.iterdir())) == 2
+    assert len(entries()) == 2
+
+
+def test_frame_cache_entry_is_decoded_once_by_concurrent_processes(shared_data, tmp_path, cfg):
+    """Ranks of one job asking for the same source at once: one decodes, the others read its entry."""
+    import multiprocessing
+
+    from lapose_core.data import frame_cache
+
+    source = shared_data / "kitti" / "06_head"
+    cache = tmp_path / "cache"
+    ctx = multiprocessing.get_context("fork")
+    decodes = ctx.Value("i", 0)
+    real_fit = frame_cache.fit_source
+
+    def counting_fit(*args):
+        with decodes.get_lock():
+            decodes.value += 1
+        return real_fit(*args)
+
+    def rank():
+        frame_cache.fit_source = counting_fit  # in the child only
+        frames = frame_cache.load_source(source, cfg, cache).frames
+        raise SystemExit(0 if frames.shape == (51, 96, 256, 3) else 1)
+
+    procs = [ctx.Process(target=rank) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert decodes.value == 1
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
 
 
 def test_bench_data_prints_both_build_times(shared_data, tmp_path, capsys):
@@ -279,4 +314,4 @@ def test_bench_data_prints_both_build_times(shared_data, tmp_path, capsys):
     assert re.search(r"decode \+ write cache: +\d+\.\d+ s", out)
     assert re.search(r"read cache: +\d+\.\d+ s", out)
     assert "272 frames in 2 usable sources" in out  # 51 KITTI frames + 221 video frames
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2

@@ -9,10 +9,12 @@ An entry is keyed by everything its content depends on: the source's path, the s
 modification time of each of its files, the model input size, the decoding width and the
 cut / frozen thresholds. A changed source or setting gets a new entry, never a stale one. Entries are
 written to a temporary folder and renamed into place, so a run killed while writing leaves no
-half-written entry behind; an entry that cannot be read is rebuilt with a warning.
+half-written entry behind; an entry that cannot be read is rebuilt with a warning. A lock file per
+entry lets one process build it while others (ranks of one torchrun job) wait and then read it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -101,14 +103,20 @@ def load_source(source: FrameSource | str | Path, cfg: LaPoseConfig,
     if cache_dir is None or isinstance(source, FrameSource):
         return fit_source(source, cfg)
     entry = Path(cache_dir) / cache_key(Path(source), cfg)
-    if entry.is_dir():
-        try:
-            return read_entry(entry)
-        except Exception as e:  # noqa: BLE001 - any damage to an entry means: build it again
-            log.warning("%s: unreadable cache entry (%s); decoding %s again", entry, e, source)
-    cached = fit_source(source, cfg)
-    write_entry(entry, cached)
-    return cached
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per entry: under torchrun every rank asks for the same sources at once, and the
+    # ones that wait read what the first one wrote instead of decoding it again.
+    with open(entry.with_name(entry.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if entry.is_dir():
+            try:
+                return read_entry(entry)
+            except Exception as e:  # noqa: BLE001 - any damage to an entry means: build it again
+                log.warning("%s: unreadable cache entry (%s); decoding %s again", entry, e, source)
+        log.info("decoding %s into the frame cache", source)
+        cached = fit_source(source, cfg)
+        write_entry(entry, cached)
+        return cached
 
 
 def cache_key(path: Path, cfg: LaPoseConfig) -> str:
