@@ -16,13 +16,9 @@ from safetensors.torch import load_file
 
 from lapose_core.inference import DEFAULT_CHECKPOINT
 from lapose_core.train.checkpoint import read_config, resolve_checkpoint
+from lapose_core.train.trainer import last_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def last_log(run: Path) -> dict:
-    lines = (run / "metrics.jsonl").read_text().strip().splitlines()
-    return json.loads(lines[-1]) if lines else {}
 
 
 def data_summary(log_path: Path) -> str:
@@ -64,7 +60,7 @@ def main() -> int:
         stages = [("posttrain (no pretraining)", run)]
     rows = []
     for name, folder in stages:
-        log = last_log(folder)
+        log = last_metrics(folder) or {}
         c = read_config(folder).train
         scalars = ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in log.items()
                             if k.startswith("model/") or k == "loss")

@@ -18,6 +18,7 @@ import torch
 from lapose_core.eval.evaluate import evaluate_sequence
 from lapose_core.eval.plots import plot_auc_distribution, plot_window_trajectories
 from lapose_core.inference import PoseEstimator
+from lapose_core.train.trainer import last_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "kitti"
@@ -46,13 +47,8 @@ HEADER = ("| method | fps | windows | AUC@5 | AUC@30 | ATE-S | ATE-M (m) |\n"
           "| --- | --- | --- | --- | --- | --- | --- |")
 
 
-def last_logged(run: Path) -> dict | None:
-    path = run / "metrics.jsonl"
-    return json.loads(path.read_text().strip().splitlines()[-1]) if path.is_file() else None
-
-
 def final_losses(run: Path) -> str:
-    last = last_logged(run)
+    last = last_metrics(run)
     if last is None:
         return "-"
     keys = [k for k in ("loss", "model/recon", "model/perplexity", "model/ce", "model/code_acc",
@@ -80,7 +76,7 @@ def main() -> int:
     args = ap.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     commit = code_version()
-    steps = {name: (last_logged(runs / name) or {}).get("step") for name in ("pretrain", "pretrain_long")}
+    steps = {name: (last_metrics(runs / name) or {}).get("step") for name in ("pretrain", "pretrain_long")}
     descriptions = {v: d.format(long=steps["pretrain_long"]) for v, d in VARIANTS.items()}
     assets = out.parent / "results"
     assets.mkdir(parents=True, exist_ok=True)

@@ -125,8 +125,11 @@ def cache_key(path: Path, cfg: LaPoseConfig) -> str:
     if not path.exists():
         raise DataError(f"{path}: source not found")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    listing = [(str(f.relative_to(path)) if path.is_dir() else f.name, f.stat().st_size,
-                f.stat().st_mtime_ns) for f in files]
+    listing = []
+    for f in files:
+        st = f.stat()
+        listing.append((str(f.relative_to(path)) if path.is_dir() else f.name, st.st_size,
+                        st.st_mtime_ns))
     settings = {
         "format": CACHE_FORMAT, "path": str(path), "files": listing,
         "input": [cfg.model.image_height, cfg.model.image_width], "decode_width": decode_width(cfg),
@@ -139,7 +142,6 @@ def cache_key(path: Path, cfg: LaPoseConfig) -> str:
 
 def write_entry(entry: Path, src: CachedSource) -> None:
     """Write to a temporary folder beside ``entry`` and rename it into place (atomic on POSIX)."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         np.save(tmp / "frames.npy", src.frames)

@@ -283,6 +283,13 @@ def _drop_records_after(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def last_metrics(run_dir: str | Path) -> dict | None:
+    """The last record of a run's ``metrics.jsonl``, or None when it has none."""
+    path = Path(run_dir) / METRICS_FILENAME
+    lines = path.read_text().strip().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else None
+
+
 # ----------------------------------------------------------------------------------- training
 
 def _validate(stage: Stage, cfg: LaPoseConfig) -> None:
