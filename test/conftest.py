@@ -16,7 +16,8 @@ SHARED_DATA = Path(os.environ.get("LAPOSE_SHARED_DATA", REPO.parent / "shared" /
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 60))
 
-_domain_ids = itertools.count(100 + (os.getpid() * 7) % 60)
+# LAPOSE_TEST_DOMAIN_BASE gives concurrent test runs on one machine disjoint domain ranges.
+_domain_ids = itertools.count(int(os.environ.get("LAPOSE_TEST_DOMAIN_BASE", 100 + (os.getpid() * 7) % 60)))
 
 
 @pytest.fixture(scope="session")
