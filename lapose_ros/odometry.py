@@ -151,6 +151,12 @@ class KeyframeSelector:
     less half a camera period of tolerance: with a 10 Hz camera and a 2 fps model every fifth frame
     is taken even when stamps jitter, and with a dropped frame the next one is taken. The model is
     given the real stamps, so an irregular spacing is handled by its timestamp embedding.
+
+    The choice depends on the image stamps only, never on wall time or on how long processing
+    took: replaying the same frames gives the same keyframes on any machine. The spacing stays
+    within one camera period of the model period as long as the frame at the due time reaches
+    the selector; a node that falls behind keeps the newest frame, so after a slow keyframe it
+    catches up on the (cheap) frames in between before the next keyframe is due.
     """
 
     def __init__(self, fps: float):
@@ -308,8 +314,17 @@ class FrameResult:
 
     estimate: Optional[OdometryEstimate] = None  # None while warming up or after a reset
     reset_reason: Optional[str] = None
+    restarted: bool = False  # the reset started the trajectory over at the origin
     is_keyframe: bool = False
     model_ran: bool = False
+    duplicate: bool = False  # the stamp of the previous frame again: skipped
+
+    @property
+    def outcome(self) -> str:
+        """One word for what happened to the frame (the node reports it per frame)."""
+        if self.duplicate:
+            return "duplicate"
+        return "keyframe" if self.is_keyframe else "frame"
 
 
 class VisualOdometry:
@@ -373,18 +388,23 @@ class VisualOdometry:
         self.last_reset_reason = reason
 
     def process(self, stamp: float, image: np.ndarray) -> FrameResult:
-        """One camera frame, (H, W, 3) uint8 RGB, at ``stamp`` seconds."""
+        """One camera frame, (H, W, 3) uint8 RGB, at ``stamp`` seconds.
+
+        A frame with the stamp of the previous one (a message delivered twice, or sent again by a
+        player that thought it lost) carries no new motion and is skipped.
+        """
+        if stamp == self.monitor.last_stamp and image.shape[:2] == self.monitor.last_size:
+            return FrameResult(duplicate=True)
         reason = self.monitor.check(stamp, image.shape[:2])
         if reason is not None:
             # Hold the pose where it was when the stream broke, then start a fresh window with this
             # frame. A backwards jump starts the trajectory over: the data is being replayed.
-            self.reset(reason, restart_trajectory=reason.startswith("time jumped backwards"))
+            restart = reason.startswith("time jumped backwards")
+            self.reset(reason, restart_trajectory=restart)
             self.monitor.check(stamp, image.shape[:2])
-            result = FrameResult(reset_reason=reason)
+            result = FrameResult(reset_reason=reason, restarted=restart)
         else:
             result = FrameResult()
-        if self.keyframes and stamp == self.keyframes[-1][0]:
-            return result  # a repeated stamp carries no new motion
         if not self.selector.offer(stamp):
             if self.tracking:
                 result.estimate = self._estimate(stamp, is_keyframe=False)
