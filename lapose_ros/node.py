@@ -5,10 +5,15 @@ Subscribes a camera (``sensor_msgs/Image`` + ``sensor_msgs/CameraInfo``) and pub
 ``diagnostic_msgs/DiagnosticArray`` at 1 Hz. The node is thin: keyframe selection, the feature cache,
 trajectory integration and the reset rules live in :mod:`lapose_ros.odometry`.
 
-Falling behind: the image subscription keeps only the newest frame (sensor-data QoS, depth
-``qos_depth`` = 1), so when inference is slower than the camera the node works on the latest image
-instead of an ever older queue; the frames it never saw are counted in diagnostics
-(``dropped_frames``, from holes in the stamp sequence). Keyframes are chosen by image stamp alone.
+Falling behind: the image callback only hands the message to a processing thread through a
+:class:`~lapose_ros.odometry.NewestFrameBuffer`, so the subscription (sensor-data QoS, depth
+``qos_depth`` = 1) is always drained at once. When inference is slower than the camera the node
+works on the newest frame instead of an ever older queue, but keeps the frame that is due as a
+keyframe, so keyframe spacing stays within one camera period of ``1/model_fps``. Frames it skipped
+are counted in diagnostics: ``dropped_by_node`` (exact) and ``dropped_frames`` (holes in the stamp
+sequence, which includes frames lost before they reached the node). Keyframes are chosen by image
+stamp alone. All odometry state is touched under one lock, by the processing thread and the
+reset service.
 
 Per image taken off the queue the node publishes a ``diagnostic_msgs/DiagnosticArray`` on
 ``~/processed`` (header = the image's header; message = keyframe, frame, duplicate, corrupt or
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any, Optional
@@ -46,8 +52,8 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from .image_conversion import ImageConversionError, ImageConverter, UnsupportedEncodingError
-from .odometry import (DEFAULT_CAMERA_TO_BASE, OdometryConfigError, OdometryEstimate, VisualOdometry,
-                       camera_to_base_from_xyz_quat, pose_to_xyz_quat)
+from .odometry import (DEFAULT_CAMERA_TO_BASE, NewestFrameBuffer, OdometryConfigError, OdometryEstimate,
+                       VisualOdometry, camera_to_base_from_xyz_quat, pose_to_xyz_quat)
 
 NODE_NAME = "lapose_node"
 PROCESSED_TOPIC = "~/processed"  # one DiagnosticArray per image handled (see the module docstring)
@@ -191,7 +197,8 @@ class LaPoseNode(Node):
         self.convert = ImageConverter()
         if self.convert.backend != "cv_bridge":
             log.info("cv_bridge not installed: converting images with numpy (same result)")
-        self.counters = {"frames": 0, "corrupt_frames": 0, "model_errors": 0}
+        # received: taken off the subscription; frames: processed (the rest were dropped as stale).
+        self.counters = {"received": 0, "frames": 0, "corrupt_frames": 0, "model_errors": 0}
         self._warned_encodings: set[str] = set()
         self._latency_ms: deque[float] = deque(maxlen=200)
         self._keyframe_latency_ms: deque[float] = deque(maxlen=200)
@@ -215,6 +222,11 @@ class LaPoseNode(Node):
             self.create_timer(1.0 / p["publish_rate"], self._on_publish_timer)
         self._send_transform = self._make_tf_broadcaster() if p["publish_tf"] else None
         self._tf_buffer = self._make_tf_listener()
+        self._frames = NewestFrameBuffer()
+        self._lock = threading.Lock()  # odometry state: processing thread, reset service, timers
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._process_frames, name="lapose_odometry", daemon=True)
+        self._worker.start()
         log.info(f"LA-Pose odometry: {p['image_topic']} -> {p['odom_topic']} ({p['odom_frame']} -> "
                  f"{p['base_frame']}), model {getattr(estimator, 'checkpoint_name', '?')}, backend "
                  f"{getattr(estimator, 'backend', '?')}, keyframes at {fps:g} fps")
@@ -273,8 +285,31 @@ class LaPoseNode(Node):
         if fx > 0 and fy > 0:
             self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
 
+    def destroy_node(self) -> None:
+        self._stopping.set()
+        self._frames.close()
+        self._worker.join(timeout=10.0)
+        super().destroy_node()
+
     def _on_image(self, msg: Image) -> None:
-        arrival = time.perf_counter()
+        """Camera callback: hand the frame to the processing thread, nothing else (never blocks)."""
+        self.counters["received"] += 1
+        due = self.vo.selector.is_due(stamp_seconds(msg.header.stamp))
+        self._frames.put((time.perf_counter(), msg), due_as_keyframe=due)
+
+    def _process_frames(self) -> None:
+        while not self._stopping.is_set():
+            entry = self._frames.take(timeout_s=0.2)
+            if entry is None:
+                continue
+            try:
+                with self._lock:
+                    self._handle_image(entry[1], arrival=entry[0])
+            except Exception as e:  # noqa: BLE001 - the thread must outlive a bad frame
+                self.get_logger().error(f"processing a frame failed: {type(e).__name__}: {e}",
+                                        throttle_duration_sec=5.0)
+
+    def _handle_image(self, msg: Image, arrival: float) -> None:
         self.counters["frames"] += 1
         outcome, published, reset_reason = "model_error", False, ""
         try:
@@ -344,14 +379,22 @@ class LaPoseNode(Node):
         self.processed_pub.publish(array)
 
     def _on_publish_timer(self) -> None:
-        now = self.get_clock().now()
-        estimate = self.vo.extrapolate(now.nanoseconds * 1e-9)
-        if estimate is not None:
-            self._publish_odometry(estimate, now.to_msg())
+        # Never wait for a keyframe to finish here: that would stall the image callback too. A tick
+        # that finds the lock taken is skipped; the next one publishes the pose at its own time.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            now = self.get_clock().now()
+            estimate = self.vo.extrapolate(now.nanoseconds * 1e-9)
+            if estimate is not None:
+                self._publish_odometry(estimate, now.to_msg())
+        finally:
+            self._lock.release()
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.vo.reset("reset service called", restart_trajectory=True)
-        self._path_poses.clear()
+        with self._lock:  # after the frame being processed, never in the middle of it
+            self.vo.reset("reset service called", restart_trajectory=True)
+            self._path_poses.clear()
         self.get_logger().warning("odometry reset by service: trajectory restarts at the origin")
         response.success = True
         response.message = "odometry reset; warming up"
@@ -399,12 +442,16 @@ class LaPoseNode(Node):
         self.path_pub.publish(self._path)
 
     def diagnostic_values(self) -> dict[str, str]:
-        vo, lat, key = self.vo, np.asarray(self._latency_ms), np.asarray(self._keyframe_latency_ms)
+        # Read without the lock (a diagnostics tick must not wait for a keyframe); list() copies a
+        # deque atomically.
+        vo = self.vo
+        lat, key = np.asarray(list(self._latency_ms)), np.asarray(list(self._keyframe_latency_ms))
         values = {
             "status": vo.status,
             "keyframes": str(len(vo.keyframes)),
             "frames": str(self.counters["frames"]),
             "dropped_frames": str(vo.monitor.dropped_frames),
+            "dropped_by_node": str(self._frames.dropped),
             "corrupt_frames": str(self.counters["corrupt_frames"]),
             "model_errors": str(self.counters["model_errors"]),
             "resets": str(vo.resets),
