@@ -317,3 +317,40 @@ def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
     assert "at 10 Hz (period 100 ms)" in out and "at 30 Hz (period 33 ms)" in out
     assert "paper-size model skipped: --quick" in out
     assert bench.main(["--frames", "0"]) == 2  # a bad option is an error message, not a traceback
+
+
+def test_soak_streams_through_the_live_node(ros_domain_id, shared_data, capsys, tmp_path):
+    from lapose_ros import bench
+
+    code = bench.main(["--soak", "0.15", "--soak-interval-s", "3", "--checkpoint", "random:tiny",
+                       "--param", "model_fps:=10.0", "--param", "path_max_length:=12",
+                       "--domain-id", str(ros_domain_id), "--soak-log", str(tmp_path / "node.log"),
+                       "--sequence", str(shared_data / "kitti" / "06_head")])
+    out = capsys.readouterr().out
+    assert code == 0, out + (tmp_path / "node.log").read_text()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| interval")]
+    assert [r[0] for r in rows] == ["1", "2", "3"], out
+    for r in rows:
+        rss, frames, dropped, odometry, path = float(r[2]), int(r[6]), int(r[7]), int(r[8]), int(r[9])
+        assert 50 < rss < 4000 and 80 <= frames <= 92 and 0 <= dropped < frames
+        assert path <= 12  # bounded by path_max_length
+    assert int(rows[-1][8]) > 0 and float(rows[-1][4]) > 0  # tracking: odometry, keyframe latency
+    assert "memory growth after interval 1" in out and "bounded by path_max_length=12" in out
+
+
+def test_soak_verdict_flags_growing_memory_and_an_unbounded_path():
+    from lapose_ros.soak import SoakRow, format_table, verdict
+
+    def row(i, rss, path, latency):
+        return SoakRow(i, 60.0 * (i + 1), rss, np.asarray(latency), 1800, 1790, 1800, path)
+
+    flat = [row(0, 400.0, 900, [50, 60]), row(1, 410.0, 1000, [55, 70]), row(2, 405.0, 1000, [52, 65])]
+    text = "\n".join(verdict(flat, 1000))
+    assert "+10.0 MiB (flat" in text and "1000 poses (bounded" in text and "no queue builds up" in text
+    assert "frames dropped by the node: 30 of 5400" in text
+    leaking = [row(0, 400.0, 900, [50]), row(1, 430.0, 1200, [500])]
+    text = "\n".join(verdict(leaking, 1000))
+    assert "GROWS: limit" in text and "UNBOUNDED" in text and "a queue builds up" in text
+    table = format_table(flat).splitlines()
+    assert len(table) == 2 + 3 and table[2].split("|")[1:4] == [" 1 ", " 60 ", " 400.0 "]
