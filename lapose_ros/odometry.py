@@ -151,7 +151,8 @@ def camera_period(intervals: Sequence[float]) -> float:
     A low percentile, not the median: when a node falls behind and drops frames, most received
     intervals can span several frames, but the shortest ones still are one camera period.
     """
-    return float(np.percentile(intervals, 10)) if len(intervals) else 0.0
+    values = list(intervals)  # one atomic copy: a node's camera callback reads while frames are processed
+    return float(np.percentile(values, 10)) if values else 0.0
 
 
 class KeyframeSelector:

@@ -166,6 +166,30 @@ def settle_discovery(publishers: list, quiet_s: float = 0.5, max_wait_s: float =
             counts, stable_since = now, time.monotonic()
 
 
+class SpinningThread:
+    """A single-threaded executor spinning ``node`` in a daemon thread, until :meth:`stop`."""
+
+    def __init__(self, node: Any, context: Any):
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:  # the context was shut down under it: done
+            pass
+
+    def stop(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)
+
+
 # ---------------------------------------------------------------------------------- recorders
 class OdometryRecorder:
     """Collects the node's odometry (stamp, pose) and when each arrived; thread-safe."""
@@ -239,7 +263,6 @@ def play_and_record(bag: str | Path, *, mode: str = "lockstep", rate: float = 1.
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from nav_msgs.msg import Odometry
-        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
         from rclpy.qos import QoSProfile
     except ImportError as e:
         raise ReplayError(f"rclpy is not importable ({e}): run 'make setup-ros' (tools/setup_ros.sh .venv) "
@@ -258,7 +281,7 @@ def play_and_record(bag: str | Path, *, mode: str = "lockstep", rate: float = 1.
     rclpy.init(context=context, domain_id=domain_id)
     proc = None
     log_file = None
-    executor = spinner = None
+    spinner = None
     try:
         node = rclpy.create_node("lapose_replay", context=context)
         publishers, skipped = {}, []
@@ -280,17 +303,7 @@ def play_and_record(bag: str | Path, *, mode: str = "lockstep", rate: float = 1.
         recorder, acks = OdometryRecorder(), FrameAcknowledgements()
         node.create_subscription(Odometry, odom_topic, recorder, QoSProfile(depth=200))
         node.create_subscription(DiagnosticArray, processed_topic, acks, QoSProfile(depth=200))
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-
-        def spin() -> None:
-            try:
-                executor.spin()
-            except ExternalShutdownException:  # the context was shut down under it: done
-                pass
-
-        spinner = threading.Thread(target=spin, daemon=True)
-        spinner.start()
+        spinner = SpinningThread(node, context)
 
         if command is not None:
             log_file = open(log_path, "w") if log_path else subprocess.DEVNULL
@@ -356,9 +369,8 @@ def play_and_record(bag: str | Path, *, mode: str = "lockstep", rate: float = 1.
     finally:
         if proc is not None:
             stop_process(proc)
-        if executor is not None:
-            executor.shutdown(timeout_sec=2.0)
-            spinner.join(timeout=5.0)
+        if spinner is not None:
+            spinner.stop()
         if log_file not in (None, subprocess.DEVNULL):
             log_file.close()
         reader.close()

@@ -140,13 +140,13 @@ def run_soak(args: Any) -> int:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry, Path as PathMsg
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
     from .bench import BenchError, load_frames
     from .image_conversion import fill_image_msg
-    from .playback import PROCESSED_TOPIC, ReplayError, node_command, ros_environment, stop_process, wait_for
+    from .playback import (PROCESSED_TOPIC, ReplayError, SpinningThread, node_command, ros_environment,
+                           stop_process, wait_for)
     from .replay import parse_node_params
 
     if not args.soak > 0:
@@ -170,7 +170,7 @@ def run_soak(args: Any) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=args.domain_id)
-    proc = executor = spinner = None
+    proc = spinner = None
     recorder = SoakRecorder()
     rows: list[SoakRow] = []
     try:
@@ -179,17 +179,7 @@ def run_soak(args: Any) -> int:
         node.create_subscription(DiagnosticArray, PROCESSED_TOPIC, recorder.on_processed, QoSProfile(depth=100))
         node.create_subscription(Odometry, "/lapose/odom", recorder.on_odometry, QoSProfile(depth=100))
         node.create_subscription(PathMsg, "/lapose/path", recorder.on_path, QoSProfile(depth=1))
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-
-        def spin() -> None:
-            try:
-                executor.spin()
-            except ExternalShutdownException:
-                pass
-
-        spinner = threading.Thread(target=spin, daemon=True)
-        spinner.start()
+        spinner = SpinningThread(node, context)
         with open(log_path, "w") as log:
             proc = subprocess.Popen(command, env=ros_environment(args.domain_id), stdout=log,
                                     stderr=subprocess.STDOUT)
@@ -235,9 +225,8 @@ def run_soak(args: Any) -> int:
     finally:
         if proc is not None:
             stop_process(proc)
-        if executor is not None:
-            executor.shutdown(timeout_sec=2.0)
-            spinner.join(timeout=5.0)
+        if spinner is not None:
+            spinner.stop()
         rclpy.try_shutdown(context=context)
 
     print(f"\nsoak of the live node, {args.camera_hz:g} Hz camera ({args.sequence}), model "

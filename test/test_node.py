@@ -132,14 +132,6 @@ class NodeProcess:
 
 
 @pytest.fixture
-def ros_context(ros_domain_id):
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
-@pytest.fixture
 def stream(shared_data):
     return KittiStream(shared_data / "kitti" / "03_head")
 

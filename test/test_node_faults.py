@@ -87,14 +87,6 @@ def estimator():
 
 
 @pytest.fixture
-def ros_context(ros_domain_id):
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
-@pytest.fixture
 def live(ros_context, estimator):
     """start(**params) -> (node, harness): a node in this process and the test side, discovered."""
     nodes = []
