@@ -286,9 +286,10 @@ class LaPoseNode(Node):
             self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
 
     def destroy_node(self) -> None:
-        self._stopping.set()
-        self._frames.close()
-        self._worker.join(timeout=10.0)
+        if hasattr(self, "_worker"):  # absent when the constructor failed before starting it
+            self._stopping.set()
+            self._frames.close()
+            self._worker.join(timeout=10.0)
         super().destroy_node()
 
     def _on_image(self, msg: Image) -> None:

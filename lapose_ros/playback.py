@@ -137,7 +137,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, node_proc: Optiona
     """Poll ``condition`` until true; fail clearly on timeout or when the node process has exited."""
     deadline = time.monotonic() + timeout_s
     while not condition():
-        check_alive(node_proc, what, log_path)
+        check_alive(node_proc, f"waiting for {what}", log_path)
         if time.monotonic() > deadline:
             raise ReplayError(f"timed out after {timeout_s:.0f} s waiting for {what}"
                               + (f"; node log ({log_path}) ends with:\n{log_tail(log_path)}" if log_path else ""))

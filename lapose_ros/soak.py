@@ -93,8 +93,28 @@ def process_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def path_length_from_cdr(raw: bytes) -> int:
+    """Number of poses in a serialized ``nav_msgs/Path``, read without deserializing the poses.
+
+    Deserializing 1000 poses in Python takes milliseconds on this process's executor thread, which
+    would delay (and so inflate) the latencies measured from the acknowledgements behind it. CDR
+    layout: 4-byte encapsulation header, header.stamp (2 x 4 bytes), header.frame_id (uint32 length
+    including the terminating NUL, the bytes, padding to 4), then the uint32 length of ``poses``.
+    """
+    little = raw[1] == 1  # encapsulation CDR_LE (0x0001) or CDR_BE (0x0000)
+    order = "little" if little else "big"
+    offset = 4 + 8
+    length = int.from_bytes(raw[offset:offset + 4], order)
+    offset += 4 + length
+    offset += -(offset - 4) % 4  # alignment counts from the end of the encapsulation header
+    return int.from_bytes(raw[offset:offset + 4], order)
+
+
 class SoakRecorder:
-    """What the node sends back, with arrival times (called from the executor thread)."""
+    """What the node sends back, with arrival times (called from the executor thread).
+
+    Odometry and Path arrive as raw bytes: only counted, never deserialized.
+    """
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -116,9 +136,10 @@ class SoakRecorder:
         with self.lock:
             self.odometry_arrivals.append(time.perf_counter())
 
-    def on_path(self, msg: Any) -> None:
+    def on_path(self, raw: bytes) -> None:
+        length = path_length_from_cdr(raw)
         with self.lock:
-            self.path_length = len(msg.poses)
+            self.path_length = length
 
     def row(self, index: int, start: float, end: float, t0: float, rss_mib: float, path_length: int) -> SoakRow:
         """Figures of the frames sent in [start, end) (perf_counter times)."""
@@ -177,8 +198,8 @@ def run_soak(args: Any) -> int:
         node = rclpy.create_node("lapose_soak_camera", context=context)
         camera = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
         node.create_subscription(DiagnosticArray, PROCESSED_TOPIC, recorder.on_processed, QoSProfile(depth=100))
-        node.create_subscription(Odometry, "/lapose/odom", recorder.on_odometry, QoSProfile(depth=100))
-        node.create_subscription(PathMsg, "/lapose/path", recorder.on_path, QoSProfile(depth=1))
+        node.create_subscription(Odometry, "/lapose/odom", recorder.on_odometry, QoSProfile(depth=100), raw=True)
+        node.create_subscription(PathMsg, "/lapose/path", recorder.on_path, QoSProfile(depth=1), raw=True)
         spinner = SpinningThread(node, context)
         with open(log_path, "w") as log:
             proc = subprocess.Popen(command, env=ros_environment(args.domain_id), stdout=log,

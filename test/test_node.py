@@ -327,7 +327,9 @@ def test_soak_streams_through_the_live_node(ros_domain_id, shared_data, capsys, 
         rss, frames, dropped, odometry, path = float(r[2]), int(r[6]), int(r[7]), int(r[8]), int(r[9])
         assert 50 < rss < 4000 and 80 <= frames <= 92 and 0 <= dropped < frames
         assert path <= 12  # bounded by path_max_length
-    assert int(rows[-1][8]) > 0 and float(rows[-1][4]) > 0  # tracking: odometry, keyframe latency
+    # It tracked: odometry, and latencies of keyframes that ran the model (the rows of a soak this
+    # short are a few seconds each, so a starved interval on a busy machine may have none).
+    assert sum(int(r[8]) for r in rows) > 0 and any(r[4] != "-" and float(r[4]) > 0 for r in rows)
     assert "memory growth after interval 1" in out and "bounded by path_max_length=12" in out
 
 
@@ -346,3 +348,16 @@ def test_soak_verdict_flags_growing_memory_and_an_unbounded_path():
     assert "GROWS: limit" in text and "UNBOUNDED" in text and "a queue builds up" in text
     table = format_table(flat).splitlines()
     assert len(table) == 2 + 3 and table[2].split("|")[1:4] == [" 1 ", " 60 ", " 400.0 "]
+
+
+def test_path_length_read_from_serialized_bytes():
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Path as PathMsg
+    from rclpy.serialization import serialize_message
+
+    from lapose_ros.soak import path_length_from_cdr
+
+    for frame_id, count in (("odom", 0), ("odom_vo", 7), ("a_much_longer_frame_name", 1000)):
+        msg = PathMsg(poses=[PoseStamped() for _ in range(count)])
+        msg.header.frame_id = frame_id
+        assert path_length_from_cdr(serialize_message(msg)) == count
