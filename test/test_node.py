@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import rclpy
 import torch
-import rclpy.context
 import rclpy.time
 from std_srvs.srv import Trigger
 

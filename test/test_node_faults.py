@@ -15,16 +15,14 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
-import rclpy.context
 import rclpy.time
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from lapose_ros.image_conversion import fill_image_msg
-from lapose_ros.odometry import VisualOdometry, camera_to_base_from_xyz_quat, DEFAULT_CAMERA_TO_BASE
+from lapose_ros.odometry import DEFAULT_CAMERA_TO_BASE, VisualOdometry, camera_to_base_from_xyz_quat
+from lapose_ros.playback import SpinningThread
 from node_harness import BASE_STAMP, Harness, KittiStream, msg_pose
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,20 +39,10 @@ class InProcessNode:
         params = {"publish_tf": False, "max_gap_s": MAX_GAP_S, **params}
         self.node = LaPoseNode(estimator=estimator, context=context,
                                parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
+        self.spinner = SpinningThread(self.node, context)
 
     def stop(self):
-        self.executor.shutdown(timeout_sec=5.0)
-        self.thread.join(timeout=10.0)
+        self.spinner.stop()
         self.node.destroy_node()
 
 
