@@ -11,6 +11,7 @@ same window.
 
   lapose bench --quick            # eager on the bundled model, 30 frames
   lapose bench --frames 100       # every backend, the paper-size model too
+  lapose bench --soak 10          # the live node under a 30 Hz camera for 10 minutes (lapose_ros.soak)
 """
 from __future__ import annotations
 
@@ -285,6 +286,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="KITTI-format sequence folder whose frames are sent")
     p.add_argument("--domain-id", type=int, default=200 + os.getpid() % 30,
                    help="private ROS_DOMAIN_ID of the in-process node (discovery stays on loopback)")
+    soak = p.add_argument_group("soak (--soak MINUTES): the node as its own process under a live camera")
+    soak.add_argument("--soak", type=float, default=None, metavar="MINUTES",
+                      help="stream frames at --camera-hz through the live node for MINUTES (fractions "
+                           "allowed) and print memory, keyframe latency, drops and output per interval")
+    soak.add_argument("--soak-interval-s", type=float, default=60.0, help="seconds per row (default 60)")
+    soak.add_argument("--camera-hz", type=float, default=30.0, help="camera rate of the soak (default 30)")
+    soak.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                      help="node parameter for the soak, repeatable (e.g. --param path_max_length:=100)")
+    soak.add_argument("--soak-log", default="out/soak/node.log", help="where the node's log goes")
     p.set_defaults(func=_run)
     return p
 
@@ -293,6 +303,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.frames is None:
         args.frames = 30 if args.quick else 60
     try:
+        if args.soak is not None:
+            from .soak import run_soak
+
+            return run_soak(args)
         if args.frames < 1:
             raise BenchError(f"--frames must be >= 1, got {args.frames}")
         return run_bench(args)

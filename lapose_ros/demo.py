@@ -34,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"[1/3] writing {sequence} as a rosbag2: {bag}")
     print(write_bag_from_sequence(sequence, bag, storage="mcap"))
 
-    print(f"[2/3] replaying the bag through lapose_node (rate {args.rate}x)")
-    replay = replay_bag(bag, out / "replay", rate=args.rate, checkpoint=args.checkpoint)
+    how = "in lockstep" if args.mode == "lockstep" else f"in real time at {args.rate:g}x"
+    print(f"[2/3] replaying the bag through lapose_node {how}")
+    replay = replay_bag(bag, out / "replay", rate=args.rate, checkpoint=args.checkpoint, mode=args.mode)
 
     print("[3/3] offline evaluation of the same frames (lapose eval)")
     estimator = PoseEstimator.load(args.checkpoint)
@@ -60,5 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--sequence", default=str(SAMPLE_SEQUENCE),
                    help="KITTI-format sequence folder (default: the bundled sample)")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the bundled model)")
-    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
+    p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
+                   help="replay mode (see lapose replay; default lockstep: the same result on any machine)")
+    p.add_argument("--rate", type=float, default=1.0, help="realtime playback speed factor (default 1)")
     p.set_defaults(func=run)

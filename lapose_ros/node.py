@@ -5,6 +5,22 @@ Subscribes a camera (``sensor_msgs/Image`` + ``sensor_msgs/CameraInfo``) and pub
 ``diagnostic_msgs/DiagnosticArray`` at 1 Hz. The node is thin: keyframe selection, the feature cache,
 trajectory integration and the reset rules live in :mod:`lapose_ros.odometry`.
 
+Falling behind: the image callback only hands the message to a processing thread through a
+:class:`~lapose_ros.odometry.NewestFrameBuffer`, so the subscription (sensor-data QoS, depth
+``qos_depth`` = 1) is always drained at once. When inference is slower than the camera the node
+works on the newest frame instead of an ever older queue, but keeps the frame that is due as a
+keyframe, so keyframe spacing stays within one camera period of ``1/model_fps``. Frames it skipped
+are counted in diagnostics: ``dropped_by_node`` (exact) and ``dropped_frames`` (holes in the stamp
+sequence, which includes frames lost before they reached the node). Keyframes are chosen by image
+stamp alone. All odometry state is touched under one lock, by the processing thread and the
+reset service.
+
+Per image taken off the queue the node publishes a ``diagnostic_msgs/DiagnosticArray`` on
+``~/processed`` (header = the image's header; message = keyframe, frame, duplicate, corrupt or
+model_error), after its odometry: a player can wait on it to send the next image only when the node
+is done with the previous one (``lapose replay`` in lockstep), and during warm-up, when no odometry
+is published, it is the only sign that an image was handled.
+
 Output while warming up (fewer than 16 keyframes, ~7.5 s at 2 fps): nothing is published on the
 odometry topic or TF; diagnostics say "warming up". An identity pose with a large covariance would be
 read as "standing still" by consumers that ignore covariance, which is worse than silence.
@@ -16,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any, Optional
@@ -31,13 +48,15 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from .image_conversion import ImageConversionError, ImageConverter, UnsupportedEncodingError
-from .odometry import (DEFAULT_CAMERA_TO_BASE, OdometryConfigError, OdometryEstimate, VisualOdometry,
-                       camera_to_base_from_xyz_quat, pose_to_xyz_quat)
+from .odometry import (DEFAULT_CAMERA_TO_BASE, NewestFrameBuffer, OdometryConfigError, OdometryEstimate,
+                       VisualOdometry, camera_to_base_from_xyz_quat, pose_to_xyz_quat)
 
 NODE_NAME = "lapose_node"
+PROCESSED_TOPIC = "~/processed"  # one DiagnosticArray per image handled (see the module docstring)
 BACKEND_CHOICES = ("auto", "tensorrt", "compile", "eager")
 
 # name -> default. The same names and values are in config/lapose.yaml (a test keeps them in step).
@@ -48,7 +67,8 @@ PARAMETERS: dict[str, Any] = {
     "path_topic": "/lapose/path",
     "odom_frame": "odom",
     "base_frame": "base_link",
-    "qos_depth": 5,
+    # Depth of the image subscription: 1 keeps the newest frame when the node falls behind.
+    "qos_depth": 1,
     # The model's window rate: keyframes are picked from the camera stream at this rate.
     "model_fps": 2.0,
     # 0: publish once per camera image (stamp = image stamp); > 0: publish at this rate from a timer,
@@ -177,9 +197,11 @@ class LaPoseNode(Node):
         self.convert = ImageConverter()
         if self.convert.backend != "cv_bridge":
             log.info("cv_bridge not installed: converting images with numpy (same result)")
-        self.counters = {"frames": 0, "corrupt_frames": 0, "model_errors": 0}
+        # received: taken off the subscription; frames: processed (the rest were dropped as stale).
+        self.counters = {"received": 0, "frames": 0, "corrupt_frames": 0, "model_errors": 0}
         self._warned_encodings: set[str] = set()
         self._latency_ms: deque[float] = deque(maxlen=200)
+        self._keyframe_latency_ms: deque[float] = deque(maxlen=200)
         self._intrinsics_from_info: Optional[tuple[float, float, float, float, int]] = None
         self._camera_frame = ""
         self._camera_to_base_source = "parameter camera_to_base"
@@ -193,12 +215,18 @@ class LaPoseNode(Node):
         self.odom_pub = self.create_publisher(Odometry, p["odom_topic"], 10)
         self.path_pub = self.create_publisher(Path, p["path_topic"], 1)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.processed_pub = self.create_publisher(DiagnosticArray, PROCESSED_TOPIC, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(1.0, self._publish_diagnostics)
         if p["publish_rate"] > 0:
             self.create_timer(1.0 / p["publish_rate"], self._on_publish_timer)
         self._send_transform = self._make_tf_broadcaster() if p["publish_tf"] else None
         self._tf_buffer = self._make_tf_listener()
+        self._frames = NewestFrameBuffer()
+        self._lock = threading.Lock()  # odometry state: processing thread, reset service, timers
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._process_frames, name="lapose_odometry", daemon=True)
+        self._worker.start()
         log.info(f"LA-Pose odometry: {p['image_topic']} -> {p['odom_topic']} ({p['odom_frame']} -> "
                  f"{p['base_frame']}), model {getattr(estimator, 'checkpoint_name', '?')}, backend "
                  f"{getattr(estimator, 'backend', '?')}, keyframes at {fps:g} fps")
@@ -257,9 +285,41 @@ class LaPoseNode(Node):
         if fx > 0 and fy > 0:
             self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
 
+    def destroy_node(self) -> None:
+        if hasattr(self, "_worker"):  # absent when the constructor failed before starting it
+            self._stopping.set()
+            self._frames.close()
+            self._worker.join(timeout=10.0)
+        super().destroy_node()
+
     def _on_image(self, msg: Image) -> None:
-        arrival = time.perf_counter()
+        """Camera callback: hand the frame to the processing thread, nothing else (never blocks)."""
+        self.counters["received"] += 1
+        due = self.vo.selector.is_due(stamp_seconds(msg.header.stamp))
+        self._frames.put((time.perf_counter(), msg), due_as_keyframe=due)
+
+    def _process_frames(self) -> None:
+        while not self._stopping.is_set():
+            entry = self._frames.take(timeout_s=0.2)
+            if entry is None:
+                continue
+            try:
+                with self._lock:
+                    self._handle_image(entry[1], arrival=entry[0])
+            except Exception as e:  # noqa: BLE001 - the thread must outlive a bad frame
+                self.get_logger().error(f"processing a frame failed: {type(e).__name__}: {e}",
+                                        throttle_duration_sec=5.0)
+
+    def _handle_image(self, msg: Image, arrival: float) -> None:
         self.counters["frames"] += 1
+        outcome, published, reset_reason = "model_error", False, ""
+        try:
+            outcome, published, reset_reason = self._process_image(msg, arrival)
+        finally:  # every image is acknowledged, whatever became of it
+            self._publish_processed(msg.header, outcome, published, reset_reason, arrival)
+
+    def _process_image(self, msg: Image, arrival: float) -> tuple[str, bool, str]:
+        """Odometry from one image; returns (outcome, whether odometry was published, reset reason)."""
         log = self.get_logger()
         try:
             image = self.convert(msg, self.params["image_topic"])
@@ -268,11 +328,11 @@ class LaPoseNode(Node):
             if e.encoding not in self._warned_encodings:
                 self._warned_encodings.add(e.encoding)
                 log.warning(f"{e}; such frames are skipped and counted in diagnostics")
-            return
+            return "corrupt", False, ""
         except ImageConversionError as e:
             self.counters["corrupt_frames"] += 1
             log.warning(f"skipping corrupt frame: {e}", throttle_duration_sec=5.0)
-            return
+            return "corrupt", False, ""
         self._camera_frame = msg.header.frame_id
         was_tracking = self.vo.tracking
         if not was_tracking and self.vo.resets == 0:
@@ -281,31 +341,61 @@ class LaPoseNode(Node):
             result = self.vo.process(stamp_seconds(msg.header.stamp), image)
         except Exception as e:  # noqa: BLE001 - a failing model must not take the robot's node down
             self.counters["model_errors"] += 1
-            self.vo.reset(f"model error {type(e).__name__}: {e}")
+            reason = f"model error {type(e).__name__}: {e}"
+            self.vo.reset(reason)
             log.error(f"model failed on frame at {stamp_seconds(msg.header.stamp):.3f}: "
                       f"{type(e).__name__}: {e}; window reset", throttle_duration_sec=5.0)
-            return
+            return "model_error", False, reason
         if result.reset_reason:
             log.warning(f"odometry window reset: {result.reset_reason}")
+        if result.restarted:
+            self._path_poses.clear()  # a new trajectory: the old path would be drawn into it
+        if result.model_ran:
+            self._keyframe_latency_ms.append((time.perf_counter() - arrival) * 1e3)
         if result.estimate is None:
-            return
+            return result.outcome, False, result.reset_reason or ""
         if not was_tracking:
             log.info(f"tracking (camera-to-base from {self._camera_to_base_source})")
-        if self.params["publish_rate"] <= 0:
+        published = self.params["publish_rate"] <= 0
+        if published:
             self._publish_odometry(result.estimate, msg.header.stamp)
         if result.estimate.new_keyframes:
             self._publish_path(result.estimate)
         self._latency_ms.append((time.perf_counter() - arrival) * 1e3)
+        return result.outcome, published, result.reset_reason or ""
+
+    def _publish_processed(self, image_header: Header, outcome: str, published: bool, reset_reason: str,
+                           arrival: float) -> None:
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: frame"
+        status.hardware_id = image_header.frame_id
+        status.level = DiagnosticStatus.OK if outcome in ("keyframe", "frame") else DiagnosticStatus.WARN
+        status.message = outcome
+        status.values = [KeyValue(key="odometry_published", value=str(published).lower()),
+                         KeyValue(key="reset_reason", value=reset_reason),
+                         KeyValue(key="processing_ms", value=f"{(time.perf_counter() - arrival) * 1e3:.2f}")]
+        array = DiagnosticArray()
+        array.header = image_header
+        array.status = [status]
+        self.processed_pub.publish(array)
 
     def _on_publish_timer(self) -> None:
-        now = self.get_clock().now()
-        estimate = self.vo.extrapolate(now.nanoseconds * 1e-9)
-        if estimate is not None:
-            self._publish_odometry(estimate, now.to_msg())
+        # Never wait for a keyframe to finish here: that would stall the image callback too. A tick
+        # that finds the lock taken is skipped; the next one publishes the pose at its own time.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            now = self.get_clock().now()
+            estimate = self.vo.extrapolate(now.nanoseconds * 1e-9)
+            if estimate is not None:
+                self._publish_odometry(estimate, now.to_msg())
+        finally:
+            self._lock.release()
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.vo.reset("reset service called", restart_trajectory=True)
-        self._path_poses.clear()
+        with self._lock:  # after the frame being processed, never in the middle of it
+            self.vo.reset("reset service called", restart_trajectory=True)
+            self._path_poses.clear()
         self.get_logger().warning("odometry reset by service: trajectory restarts at the origin")
         response.success = True
         response.message = "odometry reset; warming up"
@@ -353,18 +443,25 @@ class LaPoseNode(Node):
         self.path_pub.publish(self._path)
 
     def diagnostic_values(self) -> dict[str, str]:
-        vo, lat = self.vo, np.asarray(self._latency_ms)
+        # Read without the lock (a diagnostics tick must not wait for a keyframe); list() copies a
+        # deque atomically.
+        vo = self.vo
+        lat, key = np.asarray(list(self._latency_ms)), np.asarray(list(self._keyframe_latency_ms))
         values = {
             "status": vo.status,
             "keyframes": str(len(vo.keyframes)),
             "frames": str(self.counters["frames"]),
             "dropped_frames": str(vo.monitor.dropped_frames),
+            "dropped_by_node": str(self._frames.dropped),
             "corrupt_frames": str(self.counters["corrupt_frames"]),
             "model_errors": str(self.counters["model_errors"]),
             "resets": str(vo.resets),
             "last_reset_reason": vo.last_reset_reason,
             "latency_ms_p50": f"{np.percentile(lat, 50):.1f}" if lat.size else "",
             "latency_ms_p95": f"{np.percentile(lat, 95):.1f}" if lat.size else "",
+            "keyframe_latency_ms_p50": f"{np.percentile(key, 50):.1f}" if key.size else "",
+            "keyframe_latency_ms_p95": f"{np.percentile(key, 95):.1f}" if key.size else "",
+            "keyframe_latency_ms_max": f"{key.max():.1f}" if key.size else "",
             "backend": str(getattr(self.estimator, "backend", "")),
             "device": str(getattr(self.estimator, "device", "")),
             "checkpoint": str(getattr(self.estimator, "checkpoint_name", "")),

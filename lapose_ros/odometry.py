@@ -18,6 +18,7 @@ Pose conventions follow :mod:`lapose_core.geometry`: 4x4 camera-to-world matrice
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -144,6 +145,16 @@ def _is_identity(R: np.ndarray) -> bool:
     return bool(np.allclose(R, np.eye(3), atol=1e-12))
 
 
+def camera_period(intervals: Sequence[float]) -> float:
+    """The camera's frame interval from recent frame-to-frame intervals (0 when there are none).
+
+    A low percentile, not the median: when a node falls behind and drops frames, most received
+    intervals can span several frames, but the shortest ones still are one camera period.
+    """
+    values = list(intervals)  # one atomic copy: a node's camera callback reads while frames are processed
+    return float(np.percentile(values, 10)) if values else 0.0
+
+
 class KeyframeSelector:
     """Picks keyframes from a camera stream so that they are spaced at the model's rate.
 
@@ -151,6 +162,12 @@ class KeyframeSelector:
     less half a camera period of tolerance: with a 10 Hz camera and a 2 fps model every fifth frame
     is taken even when stamps jitter, and with a dropped frame the next one is taken. The model is
     given the real stamps, so an irregular spacing is handled by its timestamp embedding.
+
+    The choice depends on the image stamps only, never on wall time or on how long processing
+    took: replaying the same frames gives the same keyframes on any machine. The spacing stays
+    within one camera period of the model period as long as the frame at the due time reaches
+    the selector; a node that falls behind keeps the newest frame, so after a slow keyframe it
+    catches up on the (cheap) frames in between before the next keyframe is due.
     """
 
     def __init__(self, fps: float):
@@ -161,17 +178,19 @@ class KeyframeSelector:
         self._last_frame: Optional[float] = None
         self._intervals: deque[float] = deque(maxlen=15)
 
+    def is_due(self, stamp: float) -> bool:
+        """Whether a frame at ``stamp`` would become a keyframe now (changes nothing)."""
+        if self._last_keyframe is None:
+            return True
+        tolerance = min(0.5 * camera_period(self._intervals), 0.25 * self.period)
+        return stamp - self._last_keyframe >= self.period - tolerance
+
     def offer(self, stamp: float) -> bool:
         """Whether the frame at ``stamp`` (seconds) becomes a keyframe."""
         if self._last_frame is not None and stamp > self._last_frame:
             self._intervals.append(stamp - self._last_frame)
         self._last_frame = stamp
-        if self._last_keyframe is None:
-            self._last_keyframe = stamp
-            return True
-        camera_period = float(np.median(self._intervals)) if self._intervals else 0.0
-        tolerance = min(0.5 * camera_period, 0.25 * self.period)
-        if stamp - self._last_keyframe >= self.period - tolerance:
+        if self.is_due(stamp):
             self._last_keyframe = stamp
             return True
         return False
@@ -180,6 +199,52 @@ class KeyframeSelector:
         self._last_keyframe = None
         self._last_frame = None
         self._intervals.clear()
+
+
+class NewestFrameBuffer:
+    """Hand-over of frames from a camera callback to a slower processing thread.
+
+    Holds at most two frames. A frame that arrives while the previous one waits replaces it (the
+    newest frame wins, the other is counted in ``dropped``), except the first frame that is due as a
+    keyframe: it is kept until taken, so a processing hiccup at the moment a keyframe is due delays
+    that keyframe instead of shifting it to a later frame. ``take`` hands out the kept keyframe
+    first, then the newest frame, so frames are always processed in arrival order.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._keyframe: Optional[Any] = None
+        self._newest: Optional[Any] = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: Any, due_as_keyframe: bool) -> None:
+        with self._cond:
+            if due_as_keyframe and self._keyframe is None:
+                # Whatever waits is older than this keyframe: processed after it, it would go back in time.
+                self.dropped += self._newest is not None
+                self._newest = None
+                self._keyframe = item
+            else:
+                self.dropped += self._newest is not None
+                self._newest = item
+            self._cond.notify()
+
+    def take(self, timeout_s: float) -> Optional[Any]:
+        """The next frame to process; None after ``timeout_s`` without one, or once closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._keyframe is not None or self._newest is not None or self._closed,
+                                timeout=timeout_s)
+            if self._keyframe is not None:
+                item, self._keyframe = self._keyframe, None
+            else:
+                item, self._newest = self._newest, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 class StreamMonitor:
@@ -212,7 +277,7 @@ class StreamMonitor:
         gap = stamp - last_stamp
         if gap > self.max_gap_s:
             return f"gap of {gap:.3f} s between frames exceeds max_gap_s={self.max_gap_s}"
-        if self._intervals and gap > 1.5 * (usual := float(np.median(self._intervals))) > 0:
+        if self._intervals and gap > 1.5 * (usual := camera_period(self._intervals)) > 0:
             self.dropped_frames += int(round(gap / usual)) - 1
         if gap > 0:
             self._intervals.append(gap)
@@ -308,8 +373,17 @@ class FrameResult:
 
     estimate: Optional[OdometryEstimate] = None  # None while warming up or after a reset
     reset_reason: Optional[str] = None
+    restarted: bool = False  # the reset started the trajectory over at the origin
     is_keyframe: bool = False
     model_ran: bool = False
+    duplicate: bool = False  # the stamp of the previous frame again: skipped
+
+    @property
+    def outcome(self) -> str:
+        """One word for what happened to the frame (the node reports it per frame)."""
+        if self.duplicate:
+            return "duplicate"
+        return "keyframe" if self.is_keyframe else "frame"
 
 
 class VisualOdometry:
@@ -373,18 +447,23 @@ class VisualOdometry:
         self.last_reset_reason = reason
 
     def process(self, stamp: float, image: np.ndarray) -> FrameResult:
-        """One camera frame, (H, W, 3) uint8 RGB, at ``stamp`` seconds."""
+        """One camera frame, (H, W, 3) uint8 RGB, at ``stamp`` seconds.
+
+        A frame with the stamp of the previous one (a message delivered twice, or sent again by a
+        player that thought it lost) carries no new motion and is skipped.
+        """
+        if stamp == self.monitor.last_stamp and image.shape[:2] == self.monitor.last_size:
+            return FrameResult(duplicate=True)
         reason = self.monitor.check(stamp, image.shape[:2])
         if reason is not None:
             # Hold the pose where it was when the stream broke, then start a fresh window with this
             # frame. A backwards jump starts the trajectory over: the data is being replayed.
-            self.reset(reason, restart_trajectory=reason.startswith("time jumped backwards"))
+            restart = reason.startswith("time jumped backwards")
+            self.reset(reason, restart_trajectory=restart)
             self.monitor.check(stamp, image.shape[:2])
-            result = FrameResult(reset_reason=reason)
+            result = FrameResult(reset_reason=reason, restarted=restart)
         else:
             result = FrameResult()
-        if self.keyframes and stamp == self.keyframes[-1][0]:
-            return result  # a repeated stamp carries no new motion
         if not self.selector.offer(stamp):
             if self.tracking:
                 result.estimate = self._estimate(stamp, is_keyframe=False)

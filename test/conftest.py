@@ -39,3 +39,15 @@ def ros_domain_id(monkeypatch) -> int:
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     return domain
+
+
+@pytest.fixture
+def ros_context(ros_domain_id):
+    """An rclpy context of the test's own, on its own domain (rclpy imported only by tests using it)."""
+    import rclpy
+    import rclpy.context
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -16,29 +15,16 @@ import numpy as np
 import pytest
 import rclpy
 import torch
-import rclpy.context
-import rclpy.executors
 import rclpy.time
-from diagnostic_msgs.msg import DiagnosticArray
-from nav_msgs.msg import Odometry, Path as PathMsg
-from rclpy.node import Node
-from rclpy.qos import QoSProfile
-from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
-from transforms3d.quaternions import quat2mat
 
 from lapose_ros.image_conversion import (ImageConversionError, ImageConverter, UnsupportedEncodingError,
                                          fill_image_msg)
-from lapose_ros.odometry import camera_motion_to_base, default_camera_to_base, se3
+from lapose_ros.odometry import camera_motion_to_base, default_camera_to_base
+from node_harness import Harness, KittiStream, TFMessage, msg_pose
+from sensor_msgs.msg import Image
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_STAMP = 1_700_000_000.0  # an epoch-like stamp, as a live camera would give
-
-try:
-    from tf2_msgs.msg import TFMessage
-except ImportError:  # built by tools/setup_ros.sh where no ROS distribution provides it
-    TFMessage = None
-
 
 # ---------------------------------------------------------------------------- image conversion
 @pytest.fixture(scope="module")
@@ -102,88 +88,6 @@ def test_bad_images_raise_clear_errors(kitti_gray):
 
 
 # ---------------------------------------------------------------------------- node processes
-class KittiStream:
-    """Frames of a KITTI folder as image + camera-info messages with epoch-like stamps."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.times = np.loadtxt(folder / "times.txt")
-        self.calib = np.loadtxt(folder / "calib.txt")
-
-    def gray(self, index: int) -> np.ndarray:
-        return cv2.imread(str(self.folder / "images" / f"{index:06d}.jpg"), cv2.IMREAD_GRAYSCALE)
-
-    def stamp(self, index: int, offset: float = 0.0) -> float:
-        return BASE_STAMP + float(self.times[index]) + offset
-
-    def messages(self, index: int, offset: float = 0.0, encoding: str = "mono8"):
-        gray = self.gray(index)
-        pixels = gray if encoding == "mono8" else np.repeat(gray[..., None], 3, -1)
-        image = fill_image_msg(Image(), pixels, encoding)
-        stamp = rclpy.time.Time(nanoseconds=int(round(self.stamp(index, offset) * 1e9))).to_msg()
-        image.header.stamp, image.header.frame_id = stamp, "camera_optical"
-        fx, fy, cx, cy, width, height = self.calib
-        info = CameraInfo()
-        info.header = image.header
-        info.width, info.height = int(width), int(height)
-        info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
-        return image, info
-
-
-class Harness:
-    """The test side: publishes camera messages, records what the node publishes."""
-
-    def __init__(self, context):
-        self.node = Node("lapose_test_harness", context=context)
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", 100)
-        self.info_pub = self.node.create_publisher(CameraInfo, "/camera/camera_info", 100)
-        self.odom, self.paths, self.diagnostics, self.tf = [], [], [], []
-        self.node.create_subscription(Odometry, "/lapose/odom", self.odom.append, 100)
-        self.node.create_subscription(PathMsg, "/lapose/path", self.paths.append, 10)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        if TFMessage is not None:
-            self.node.create_subscription(TFMessage, "/tf", self.tf.append, QoSProfile(depth=100))
-        self.reset_client = self.node.create_client(Trigger, "/lapose_node/reset")
-
-    def spin_until(self, condition, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def spin_for(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.01)
-
-    def wait_for_node(self, process) -> None:
-        def ready():
-            if process.poll() is not None:
-                raise AssertionError(f"lapose_node exited with {process.returncode}:\n{process.output()}")
-            return (self.image_pub.get_subscription_count() > 0 and
-                    self.node.count_publishers("/lapose/odom") > 0)
-        self.spin_until(ready, 60, "lapose_node to start and be discovered")
-        self.spin_for(0.5)
-
-    def send(self, image: Image, info: CameraInfo, period: float = 0.04) -> None:
-        self.info_pub.publish(info)
-        self.image_pub.publish(image)
-        self.spin_for(period)
-
-    def latest_diagnostics(self) -> dict:
-        status = self.diagnostics[-1].status[0]
-        level = status.level  # a byte field: bytes of length one in rclpy
-        return {"message": status.message, "level": level[0] if isinstance(level, bytes) else int(level),
-                **{kv.key: kv.value for kv in status.values}}
-
-    def wait_diagnostics(self, condition, timeout: float, what: str) -> dict:
-        start = len(self.diagnostics)
-        self.spin_until(lambda: len(self.diagnostics) > start and condition(self.latest_diagnostics()),
-                        timeout, what)
-        return self.latest_diagnostics()
 
 
 class NodeProcess:
@@ -227,14 +131,6 @@ class NodeProcess:
 
 
 @pytest.fixture
-def ros_context(ros_domain_id):
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
-@pytest.fixture
 def stream(shared_data):
     return KittiStream(shared_data / "kitti" / "03_head")
 
@@ -253,10 +149,6 @@ def offline_trajectory(stream: KittiStream, keyframe_indices: list[int]) -> np.n
         poses.append(poses[-1] @ window.relative[-1])
     return camera_motion_to_base(np.stack(poses), default_camera_to_base())
 
-
-def msg_pose(pose) -> np.ndarray:
-    p, o = pose.position, pose.orientation
-    return se3(quat2mat([o.w, o.x, o.y, o.z]), [p.x, p.y, p.z])
 
 
 def test_node_publishes_odometry_tf_path_and_diagnostics(ros_context, stream, tmp_path):
@@ -416,3 +308,55 @@ def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
     assert "at 10 Hz (period 100 ms)" in out and "at 30 Hz (period 33 ms)" in out
     assert "paper-size model skipped: --quick" in out
     assert bench.main(["--frames", "0"]) == 2  # a bad option is an error message, not a traceback
+
+
+def test_soak_streams_through_the_live_node(ros_domain_id, shared_data, capsys, tmp_path):
+    from lapose_ros import bench
+
+    code = bench.main(["--soak", "0.15", "--soak-interval-s", "3", "--checkpoint", "random:tiny",
+                       "--param", "model_fps:=10.0", "--param", "path_max_length:=12",
+                       "--domain-id", str(ros_domain_id), "--soak-log", str(tmp_path / "node.log"),
+                       "--sequence", str(shared_data / "kitti" / "06_head")])
+    out = capsys.readouterr().out
+    assert code == 0, out + (tmp_path / "node.log").read_text()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| interval")]
+    assert [r[0] for r in rows] == ["1", "2", "3"], out
+    for r in rows:
+        rss, frames, dropped, odometry, path = float(r[2]), int(r[6]), int(r[7]), int(r[8]), int(r[9])
+        assert 50 < rss < 4000 and 80 <= frames <= 92 and 0 <= dropped < frames
+        assert path <= 12  # bounded by path_max_length
+    # It tracked: odometry, and latencies of keyframes that ran the model (the rows of a soak this
+    # short are a few seconds each, so a starved interval on a busy machine may have none).
+    assert sum(int(r[8]) for r in rows) > 0 and any(r[4] != "-" and float(r[4]) > 0 for r in rows)
+    assert "memory growth after interval 1" in out and "bounded by path_max_length=12" in out
+
+
+def test_soak_verdict_flags_growing_memory_and_an_unbounded_path():
+    from lapose_ros.soak import SoakRow, format_table, verdict
+
+    def row(i, rss, path, latency):
+        return SoakRow(i, 60.0 * (i + 1), rss, np.asarray(latency), 1800, 1790, 1800, path)
+
+    flat = [row(0, 400.0, 900, [50, 60]), row(1, 410.0, 1000, [55, 70]), row(2, 405.0, 1000, [52, 65])]
+    text = "\n".join(verdict(flat, 1000))
+    assert "+10.0 MiB (flat" in text and "1000 poses (bounded" in text and "no queue builds up" in text
+    assert "frames dropped by the node: 30 of 5400" in text
+    leaking = [row(0, 400.0, 900, [50]), row(1, 430.0, 1200, [500])]
+    text = "\n".join(verdict(leaking, 1000))
+    assert "GROWS: limit" in text and "UNBOUNDED" in text and "a queue builds up" in text
+    table = format_table(flat).splitlines()
+    assert len(table) == 2 + 3 and table[2].split("|")[1:4] == [" 1 ", " 60 ", " 400.0 "]
+
+
+def test_path_length_read_from_serialized_bytes():
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Path as PathMsg
+    from rclpy.serialization import serialize_message
+
+    from lapose_ros.soak import path_length_from_cdr
+
+    for frame_id, count in (("odom", 0), ("odom_vo", 7), ("a_much_longer_frame_name", 1000)):
+        msg = PathMsg(poses=[PoseStamped() for _ in range(count)])
+        msg.header.frame_id = frame_id
+        assert path_length_from_cdr(serialize_message(msg)) == count

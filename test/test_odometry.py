@@ -237,3 +237,46 @@ def test_non_finite_model_output_resets_without_publishing(frames):
     reasons = [r.reset_reason for r in results if r.reset_reason]
     assert reasons and all("not finite" in r for r in reasons)
     assert vo.resets == len(reasons) and not vo.tracking
+
+
+# ---------------------------------------------------------------------------- falling behind
+def test_keyframe_spacing_when_most_frames_are_dropped():
+    """A 30 Hz stream of which the node sees only a few frames after each keyframe (it was busy):
+    the camera period is still known, so keyframes are neither early nor late by a camera period."""
+    selector, period = KeyframeSelector(fps=3.0), 1 / 30
+    seen = [i for i in range(300) if i % 10 in (0, 4, 9)]  # 7 of every 10 frames lost
+    keyframes = np.array([i for i in seen if selector.offer(i * period)]) * period
+    spacing = np.diff(keyframes)
+    assert np.all(np.abs(spacing - 1 / 3.0) <= period + 1e-9)
+    assert np.allclose(spacing[1:], 1 / 3.0)  # exact once one single-frame interval was seen
+    # The holes are counted exactly once the camera period is known (a few intervals in).
+    monitor, counted = StreamMonitor(max_gap_s=1.0), {}
+    for i in seen:
+        assert monitor.check(i * period, (10, 10)) is None
+        counted[i] = monitor.dropped_frames
+    assert counted[299] - counted[30] == sum(1 for i in range(31, 300) if i not in seen)
+
+
+def test_newest_frame_buffer_keeps_the_due_keyframe():
+    from lapose_ros.odometry import NewestFrameBuffer
+
+    buffer = NewestFrameBuffer()
+    assert buffer.take(timeout_s=0.01) is None
+    buffer.put(1, due_as_keyframe=False)
+    buffer.put(2, due_as_keyframe=False)  # replaces 1
+    buffer.put(3, due_as_keyframe=True)  # kept; 2 is older than it and goes
+    buffer.put(4, due_as_keyframe=True)  # not the first due frame: an ordinary newest frame
+    buffer.put(5, due_as_keyframe=False)  # replaces 4
+    assert buffer.dropped == 3
+    assert [buffer.take(0.01), buffer.take(0.01), buffer.take(0.01)] == [3, 5, None]
+    buffer.close()
+    assert buffer.take(timeout_s=10.0) is None  # closed: returns at once
+
+
+def test_a_repeated_frame_is_skipped(estimator, frames):
+    vo = VisualOdometry(estimator, fps=2.0, max_gap_s=1.0)
+    stamp, image = frames[0]
+    assert vo.process(stamp, image).is_keyframe
+    again = vo.process(stamp, image)
+    assert again.duplicate and again.outcome == "duplicate" and not again.is_keyframe
+    assert len(vo.keyframes) == 1 and vo.resets == 0
