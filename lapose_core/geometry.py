@@ -59,6 +59,17 @@ def canonical_quaternion(q: torch.Tensor) -> torch.Tensor:
     return torch.where(q[..., :1] < 0, -q, q)
 
 
+def quaternion_to_rotvec(q: torch.Tensor) -> torch.Tensor:
+    """(..., 4) quaternion (w, x, y, z) -> (..., 3) rotation vector (axis * angle, radians)."""
+    q = canonical_quaternion(q)
+    w, v = q[..., :1], q[..., 1:]
+    n = v.norm(dim=-1, keepdim=True)
+    # angle / |v| = 2 atan2(|v|, w) / |v|, which tends to 2 / w as |v| -> 0 (no 0/0 in the gradient).
+    safe_n = torch.where(n < 1e-6, torch.ones_like(n), n)
+    factor = torch.where(n < 1e-6, 2.0 / w.clamp_min(1e-6), 2.0 * torch.atan2(safe_n, w) / safe_n)
+    return v * factor
+
+
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """(..., 4) quaternion (w, x, y, z), normalised here -> (..., 3, 3) rotation."""
     q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -25,7 +25,6 @@ from torch import nn
 
 from . import ASSETS_DIR, geometry
 from .config import LaPoseConfig
-from .config import preset as preset_config
 from .model.lapose import LaPose
 
 log = logging.getLogger(__name__)
@@ -56,29 +55,36 @@ class FramePart(nn.Module):
     With the timestamp embedding at the dynamics input (the default) that is the encoder's output
     (M, N, C), which does not depend on the window. With it at the encoder input (the paper's exact
     tokenizer) a frame's encoding changes with its time in the window, so the frame itself is cached
-    and the whole window is encoded again at every prediction.
+    and the whole window is encoded again at every prediction. Models with motion features also
+    cache each frame's fine feature map (M, D, h, w): the pair's correlation is computed per window.
     """
 
     def __init__(self, model: LaPose):
         super().__init__()
         self.encoder = model.encoder
+        self.motion = model.motion
         self.cache_tokens = model.cfg.time_embedding_at == "dynamics"
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.encoder(frames) if self.cache_tokens else frames
+    def forward(self, frames: torch.Tensor):
+        cached = self.encoder(frames) if self.cache_tokens else frames
+        if self.motion is None:
+            return cached
+        return cached, self.motion.feature_maps(frames)
 
 
 class WindowPart(nn.Module):
-    """(B, T, ...) cached frame features, (B, T) timestamps -> translation, quaternion, fov, scale."""
+    """(B, T, ...) cached frame features, (B, T) timestamps [, (B, T, D, h, w) feature maps]
+    -> translation, quaternion, fov, scale."""
 
     def __init__(self, model: LaPose):
         super().__init__()
         self.model = model
 
-    def forward(self, cached: torch.Tensor, timestamps: torch.Tensor):
+    def forward(self, cached: torch.Tensor, timestamps: torch.Tensor,
+                maps: torch.Tensor | None = None):
         tokens = (cached if self.model.cfg.time_embedding_at == "dynamics"
                   else self.model.encode_frames(cached, timestamps))
-        out = self.model.pose(self.model.actions(tokens, timestamps))
+        out = self.model.pose(self.model.actions(tokens, timestamps, maps))
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
 
 
@@ -117,14 +123,15 @@ class PoseEstimator:
 
     @classmethod
     def random(cls, preset: str = "tiny", seed: int = 0, device: str = "cpu",
-               backend: str = "eager") -> "PoseEstimator":
-        """Random weights of a preset: for tests and benchmarks of speed, never for accuracy."""
-        cfg = preset_config(preset)
+               backend: str = "eager", model: dict | None = None) -> "PoseEstimator":
+        """Random weights of a preset (``model`` overrides its fields): for tests and benchmarks of
+        speed, never for accuracy."""
+        cfg = LaPoseConfig.from_dict({"preset": preset, "model": model or {}})
         torch.manual_seed(seed)
         dev = _resolve_device(device)
         with torch.device(dev):
-            model = LaPose(cfg.model)
-        return cls(model, cfg, device=dev, backend=backend,
+            net = LaPose(cfg.model)
+        return cls(net, cfg, device=dev, backend=backend,
                    checkpoint_name=f"random:{cfg.preset}:seed{seed}")
 
     def _set_backend(self, backend: str, digest: str, cache_dir: str | Path | None) -> str:
@@ -155,7 +162,11 @@ class PoseEstimator:
                         else (3, m.image_height, m.image_width))
         tokens = torch.zeros(1, self.num_frames, *cached_shape, device=self.device, dtype=self.dtype)
         ts = (torch.arange(self.num_frames, device=self.device, dtype=self.dtype) / self.fps)[None]
-        return (frame,), (tokens, ts)
+        if self.model.motion is None:
+            return (frame,), (tokens, ts)
+        maps = torch.zeros(1, self.num_frames, 16, m.image_height // 4,
+                           m.image_width // 4, device=self.device, dtype=self.dtype)
+        return (frame,), (tokens, ts, maps)
 
     def _compile_tensorrt(self, digest: str, cache_dir: str | Path | None) -> None:
         if self.device.type != "cuda":
@@ -207,10 +218,12 @@ class PoseEstimator:
         return to_tensor(fitted)
 
     @torch.inference_mode()
-    def encode_frame(self, image: np.ndarray) -> torch.Tensor:
-        """One camera frame -> what the window keeps of it (encoder features (N, C) by default)."""
+    def encode_frame(self, image: np.ndarray) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """One camera frame -> what the window keeps of it (encoder features (N, C) by default;
+        with motion features, the pair (features, fine feature map))."""
         x = self.preprocess(image).to(self.device, self.dtype)[None]
-        return self.frame_part(x)[0]
+        out = self.frame_part(x)
+        return tuple(o[0] for o in out) if isinstance(out, (tuple, list)) else out[0]
 
     @torch.inference_mode()
     def predict_features(self, features: Sequence[torch.Tensor],
@@ -219,10 +232,11 @@ class PoseEstimator:
         if len(features) != self.num_frames or len(timestamps) != self.num_frames:
             raise InferenceError(f"a window needs {self.num_frames} frames, got {len(features)} "
                                  f"features and {len(timestamps)} timestamps")
-        tokens = torch.stack(list(features))[None].to(self.device, self.dtype)
+        per_frame = [f if isinstance(f, (tuple, list)) else (f,) for f in features]
+        stacked = [torch.stack(part)[None].to(self.device, self.dtype) for part in zip(*per_frame)]
         ts = np.asarray(timestamps, dtype=np.float64)
         ts = torch.as_tensor(ts - ts[0], dtype=self.dtype, device=self.device)[None]
-        t, q, fov, scale = self.window_part(tokens, ts)
+        t, q, fov, scale = self.window_part(stacked[0], ts, *stacked[1:])
         rel = geometry.poses_from_prediction(t.double(), q.double(), scale.double())[0]
         return WindowPrediction(relative=rel.cpu().numpy(),
                                 poses=geometry.compose_relative(rel).cpu().numpy(),

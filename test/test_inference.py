@@ -18,9 +18,10 @@ def window(shared_data):
     return [seq.read(i) for i in idx], seq.timestamps[idx]
 
 
-def test_streaming_equals_whole_window(window):
+@pytest.mark.parametrize("model", [{}, {"motion_features": "correlation"}], ids=["paper", "motion"])
+def test_streaming_equals_whole_window(window, model):
     images, ts = window
-    est = PoseEstimator.random("tiny", seed=3)
+    est = PoseEstimator.random("tiny", seed=3, model=model)
     streamed = est.predict_features([est.encode_frame(im) for im in images], ts)
     frames = torch.stack([est.preprocess(im) for im in images])[None]
     with torch.no_grad():

@@ -47,19 +47,46 @@ def test_part_shapes(tiny):
     assert (out["quaternion"][..., 0] >= 0).all() and (out["scale"] > 0).all()
 
 
+@pytest.fixture(scope="module")
+def tiny_motion():
+    torch.manual_seed(0)
+    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation"}})
+    return cfg, LaPose(cfg.model).eval()
+
+
+@pytest.mark.parametrize("motion", [False, True])
 @pytest.mark.parametrize("t", [0, 6, 13])
-def test_inverse_dynamics_is_causal(tiny, t):
+def test_inverse_dynamics_is_causal(tiny, tiny_motion, t, motion):
     """Action t (frames t -> t+1) must not change at all when frames after t+1 change."""
-    cfg, model = tiny
+    cfg, model = tiny_motion if motion else tiny
     frames, ts = clip(cfg)
     changed = frames.clone()
     changed[:, t + 2:] = torch.rand_like(changed[:, t + 2:])
     with torch.no_grad():
-        a = model.actions(model.encode_frames(frames, ts), ts)
-        b = model.actions(model.encode_frames(changed, ts), ts)
+        a = model.window_actions(frames, ts)
+        b = model.window_actions(changed, ts)
     assert torch.equal(a[:, :t + 1], b[:, :t + 1])
     if t + 1 < 15:
         assert not torch.allclose(a[:, t + 1], b[:, t + 1])
+
+
+def test_motion_tokens_see_how_the_image_moved(tiny_motion):
+    """The correlation volume peaks at the true displacement; frame 0 has no motion tokens."""
+    from lapose_core.model.latent_action import local_correlation, patch_descriptors
+
+    cfg, model = tiny_motion
+    g = torch.Generator().manual_seed(1)
+    scene = torch.nn.functional.interpolate(torch.rand(1, 3, 48, 136, generator=g), scale_factor=2,
+                                            mode="bilinear")
+    a, b = scene[..., 8:104, 8:264], scene[..., 0:96, 0:256]  # a(y, x) = b(y + 8, x + 8)
+    da, db = patch_descriptors(a), patch_descriptors(b)
+    corr = local_correlation(da, db, radius=4)[0, :, 4:-4, 4:-4].mean((1, 2))
+    dy, dx = divmod(int(corr.argmax()), 9)
+    assert (dy - 4, dx - 4) == (2, 2)  # 8 px = 2 cells down and right in b
+    frames, ts = clip(cfg, B=1)
+    with torch.no_grad():
+        motion = model.motion(model.motion_maps(frames))
+    assert torch.all(motion[:, 0] == 0) and motion[:, 1:].abs().sum() > 0
 
 
 def test_timestamps_change_actions(tiny):

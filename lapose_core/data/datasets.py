@@ -4,7 +4,7 @@ Every source is read once, fitted to the model's input size and kept in memory a
 here is tens of MB of video), together with its cut / repeat statistics; with ``data.frame_cache``
 set, that work is done once for all runs (``frame_cache.py``). ``sample(seed)`` then draws a
 window deterministically: a source weighted by duration, a frame rate uniform in
-[fps_min, fps_max], a start time; windows that span a cut, contain copied or unreadable frames, or do
+[fps_min, fps_max], a start time, then the exact augmentations of ``augment.py``; windows that span a cut, contain copied or unreadable frames, or do
 not fit are redrawn, and every drop is counted per reason in ``stats``.
 
 Copied frames (a 25 fps recording stored at 30 fps) are taken out of the timeline before windows are
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lapose_core.config import LaPoseConfig
+from lapose_core.data.augment import augment_clip
 from lapose_core.data.frame_cache import CachedSource, load_source
 from lapose_core.data.quality import bad_window
 from lapose_core.data.sources import DataError, FrameSource, expand_sources
@@ -132,8 +133,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 self.stats[reason] += 1
                 continue
             self.stats["used"] += 1
-            clip = self._clip(src, idx, fps)
-            return mirror_clip(clip) if rng.uniform() < data.hflip_prob else clip
+            return augment_clip(self._clip(src, idx, fps), src.intrinsics, rng, data)
         raise DataError(f"seed {seed}: no usable window in {MAX_DRAWS} draws (drops so far: "
                         f"{dict(self.stats)})")
 
@@ -148,22 +148,6 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.labeled:
             clip["poses"] = torch.from_numpy(src.poses[idx].astype(np.float32))
         return clip
-
-
-MIRROR = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))
-
-
-def mirror_clip(clip: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same drive seen in a mirror: frames flipped left-right, motion reflected to match.
-
-    Flipping the image is the camera frame's x -> -x; reflecting the world the same way keeps every
-    pose a proper rigid motion: P' = M P M with M = diag(-1, 1, 1), so each step becomes M rel M (a
-    left turn becomes a right turn). The field of view is unchanged.
-    """
-    out = dict(clip, frames=clip["frames"].flip(-1))
-    if "poses" in clip:
-        out["poses"] = MIRROR @ clip["poses"] @ MIRROR
-    return out
 
 
 def build_pretrain_dataset(cfg: LaPoseConfig, root: Path) -> ClipDataset:

@@ -35,7 +35,7 @@ from lapose_core.geometry import horizontal_fov
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when what an entry holds, or how frames are fitted, changes
+CACHE_FORMAT = 2  # bump when what an entry holds, or how frames are fitted, changes
 STATS_FIELDS = ("difference", "dissimilarity", "changed", "is_cut", "is_repeat")
 
 
@@ -52,6 +52,7 @@ class CachedSource:
     fov: float  # horizontal FoV of the fitted frames in radians, NaN if unknown
     poses: np.ndarray | None  # (N, 4, 4)
     timeline: np.ndarray  # frame indices windows are drawn from: every frame that is not a copy
+    intrinsics: np.ndarray | None = None  # (fx, fy, cx, cy) of the fitted frames, None if unknown
 
     @property
     def duration(self) -> float:
@@ -74,6 +75,7 @@ def fit_source(source: FrameSource | str | Path, cfg: LaPoseConfig) -> CachedSou
     thumbs = np.zeros((n, 32, 64), np.uint8)
     readable = np.ones(n, bool)
     fov = math.nan
+    fitted_intrinsics = None
     for i in range(n):
         try:
             image = source.read(i)
@@ -84,14 +86,15 @@ def fit_source(source: FrameSource | str | Path, cfg: LaPoseConfig) -> CachedSou
         intrinsics = source.intrinsics_for(image.shape[1], image.shape[0])
         frames[i], fitted = fit_to_model(image, intrinsics, out_hw)
         thumbs[i] = thumbnail(image)
-        if fitted is not None and math.isnan(fov):
+        if fitted is not None and fitted_intrinsics is None:
+            fitted_intrinsics = fitted
             fov = horizontal_fov(float(fitted[0]), out_hw[1])
     if not readable.any():
         raise DataError(f"{source.path}: none of its {n} frames could be read")
     stats = frame_stats(thumbs, readable, cfg.data.cut_threshold, cfg.data.frozen_threshold)
     timeline = np.flatnonzero(np.concatenate([[True], ~stats.is_repeat]))
     return CachedSource(source.name, Path(source.path), frames, source.timestamps.copy(), readable,
-                        stats, fov, source.poses, timeline)
+                        stats, fov, source.poses, timeline, fitted_intrinsics)
 
 
 def load_source(source: FrameSource | str | Path, cfg: LaPoseConfig,
@@ -151,7 +154,8 @@ def write_entry(entry: Path, src: CachedSource) -> None:
         np.savez(tmp / "meta.npz", timestamps=src.timestamps, readable=src.readable,
                  timeline=src.timeline, **arrays)
         (tmp / "source.json").write_text(json.dumps(
-            {"name": src.name, "path": str(src.path), "fov": src.fov, "frames": len(src.frames)}))
+            {"name": src.name, "path": str(src.path), "fov": src.fov, "frames": len(src.frames),
+             "intrinsics": None if src.intrinsics is None else [float(v) for v in src.intrinsics]}))
         try:
             os.replace(tmp, entry)
         except OSError:
@@ -171,4 +175,5 @@ def read_entry(entry: Path) -> CachedSource:
     stats = FrameStats(**{name: arrays[name] for name in STATS_FIELDS})
     return CachedSource(info["name"], Path(info["path"]), frames, arrays["timestamps"],
                         arrays["readable"], stats, float(info["fov"]), arrays.get("poses"),
-                        arrays["timeline"])
+                        arrays["timeline"],
+                        None if info.get("intrinsics") is None else np.array(info["intrinsics"]))

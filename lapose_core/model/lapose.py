@@ -13,7 +13,8 @@ from torch import nn
 
 from .. import geometry
 from ..config import ModelConfig
-from .latent_action import ActionBottleneck, FrameEncoder, ForwardDynamics, InverseDynamics
+from .latent_action import (ActionBottleneck, FrameEncoder, ForwardDynamics, InverseDynamics,
+                            MotionEncoder)
 from .layers import TimestampEmbedding
 from .pose_head import PoseHead
 from .vqvae import VQVAE
@@ -22,9 +23,9 @@ OBJECTIVES = ("vqvae", "pretrain", "posttrain")
 # Which parts each stage optimises; everything else is frozen (and saved as it is).
 TRAINABLE = {
     "vqvae": ("vqvae",),
-    "pretrain": ("encoder", "time_embed", "idm", "bottleneck", "fdm"),
+    "pretrain": ("encoder", "motion", "time_embed", "idm", "bottleneck", "fdm"),
     "posttrain_frozen": ("pose_head",),
-    "posttrain_finetune": ("encoder", "time_embed", "idm", "bottleneck", "pose_head"),
+    "posttrain_finetune": ("encoder", "motion", "time_embed", "idm", "bottleneck", "pose_head"),
 }
 
 
@@ -33,6 +34,7 @@ class LaPose(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = FrameEncoder(cfg)
+        self.motion = MotionEncoder(cfg) if cfg.motion_features == "correlation" else None
         self.time_embed = TimestampEmbedding(cfg.width)
         self.idm = InverseDynamics(cfg)
         self.bottleneck = ActionBottleneck(cfg) if cfg.use_bottleneck else None
@@ -41,6 +43,7 @@ class LaPose(nn.Module):
         self.pose_head = PoseHead(cfg)
         self.objective = "posttrain"
         self.loss_weights = {"translation": 1.0, "rotation": 1.0, "fov": 0.1, "scale": 0.5}
+        self.rotation_loss = "quaternion_l1"
 
     def set_stage(self, stage: str, freeze_idm: bool = True) -> None:
         """Select the objective and freeze every part the stage does not train."""
@@ -48,8 +51,14 @@ class LaPose(nn.Module):
         key = stage if stage != "posttrain" else ("posttrain_frozen" if freeze_idm else "posttrain_finetune")
         for name, part in self.named_children():
             part.requires_grad_(name in TRAINABLE[key])
-        # The frozen VQ-VAE must not update its codebook statistics outside stage 0.
-        self.vqvae.train(stage == "vqvae")
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "LaPose":
+        super().train(mode)
+        # The frozen VQ-VAE must not update its codebook statistics outside stage 0, even when a
+        # trainer switches the whole model to train mode.
+        self.vqvae.train(mode and self.objective == "vqvae")
+        return self
 
     # ----------------------------------------------------------------- shared pieces
     def relative_times(self, timestamps: torch.Tensor) -> torch.Tensor:
@@ -64,12 +73,26 @@ class LaPose(nn.Module):
             time_emb = self.time_embed(self.relative_times(timestamps)).flatten(0, 1)
         return self.encoder(frames.flatten(0, 1), time_emb).unflatten(0, (B, T))
 
-    def actions(self, tokens: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
-        """(B, T, N, C) frame tokens -> (B, T-1, C) latent actions (uncompressed)."""
+    def motion_maps(self, frames: torch.Tensor) -> torch.Tensor | None:
+        """(B, T, 3, H, W) -> fine feature maps (B, T, D, h, w), or None without motion features."""
+        if self.motion is None:
+            return None
+        B, T = frames.shape[:2]
+        return self.motion.feature_maps(frames.flatten(0, 1)).unflatten(0, (B, T))
+
+    def actions(self, tokens: torch.Tensor, timestamps: torch.Tensor,
+                maps: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, N, C) frame tokens [+ fine feature maps] -> (B, T-1, C) latent actions."""
         time_emb = None
         if self.cfg.time_embedding_at == "dynamics":
             time_emb = self.time_embed(self.relative_times(timestamps))
-        return self.idm(tokens, time_emb)
+        motion = self.motion(maps) if self.motion is not None else None
+        return self.idm(tokens, time_emb, motion)
+
+    def window_actions(self, frames: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) frames -> (B, T-1, C) latent actions."""
+        return self.actions(self.encode_frames(frames, timestamps), timestamps,
+                            self.motion_maps(frames))
 
     def pose(self, actions: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.cfg.pose_head_input == "bottleneck":
@@ -78,7 +101,7 @@ class LaPose(nn.Module):
 
     def predict(self, frames: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frames to pose outputs (see :class:`PoseHead`)."""
-        return self.pose(self.actions(self.encode_frames(frames, timestamps), timestamps))
+        return self.pose(self.window_actions(frames, timestamps))
 
     # ----------------------------------------------------------------- objectives
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -98,7 +121,7 @@ class LaPose(nn.Module):
         B, T = frames.shape[:2]
         with torch.no_grad():  # the VQ-VAE is frozen: its codes are fixed targets
             codes = self.vqvae.encode(frames.flatten(0, 1)).unflatten(0, (B, T))
-        actions = self.actions(self.encode_frames(frames, ts), ts)
+        actions = self.window_actions(frames, ts)
         if self.bottleneck is not None:
             actions = self.bottleneck(actions)
         # Each position is told the time of the frame it predicts, so any frame rate works.
@@ -115,11 +138,11 @@ class LaPose(nn.Module):
         frames, ts = batch["frames"], batch["timestamps"]
         backbone_frozen = not any(p.requires_grad for p in self.idm.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not backbone_frozen):
-            actions = self.actions(self.encode_frames(frames, ts), ts)
+            actions = self.window_actions(frames, ts)
         pred = self.pose(actions)
         tgt = geometry.pose_targets(batch["poses"].double(), batch["fov"].double())
         tgt = {k: v.float() for k, v in tgt.items()}
-        losses = pose_losses(pred, tgt)
+        losses = pose_losses(pred, tgt, self.rotation_loss)
         w = self.loss_weights
         loss = sum(w[k] * losses[k] for k in ("translation", "rotation", "fov", "scale"))
         with torch.no_grad():
@@ -128,11 +151,17 @@ class LaPose(nn.Module):
                       "scale_abs_err": (pred["scale"] - tgt["scale"]).abs().mean().item()}
 
 
-def pose_losses(pred: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The paper's L1 losses on translation, quaternion, FoV and log scale."""
+def pose_losses(pred: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor],
+                rotation_loss: str = "quaternion_l1") -> dict[str, torch.Tensor]:
+    """L1 losses on translation, rotation, FoV and log scale (the paper's, with ``rotation_loss``
+    "quaternion_l1"; "rotvec_deg" measures rotation error in degrees instead)."""
     q, qt = pred["quaternion"], tgt["quaternion"]
-    # q and -q are one rotation: take the closer sign (both are canonical, this only matters near w=0).
-    rot = torch.minimum((q - qt).abs().sum(-1), (q + qt).abs().sum(-1)).mean()
+    if rotation_loss == "rotvec_deg":
+        diff = geometry.quaternion_to_rotvec(q) - geometry.quaternion_to_rotvec(qt)
+        rot = torch.rad2deg(diff).abs().sum(-1).mean()
+    else:
+        # q and -q are one rotation: take the closer sign (both are canonical; matters near w=0).
+        rot = torch.minimum((q - qt).abs().sum(-1), (q + qt).abs().sum(-1)).mean()
     fov_ok = torch.isfinite(tgt["fov"])
     fov = (F.l1_loss(pred["fov"][fov_ok], tgt["fov"][fov_ok]) if fov_ok.any()
            else pred["fov"].sum() * 0.0)

@@ -19,7 +19,8 @@ class PoseHead(nn.Module):
         in_dim = cfg.width
         self.proj = nn.Linear(in_dim, W)
         self.scale_token = nn.Parameter(torch.randn(1, 1, W) * 0.02)
-        self.step_pos = nn.Parameter(torch.randn(1, cfg.num_frames - 1, W) * 0.02)
+        self.step_pos = (nn.Parameter(torch.randn(1, cfg.num_frames - 1, W) * 0.02)
+                         if cfg.pose_step_embedding else None)
         self.blocks = nn.ModuleList(Block(W, cfg.pose_heads, cfg.mlp_ratio) for _ in range(cfg.pose_layers))
         self.norm = nn.LayerNorm(W)
         self.step_mlp = MLP(W, W, 8)
@@ -32,7 +33,9 @@ class PoseHead(nn.Module):
         """(B, T-1, C) actions -> translation (B, T-1, 3), quaternion (B, T-1, 4) (unit, w >= 0),
         fov (B, T-1) radians, log_scale (B,), scale (B,)."""
         B, S, _ = actions.shape
-        x = self.proj(actions) + self.step_pos[:, :S]
+        x = self.proj(actions)
+        if self.step_pos is not None:
+            x = x + self.step_pos[:, :S]
         x = torch.cat([self.scale_token.expand(B, 1, -1), x], dim=1)
         for blk in self.blocks:
             x = blk(x)

@@ -26,11 +26,12 @@ log = logging.getLogger(__name__)
 # Which parts each stage takes from the checkpoint named by init_from / vqvae_checkpoint.
 INHERITED = {
     "pretrain": ("vqvae",),
-    "posttrain": ("encoder", "time_embed", "idm", "bottleneck", "vqvae", "fdm"),
+    "posttrain": ("encoder", "motion", "time_embed", "idm", "bottleneck", "vqvae", "fdm"),
 }
 RESTART_EVERY = 10  # steps between dead-code restarts of the VQ-VAE codebook
 # Model fields that only shape the pose head: post-training variants may change them freely.
-POSE_HEAD_FIELDS = {"pose_head_input", "pose_layers", "pose_width", "pose_heads"}
+POSE_HEAD_FIELDS = {"pose_head_input", "pose_layers", "pose_width", "pose_heads",
+                    "pose_step_embedding"}
 
 
 class LaPoseStage:
@@ -42,6 +43,7 @@ class LaPoseStage:
         t = cfg.train
         self.model.loss_weights = {"translation": t.w_translation, "rotation": t.w_rotation,
                                    "fov": t.w_fov, "scale": t.w_scale}
+        self.model.rotation_loss = t.rotation_loss
         self._inherit_weights(root)
         self.model.set_stage(self.name, freeze_idm=t.freeze_idm)
         self.dataset = (build_posttrain_dataset(cfg, root) if self.name == "posttrain"
