@@ -197,3 +197,14 @@ def test_vqvae_dead_code_restart():
     vq.loss(frames)
     n = vq.quantizer.restart_dead_codes()
     assert n > 0 and (vq.quantizer.usage >= 0.03).sum() >= n
+
+
+def test_frozen_vqvae_stays_in_eval_mode_when_the_trainer_calls_train():
+    """The trainer calls model.train(); the frozen tokenizer's EMA codebook must not move."""
+    model = LaPose(preset("tiny").model)
+    model.set_stage("pretrain")
+    model.train()
+    assert model.training and model.encoder.training and not model.vqvae.training
+    model.set_stage("vqvae")
+    model.train()
+    assert model.vqvae.training
