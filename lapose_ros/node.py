@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any, Optional
@@ -34,11 +35,12 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
 from .image_conversion import ImageConversionError, ImageConverter, UnsupportedEncodingError
-from .odometry import (DEFAULT_CAMERA_TO_BASE, OdometryConfigError, OdometryEstimate, VisualOdometry,
-                       camera_to_base_from_xyz_quat, pose_to_xyz_quat)
+from .odometry import (DEFAULT_CAMERA_TO_BASE, OdometryConfigError, OdometryEstimate, OdometryWorker,
+                       VisualOdometry, camera_to_base_from_xyz_quat, pose_to_xyz_quat)
 
 NODE_NAME = "lapose_node"
 BACKEND_CHOICES = ("auto", "tensorrt", "compile", "eager")
+ESTIMATOR_CHOICES = ("hybrid", "lapose")
 
 # name -> default. The same names and values are in config/lapose.yaml (a test keeps them in step).
 PARAMETERS: dict[str, Any] = {
@@ -61,6 +63,15 @@ PARAMETERS: dict[str, Any] = {
     # '' = the bundled model; a checkpoint or run folder; 'random:<preset>' = random weights of a
     # preset (timing and plumbing checks only, the poses are meaningless).
     "checkpoint": "",
+    # hybrid: rotation and direction from feature geometry checked against LA-Pose, LA-Pose's metric
+    # scale, LA-Pose's own step where geometry is not confident (lapose_core/hybrid.py); lapose: the
+    # model alone. hybrid is the default: it validates better (docs/results.md).
+    "estimator": "hybrid",
+    # hybrid: camera height above the road in metres; > 0 takes the metric scale from the road plane
+    # (LA-Pose's where no road is seen), 0 = LA-Pose's scale.
+    "camera_height_m": 0.0,
+    # Pose and twist covariances are multiplied by this while the newest step is a fallback.
+    "fallback_covariance_scale": 10.0,
     # auto = eager on cpu (torch.compile takes minutes to warm up on a small CPU for little gain),
     # tensorrt on cuda. An unavailable backend falls back tensorrt -> compile -> eager.
     "backend": "auto",
@@ -69,8 +80,8 @@ PARAMETERS: dict[str, Any] = {
     # Camera pose in the base frame, x y z qx qy qz qw. Used when TF has no base_frame <- camera
     # transform (or tf2_ros is absent). Default: camera at the base origin looking along base x.
     "camera_to_base": list(DEFAULT_CAMERA_TO_BASE),
-    # Intrinsics used when no CameraInfo arrives (0 = unknown); only reported in diagnostics next to
-    # the field of view the model predicts, which is a quick check that the model sees a sane camera.
+    # Intrinsics used when no CameraInfo arrives (0 = unknown). The hybrid matches features with them
+    # (without any, with LA-Pose's field of view); diagnostics report them next to the predicted one.
     "fx": 0.0,
     "fy": 0.0,
     "cx": 0.0,
@@ -144,6 +155,25 @@ def load_estimator(checkpoint: str, backend: str, device: str, engine_cache_dir:
                               engine_cache_dir=engine_cache_dir or None)
 
 
+def wrap_estimator(lapose: Any, params: dict[str, Any]):
+    """The estimator the ``estimator`` parameter asks for, around a loaded LA-Pose estimator."""
+    if params["estimator"] not in ESTIMATOR_CHOICES:
+        raise LaPoseNodeError(f"parameter 'estimator' must be one of {', '.join(ESTIMATOR_CHOICES)}, "
+                              f"got '{params['estimator']}'")
+    if params["estimator"] == "lapose":
+        return lapose
+    from lapose_core.hybrid import HybridConfig, HybridError, HybridEstimator
+
+    height = float(params["camera_height_m"])
+    config = HybridConfig(scale_source="ground" if height > 0 else "lapose",
+                          camera_height_m=height if height > 0 else None)
+    intrinsics = [params[k] for k in ("fx", "fy", "cx", "cy")] if params["fx"] > 0 else None
+    try:
+        return HybridEstimator(lapose, config, intrinsics=intrinsics)
+    except HybridError as e:
+        raise LaPoseNodeError(f"parameter 'camera_height_m': {e}") from None
+
+
 class LaPoseNode(Node):
     """The odometry node. ``estimator`` may be passed in (benchmarks); otherwise it is loaded."""
 
@@ -159,13 +189,20 @@ class LaPoseNode(Node):
         self.params = p
         log = self.get_logger()
 
-        if estimator is None:
-            estimator = load_estimator(p["checkpoint"], p["backend"], p["device"],
-                                       p["engine_cache_dir"], log)
+        if estimator is None:  # an estimator passed in is used as it is
+            estimator = wrap_estimator(load_estimator(p["checkpoint"], p["backend"], p["device"],
+                                                      p["engine_cache_dir"], log), p)
         self.estimator = estimator
+        self.estimator_kind = "hybrid" if hasattr(estimator, "lapose") else "lapose"
         fps = p["model_fps"] if p["model_fps"] > 0 else float(getattr(estimator, "fps", 2.0))
         self.vo = VisualOdometry(estimator, fps=fps, max_gap_s=p["max_gap_s"],
-                                 camera_to_base=camera_to_base_from_xyz_quat(p["camera_to_base"]))
+                                 camera_to_base=camera_to_base_from_xyz_quat(p["camera_to_base"]),
+                                 fallback_covariance_scale=p["fallback_covariance_scale"])
+        # The VO state is shared by the worker (frames), the publish timer and the reset service.
+        self._vo_lock = threading.Lock()
+        # The hybrid matches features per keyframe (tens of ms on a CPU): frames are processed on a
+        # worker thread so that the image callback returns at once.
+        self.worker = OdometryWorker(self._process_frame) if self.estimator_kind == "hybrid" else None
         self.pose_covariance = diagonal_covariance(p["pose_covariance_diagonal"], "pose_covariance_diagonal")
         self.twist_covariance = diagonal_covariance(p["twist_covariance_diagonal"],
                                                     "twist_covariance_diagonal")
@@ -202,6 +239,11 @@ class LaPoseNode(Node):
         log.info(f"LA-Pose odometry: {p['image_topic']} -> {p['odom_topic']} ({p['odom_frame']} -> "
                  f"{p['base_frame']}), model {getattr(estimator, 'checkpoint_name', '?')}, backend "
                  f"{getattr(estimator, 'backend', '?')}, keyframes at {fps:g} fps")
+
+    def destroy_node(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()  # finish the frame in hand before the publishers go
+        super().destroy_node()
 
     # ------------------------------------------------------------------ optional ROS packages
     def _make_tf_broadcaster(self):
@@ -256,6 +298,8 @@ class LaPoseNode(Node):
         fx, fy, cx, cy = msg.k[0], msg.k[4], msg.k[2], msg.k[5]
         if fx > 0 and fy > 0:
             self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
+            if self.estimator_kind == "hybrid":
+                self.estimator.intrinsics = (float(fx), float(fy), float(cx), float(cy))
 
     def _on_image(self, msg: Image) -> None:
         arrival = time.perf_counter()
@@ -274,17 +318,27 @@ class LaPoseNode(Node):
             log.warning(f"skipping corrupt frame: {e}", throttle_duration_sec=5.0)
             return
         self._camera_frame = msg.header.frame_id
-        was_tracking = self.vo.tracking
-        if not was_tracking and self.vo.resets == 0:
-            self._lookup_camera_to_base()
-        try:
-            result = self.vo.process(stamp_seconds(msg.header.stamp), image)
-        except Exception as e:  # noqa: BLE001 - a failing model must not take the robot's node down
-            self.counters["model_errors"] += 1
-            self.vo.reset(f"model error {type(e).__name__}: {e}")
-            log.error(f"model failed on frame at {stamp_seconds(msg.header.stamp):.3f}: "
-                      f"{type(e).__name__}: {e}; window reset", throttle_duration_sec=5.0)
-            return
+        if self.worker is None:
+            self._process_frame(msg.header.stamp, image, arrival)
+        elif not self.worker.submit(msg.header.stamp, image, arrival):
+            log.warning("odometry worker is behind: frame dropped", throttle_duration_sec=5.0)
+
+    def _process_frame(self, header_stamp: Any, image: np.ndarray, arrival: float) -> None:
+        """Odometry for one converted frame, and its publication (on the worker thread for the
+        hybrid, in the image callback for LA-Pose alone)."""
+        log = self.get_logger()
+        with self._vo_lock:
+            was_tracking = self.vo.tracking
+            if not was_tracking and self.vo.resets == 0:
+                self._lookup_camera_to_base()
+            try:
+                result = self.vo.process(stamp_seconds(header_stamp), image)
+            except Exception as e:  # noqa: BLE001 - a failing model must not take the robot's node down
+                self.counters["model_errors"] += 1
+                self.vo.reset(f"model error {type(e).__name__}: {e}")
+                log.error(f"model failed on frame at {stamp_seconds(header_stamp):.3f}: "
+                          f"{type(e).__name__}: {e}; window reset", throttle_duration_sec=5.0)
+                return
         if result.reset_reason:
             log.warning(f"odometry window reset: {result.reset_reason}")
         if result.estimate is None:
@@ -292,19 +346,21 @@ class LaPoseNode(Node):
         if not was_tracking:
             log.info(f"tracking (camera-to-base from {self._camera_to_base_source})")
         if self.params["publish_rate"] <= 0:
-            self._publish_odometry(result.estimate, msg.header.stamp)
+            self._publish_odometry(result.estimate, header_stamp)
         if result.estimate.new_keyframes:
             self._publish_path(result.estimate)
         self._latency_ms.append((time.perf_counter() - arrival) * 1e3)
 
     def _on_publish_timer(self) -> None:
         now = self.get_clock().now()
-        estimate = self.vo.extrapolate(now.nanoseconds * 1e-9)
+        with self._vo_lock:
+            estimate = self.vo.extrapolate(now.nanoseconds * 1e-9)
         if estimate is not None:
             self._publish_odometry(estimate, now.to_msg())
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.vo.reset("reset service called", restart_trajectory=True)
+        with self._vo_lock:
+            self.vo.reset("reset service called", restart_trajectory=True)
         self._path_poses.clear()
         self.get_logger().warning("odometry reset by service: trajectory restarts at the origin")
         response.success = True
@@ -319,11 +375,13 @@ class LaPoseNode(Node):
         odom.header.frame_id = p["odom_frame"]
         odom.child_frame_id = p["base_frame"]
         fill_pose(odom.pose.pose, estimate.pose)
-        odom.pose.covariance = self.pose_covariance
+        scale = estimate.covariance_scale  # > 1 while the newest step is a fallback
+        odom.pose.covariance = self.pose_covariance if scale == 1 else [v * scale for v in self.pose_covariance]
         lin, ang = estimate.linear_velocity, estimate.angular_velocity
         odom.twist.twist.linear.x, odom.twist.twist.linear.y, odom.twist.twist.linear.z = map(float, lin)
         odom.twist.twist.angular.x, odom.twist.twist.angular.y, odom.twist.twist.angular.z = map(float, ang)
-        odom.twist.covariance = self.twist_covariance
+        odom.twist.covariance = (self.twist_covariance if scale == 1
+                                 else [v * scale for v in self.twist_covariance])
         self.odom_pub.publish(odom)
         if self._send_transform is None:
             return
@@ -370,7 +428,22 @@ class LaPoseNode(Node):
             "checkpoint": str(getattr(self.estimator, "checkpoint_name", "")),
             "image_conversion": self.convert.backend,
             "camera_to_base": self._camera_to_base_source,
+            "estimator": self.estimator_kind,
         }
+        if self.estimator_kind == "hybrid":
+            check = vo.last_check
+            values.update({
+                "fallback_steps": str(vo.fallback_steps),
+                "last_fallback_reason": vo.last_fallback_reason,
+                "newest_step": "" if check is None else ("geometry" if check.ok else
+                                                        f"fallback to LA-Pose: {check.reason}"),
+                "inliers": "" if check is None else str(check.inliers),
+                "parallax_px": "" if check is None else f"{check.parallax_px:.2f}",
+                "worker_queue": str(self.worker.pending),
+                "worker_dropped_frames": str(self.worker.dropped),
+            })
+            if vo.last_prediction is not None:
+                values["intrinsics"] = vo.last_prediction.intrinsics_source
         intrinsics = self._intrinsics_from_info
         if intrinsics is None and self.params["fx"] > 0 and vo.monitor.last_size is not None:
             intrinsics = (self.params["fx"], self.params["fy"], self.params["cx"], self.params["cy"],

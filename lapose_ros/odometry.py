@@ -26,9 +26,8 @@ import numpy as np
 from transforms3d.axangles import axangle2mat, mat2axangle
 from transforms3d.quaternions import mat2quat, quat2mat
 
-
-class OdometryConfigError(ValueError):
-    """A parameter of the odometry pipeline that cannot be used (the message names it)."""
+# Keyframe selection is shared with the offline streaming evaluation (lapose eval --trajectory).
+from lapose_core.stream import KeyframeSelector, OdometryConfigError  # noqa: F401 (re-exported)
 
 
 # Rotation taking optical-frame vectors (x right, y down, z forward) to body-frame vectors
@@ -142,44 +141,6 @@ def pose_to_xyz_quat(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _is_identity(R: np.ndarray) -> bool:
     return bool(np.allclose(R, np.eye(3), atol=1e-12))
-
-
-class KeyframeSelector:
-    """Picks keyframes from a camera stream so that they are spaced at the model's rate.
-
-    A frame becomes a keyframe once at least one model period has passed since the last keyframe,
-    less half a camera period of tolerance: with a 10 Hz camera and a 2 fps model every fifth frame
-    is taken even when stamps jitter, and with a dropped frame the next one is taken. The model is
-    given the real stamps, so an irregular spacing is handled by its timestamp embedding.
-    """
-
-    def __init__(self, fps: float):
-        if not fps > 0:
-            raise OdometryConfigError(f"parameter 'model_fps' must be > 0, got {fps}")
-        self.period = 1.0 / fps
-        self._last_keyframe: Optional[float] = None
-        self._last_frame: Optional[float] = None
-        self._intervals: deque[float] = deque(maxlen=15)
-
-    def offer(self, stamp: float) -> bool:
-        """Whether the frame at ``stamp`` (seconds) becomes a keyframe."""
-        if self._last_frame is not None and stamp > self._last_frame:
-            self._intervals.append(stamp - self._last_frame)
-        self._last_frame = stamp
-        if self._last_keyframe is None:
-            self._last_keyframe = stamp
-            return True
-        camera_period = float(np.median(self._intervals)) if self._intervals else 0.0
-        tolerance = min(0.5 * camera_period, 0.25 * self.period)
-        if stamp - self._last_keyframe >= self.period - tolerance:
-            self._last_keyframe = stamp
-            return True
-        return False
-
-    def reset(self) -> None:
-        self._last_keyframe = None
-        self._last_frame = None
-        self._intervals.clear()
 
 
 class StreamMonitor:
@@ -297,6 +258,9 @@ class OdometryEstimate:
     linear_velocity: np.ndarray  # m/s, in the base frame
     angular_velocity: np.ndarray  # rad/s, in the base frame
     is_keyframe: bool
+    # Factor on the configured pose/twist covariance: > 1 while the newest step is the estimator's
+    # fallback (the hybrid's geometry was not confident and LA-Pose's own step was used).
+    covariance_scale: float = 1.0
     # Keyframe poses (stamp, 4x4 base pose) that this update added to the trajectory, oldest first:
     # all 16 when tracking starts, then one per keyframe.
     new_keyframes: list[tuple[float, np.ndarray]] = field(default_factory=list)
@@ -333,7 +297,8 @@ class VisualOdometry:
     """
 
     def __init__(self, estimator: Any, fps: float = 2.0, max_gap_s: float = 1.0,
-                 camera_to_base: Optional[np.ndarray] = None, num_frames: Optional[int] = None):
+                 camera_to_base: Optional[np.ndarray] = None, num_frames: Optional[int] = None,
+                 fallback_covariance_scale: float = 10.0):
         self.estimator = estimator
         self.num_frames = int(num_frames or getattr(estimator, "num_frames", 16))
         self.selector = KeyframeSelector(fps)
@@ -345,6 +310,15 @@ class VisualOdometry:
         self.last_reset_reason = ""
         self.last_prediction: Any = None
         self._last_camera_pose: Optional[np.ndarray] = None
+        if not fallback_covariance_scale >= 1:
+            raise OdometryConfigError(f"parameter 'fallback_covariance_scale' must be >= 1, "
+                                      f"got {fallback_covariance_scale}")
+        self.fallback_covariance_scale = float(fallback_covariance_scale)
+        # Estimators that check their steps (the hybrid) report per-step checks; these count the
+        # published steps that fell back and keep the newest check.
+        self.fallback_steps = 0
+        self.last_check: Any = None
+        self.last_fallback_reason = ""
 
     @property
     def tracking(self) -> bool:
@@ -408,13 +382,29 @@ class VisualOdometry:
         if not self.trajectory.started:
             self.trajectory.start(stamps, relative)
             added = list(zip(self.trajectory.keyframe_stamps, self.trajectory.keyframe_poses))
+            self._record_checks(getattr(prediction, "checks", None) or [])
         else:
             self.trajectory.append(stamp, relative[-1])
             added = [(stamp, self.trajectory.pose)]
+            self._record_checks((getattr(prediction, "checks", None) or [])[-1:])
         result.estimate = self._estimate(stamp, is_keyframe=True)
         result.estimate.new_keyframes = [(s, camera_motion_to_base(p, self.camera_to_base))
                                          for s, p in added]
         return result
+
+    def _record_checks(self, checks: list) -> None:
+        """Count the newly published steps that fell back; keep the newest step's check."""
+        for check in checks:
+            if not check.ok:
+                self.fallback_steps += 1
+                self.last_fallback_reason = check.reason
+        if checks:
+            self.last_check = checks[-1]
+
+    @property
+    def covariance_scale(self) -> float:
+        newest_fell_back = self.last_check is not None and not self.last_check.ok
+        return self.fallback_covariance_scale if newest_fell_back else 1.0
 
     def extrapolate(self, stamp: float) -> Optional[OdometryEstimate]:
         """Odometry at an arbitrary stamp (for publishing at a fixed rate).
@@ -436,4 +426,61 @@ class VisualOdometry:
             linear, angular = twist_from_step(step, traj.last_step_duration)
         else:
             linear, angular = np.zeros(3), np.zeros(3)
-        return OdometryEstimate(stamp, pose, linear, angular, is_keyframe)
+        return OdometryEstimate(stamp, pose, linear, angular, is_keyframe,
+                                covariance_scale=self.covariance_scale)
+
+
+class OdometryWorker:
+    """Runs ``handle(*frame)`` on a thread of its own, for each submitted frame in arrival order.
+
+    The image callback only converts the image and hands it over (:meth:`submit`), so a keyframe's
+    feature matching and model pass never hold up the reception of the next image. When the worker
+    falls ``max_queue`` frames behind, the newest frame is dropped and counted rather than letting
+    latency grow without bound.
+    """
+
+    def __init__(self, handle: Any, max_queue: int = 30):
+        import queue
+        import threading
+
+        self._handle = handle
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max_queue)
+        self._full = queue.Full
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="lapose-odometry", daemon=True)
+        self._thread.start()
+
+    def submit(self, *frame: Any) -> bool:
+        """Queue one frame; False (and counted in :attr:`dropped`) when the queue is full."""
+        try:
+            self._queue.put_nowait(frame)
+            return True
+        except self._full:
+            self.dropped += 1
+            return False
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def wait_idle(self) -> None:
+        """Block until every submitted frame has been handled."""
+        self._queue.join()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        while True:
+            frame = self._queue.get()
+            try:
+                if frame is None:
+                    return
+                self._handle(*frame)
+            except Exception:  # noqa: BLE001 - one bad frame must not end the worker
+                import logging
+
+                logging.getLogger(__name__).exception("frame handling failed")
+            finally:
+                self._queue.task_done()

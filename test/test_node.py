@@ -190,7 +190,7 @@ class NodeProcess:
     """``python -m lapose_ros.node`` on the test's domain; stopped with SIGINT, then killed."""
 
     def __init__(self, tmp_path: Path, **params):
-        params = {"checkpoint": "random:tiny", "qos_depth": 100, **params}
+        params = {"checkpoint": "random:tiny", "qos_depth": 100, "estimator": "lapose", **params}
         args = [f"{k}:={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
         cmd = [sys.executable, "-m", "lapose_ros.node", "--ros-args"]
         for arg in args:

@@ -40,6 +40,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-windows", type=int, help="evaluate at most this many windows")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (lapose only)")
     p.add_argument("--json", metavar="OUT", help="write the results (with per-window values) here")
+    p.add_argument("--trajectory", metavar="OUT.tum",
+                   help="also stream the whole sequence through the estimator as the node does and "
+                        "write that trajectory (keyframes, camera frame of the first) here")
+    _add_hybrid_options(p)
     p.add_argument("--plots", metavar="DIR",
                    help="write the AUC distribution and the trajectories of a few windows here")
     p.set_defaults(func=cmd_eval)
@@ -55,6 +59,7 @@ def register(subparsers) -> None:
     d.add_argument("--max-windows", type=int, help="diagnose at most this many windows")
     d.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     d.add_argument("--json", metavar="OUT", help="write the figures here")
+    _add_hybrid_options(d)
     d.set_defaults(func=cmd_diagnose)
 
     b = subparsers.add_parser("bench-eval", help="windows per second of each evaluation method")
@@ -66,6 +71,23 @@ def register(subparsers) -> None:
     b.add_argument("--checkpoint", help="LA-Pose checkpoint (default: bundled model, else random weights)")
     b.add_argument("--device", default="cpu")
     b.set_defaults(func=cmd_bench_eval)
+
+
+def _add_hybrid_options(p) -> None:
+    p.add_argument("--camera-height-m", type=float,
+                   help="hybrid: camera height above the road; the metric scale then comes from the "
+                        "road plane where one is seen (KITTI: 1.65)")
+    p.add_argument("--scale-source", choices=("lapose", "ground", "constant"),
+                   help="hybrid: metric scale from LA-Pose (default), the road plane (needs "
+                        "--camera-height-m) or a constant speed (ablation)")
+
+
+def _hybrid_config(args: argparse.Namespace):
+    from lapose_core.hybrid import HybridConfig
+
+    height = getattr(args, "camera_height_m", None)
+    source = getattr(args, "scale_source", None) or ("ground" if height else "lapose")
+    return HybridConfig(scale_source=source, camera_height_m=height)
 
 
 class _Refused(Exception):
@@ -110,6 +132,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.plots:
         _write_plots(result, Path(args.plots))
         print(f"plots written to {args.plots}")
+    if args.trajectory:
+        from lapose_core.eval.evaluate import stream_sequence, write_tum
+
+        if estimator is None:
+            return _fail(args, "--trajectory needs a streaming method (lapose or hybrid)")
+        stamps, poses, fallbacks = stream_sequence(args.data, estimator, fps=args.fps)
+        write_tum(args.trajectory, stamps, poses)
+        print(f"streamed trajectory ({len(stamps)} keyframes, {fallbacks} fallback steps) written to "
+              f"{args.trajectory}")
     return 0
 
 
@@ -210,11 +241,16 @@ def cmd_bench_eval(args: argparse.Namespace) -> int:
 def _load_estimator(args: argparse.Namespace, allow_random: bool):
     """The requested estimator (LA-Pose, or the hybrid around it), or None after printing why it
     cannot be loaded."""
+    from lapose_core.hybrid import HybridError
     from lapose_core.inference import InferenceError, PoseEstimator
     from lapose_core.train.checkpoint import CheckpointError
 
     try:
-        return load_method_estimator(getattr(args, "method", "lapose"), args.checkpoint, args.device)
+        return load_method_estimator(getattr(args, "method", "lapose"), args.checkpoint, args.device,
+                                     hybrid_config=_hybrid_config(args))
+    except HybridError as e:
+        _fail(args, str(e))
+        return None
     except (InferenceError, CheckpointError) as e:
         if args.checkpoint or not allow_random:
             _fail(args, str(e))

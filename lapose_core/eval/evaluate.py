@@ -188,7 +188,8 @@ def evaluate_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
 Predictor = Callable[[list, np.ndarray], tuple[np.ndarray, int]]
 
 
-def load_method_estimator(method: str, checkpoint: str | Path | None = None, device: str = "cpu"):
+def load_method_estimator(method: str, checkpoint: str | Path | None = None, device: str = "cpu",
+                          hybrid_config=None):
     """The estimator a metric method runs on: LA-Pose, or the hybrid built around it."""
     from lapose_core.inference import PoseEstimator
 
@@ -196,8 +197,36 @@ def load_method_estimator(method: str, checkpoint: str | Path | None = None, dev
     if method == "hybrid":
         from lapose_core.hybrid import HybridEstimator
 
-        return HybridEstimator(lapose)
+        return HybridEstimator(lapose, hybrid_config)
     return lapose
+
+
+def stream_sequence(seq_dir: str | Path, estimator, fps: float = 2.0) -> tuple[np.ndarray, np.ndarray, int]:
+    """The continuous trajectory the node publishes for a sequence's frames, computed offline.
+
+    Keyframe stamps (N,), camera poses (N, 4, 4) in the optical frame of the first keyframe, and the
+    fallback steps; see :func:`lapose_core.stream.stream_poses`. The sequence's intrinsics go to the
+    hybrid as the node's CameraInfo does.
+    """
+    from lapose_core.stream import stream_poses
+
+    seq = KittiSequence(seq_dir)
+    frames = ((float(seq.timestamps[i]), seq.read(i)) for i in range(len(seq)))
+    intrinsics = seq.intrinsics if hasattr(estimator, "lapose") else None
+    return stream_poses(estimator, frames, fps, intrinsics=intrinsics)
+
+
+def write_tum(path: str | Path, stamps: np.ndarray, poses: np.ndarray) -> None:
+    """TUM trajectory: ``stamp x y z qx qy qz qw`` per line."""
+    from transforms3d.quaternions import mat2quat
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("# stamp x y z qx qy qz qw (camera optical frame of the first keyframe)\n")
+        for stamp, P in zip(stamps, poses):
+            w, x, y, z = mat2quat(P[:3, :3])
+            f.write(f"{stamp:.9f} " + " ".join(f"{v:.9f}" for v in (*P[:3, 3], x, y, z, w)) + "\n")
 
 
 def window_predictor(method: str, seq: KittiSequence, estimator=None) -> Predictor:
