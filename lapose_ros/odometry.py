@@ -463,6 +463,11 @@ class OdometryWorker:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def busy(self) -> bool:
+        """A frame is queued or being handled."""
+        return self._queue.unfinished_tasks > 0
+
     def wait_idle(self) -> None:
         """Block until every submitted frame has been handled."""
         self._queue.join()
