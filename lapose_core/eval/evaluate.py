@@ -51,12 +51,14 @@ class WindowResult:
     ate_s: float
     ate_m: float | None
     mean_step_m: float  # ground truth
+    pred_mean_step: float = float("nan")  # the prediction's (metres for metric methods)
     failed_steps: int = 0  # classical: no essential matrix; hybrid: LA-Pose fallbacks
 
     def summary(self) -> dict[str, Any]:
         return {"start": self.start, "start_time": round(float(self.timestamps[0]), 4),
                 "auc5": self.auc5, "auc30": self.auc30, "ate_s": self.ate_s, "ate_m": self.ate_m,
-                "mean_step_m": self.mean_step_m, "failed_steps": self.failed_steps}
+                "mean_step_m": self.mean_step_m, "pred_mean_step": self.pred_mean_step,
+                "failed_steps": self.failed_steps}
 
 
 @dataclass
@@ -164,7 +166,8 @@ def evaluate_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
             pair_errors=errors, auc5=metrics.auc(errors, 5), auc30=metrics.auc(errors, 30),
             ate_s=metrics.ate_s(pred, gt),
             ate_m=metrics.ate_m(pred, gt) if method in METRIC_METHODS else None,
-            mean_step_m=metrics.mean_step_length(gt), failed_steps=failed))
+            mean_step_m=metrics.mean_step_length(gt), pred_mean_step=metrics.mean_step_length(pred),
+            failed_steps=failed))
         bar.update(1)
     bar.close()
     stationary, unreadable = scan.stationary, scan.unreadable
