@@ -9,8 +9,11 @@ is turned into odometry in four small pieces, each testable on its own:
 * :class:`TrajectoryIntegrator` chains step motions into a continuous camera trajectory and
   extrapolates it at constant velocity between keyframes.
 * :class:`VisualOdometry` ties them to an estimator with the ``encode_frame`` / ``predict_features``
-  interface of :class:`lapose_core.inference.PoseEstimator`, and converts the camera (optical frame)
-  trajectory to the robot body frame (REP-103: x forward, y left, z up).
+  interface of :class:`lapose_core.inference.PoseEstimator` (or of the geometry-checked
+  :class:`lapose_core.hybrid.HybridEstimator`, whose per-step checks it counts and turns into a larger
+  covariance on fallback), and converts the camera (optical frame) trajectory to the robot body frame
+  (REP-103: x forward, y left, z up).
+* :class:`OdometryWorker` runs frame processing on a thread of its own, off the image callback.
 
 Pose conventions follow :mod:`lapose_core.geometry`: 4x4 camera-to-world matrices in the optical frame
 (x right, y down, z forward); the step motion k is ``inv(P_k) @ P_{k+1}``.
