@@ -67,8 +67,8 @@ class HybridConfig:
     # scale is used). KITTI's camera is 1.65 m above the road.
     camera_height_m: Optional[float] = None
     # Road points: below the optical axis by this slope (y > slope * z), i.e. the near road.
-    ground_min_slope: float = 0.12
-    min_ground_pairs: int = 3  # fewer pairs with a road plane in the window: LA-Pose's scale
+    ground_min_slope: float = 0.08
+    min_ground_pairs: int = 2  # fewer pairs with a road plane in the window: LA-Pose's scale
     max_fov_ratio: float = 1.5  # given intrinsics whose field of view differs more are not trusted
     max_features: int = 2000
     cache_pairs: int = 64  # pair geometries kept (a stream needs the last 15)

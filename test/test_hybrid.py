@@ -154,3 +154,26 @@ def test_stream_is_what_the_node_publishes(lapose, sample):
             published[s] = pose
     assert len(stamps) == len(published) >= 17
     np.testing.assert_allclose(np.stack([published[s] for s in stamps]), poses, atol=1e-9)
+
+
+def test_eval_command_hybrid_with_streamed_trajectory(shared_data, tmp_path, capsys):
+    import argparse
+    import json
+
+    from lapose_core.eval.cli import register
+
+    parser = argparse.ArgumentParser(prog="lapose")
+    register(parser.add_subparsers(dest="command", required=True))
+    out, tum = tmp_path / "h.json", tmp_path / "h.tum"
+    args = parser.parse_args(["eval", "--data", str(shared_data / "kitti" / "06_head"), "--method", "hybrid",
+                              "--fps", "4", "--max-windows", "1", "--json", str(out), "--trajectory", str(tum)])
+    assert args.func(args) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "hybrid" and result["windows"] == 1 and result["ate_m"] > 0
+    assert result["failed_steps"] == 0 and result["prior"]["auc5"] < result["auc5"]
+    rows = np.loadtxt(tum)
+    assert rows.shape[1] == 8 and len(rows) >= 16 and np.all(np.diff(rows[:, 0]) > 0)
+    assert "streamed trajectory" in capsys.readouterr().out
+    args = parser.parse_args(["eval", "--data", str(shared_data / "kitti" / "06_head"), "--method", "hybrid",
+                              "--scale-source", "ground"])
+    assert args.func(args) == 2 and "camera_height_m" in capsys.readouterr().err
