@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -178,22 +179,37 @@ class HybridEstimator:
         self._pairs: OrderedDict[tuple[int, int], Step] = OrderedDict()
         m = lapose.config.model
         self._model_hw = (m.image_height, m.image_width)
+        # One helper thread: the geometry (OpenCV) runs beside LA-Pose (torch), both release the GIL,
+        # so a keyframe takes about the longer of the two rather than their sum. Same results.
+        self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapose-geometry")
 
     # ------------------------------------------------------------------ per frame
     def encode_frame(self, image: np.ndarray) -> HybridFrame:
-        keypoints, descriptors = self._vo.features(image)
-        return HybridFrame(self.lapose.encode_frame(image), keypoints, descriptors,
-                           tuple(int(v) for v in image.shape[:2]))
+        sift = self._helper.submit(self._vo.features, image)
+        encoded = self.lapose.encode_frame(image)
+        keypoints, descriptors = sift.result()
+        return HybridFrame(encoded, keypoints, descriptors, tuple(int(v) for v in image.shape[:2]))
 
     # ------------------------------------------------------------------ per window
     def predict_features(self, frames: Sequence[HybridFrame], timestamps: Sequence[float],
                          intrinsics: Optional[Sequence[float]] = None) -> HybridPrediction:
         """The window's metric step motions from its keyframes (``encode_frame`` outputs)."""
+        pairs = list(zip(frames[:-1], frames[1:]))
+        # With intrinsics given, the new pairs are matched while LA-Pose runs; they are kept only if
+        # LA-Pose's field of view does not overrule those intrinsics (then they are matched again).
+        given = self._given_intrinsics(intrinsics)
+        new = [(a, b) for a, b in pairs if (a.serial, b.serial) not in self._pairs]
+        early = self._helper.submit(self._match, new, given) if given and new else None
         lp = self.lapose.predict_features([f.lapose for f in frames], timestamps)
         lp_relative = np.asarray(lp.relative, dtype=np.float64)
-        K, source = self._choose_intrinsics(frames[0].size, lp.fov, intrinsics)
+        K, source = self._choose_intrinsics(frames[0].size, lp.fov, given)
+        if early is not None:
+            matched = early.result()
+            if K == given:
+                for (a, b), step in zip(new, matched):
+                    self._remember(a, b, step)
         self._use_intrinsics(K)
-        steps = [self._pair(a, b) for a, b in zip(frames[:-1], frames[1:])]
+        steps = [self._pair(a, b) for a, b in pairs]
         checks = [self._check(step, lp_step[:3, :3]) for step, lp_step in zip(steps, lp_relative)]
 
         relative = np.tile(np.eye(4), (len(steps), 1, 1))
@@ -226,18 +242,25 @@ class HybridEstimator:
         return self.predict_features([encoded[id(im)] for im in images], timestamps, intrinsics)
 
     # ------------------------------------------------------------------ pieces
-    def _choose_intrinsics(self, image_hw: tuple[int, int], fov: float,
-                           given: Optional[Sequence[float]]) -> tuple[tuple, str]:
-        from_fov = intrinsics_from_fov(fov, image_hw, self._model_hw)
+    def _given_intrinsics(self, given: Optional[Sequence[float]]) -> Optional[tuple]:
+        """The intrinsics passed in (else the estimator's own), when usable: 4 finite, fx, fy > 0."""
         given = self.intrinsics if given is None else tuple(float(v) for v in given)
-        if given is None or not all(math.isfinite(v) for v in given) or given[0] <= 0 or given[1] <= 0:
+        if given is None or len(given) < 4 or not all(math.isfinite(v) for v in given[:4]) \
+                or given[0] <= 0 or given[1] <= 0:
+            return None
+        return tuple(given[:4])
+
+    def _choose_intrinsics(self, image_hw: tuple[int, int], fov: float,
+                           given: Optional[tuple]) -> tuple[tuple, str]:
+        from_fov = intrinsics_from_fov(fov, image_hw, self._model_hw)
+        if given is None:
             return from_fov, "lapose fov"
         width = image_hw[1]
         ratio = _fov_of(given[0], width) / _fov_of(from_fov[0], width)
         if not 1.0 / self.config.max_fov_ratio <= ratio <= self.config.max_fov_ratio:
             return from_fov, (f"lapose fov (given fx {given[0]:.1f} gives a field of view {ratio:.2f}x "
                               f"LA-Pose's)")
-        return tuple(given[:4]), "given"
+        return given, "given"
 
     def _use_intrinsics(self, K: tuple) -> None:
         """Intrinsics for the pairs computed from now on. A cached pair keeps the intrinsics it was
@@ -247,14 +270,21 @@ class HybridEstimator:
             self._vo.K = np.array([[K[0], 0.0, K[2]], [0.0, K[1], K[3]], [0.0, 0.0, 1.0]])
             self._vo_intrinsics = K
 
+    def _match(self, pairs: list[tuple[HybridFrame, HybridFrame]], K: tuple) -> list[Step]:
+        self._use_intrinsics(K)
+        return [self._vo.two_view((a.keypoints, a.descriptors), (b.keypoints, b.descriptors))
+                for a, b in pairs]
+
+    def _remember(self, a: HybridFrame, b: HybridFrame, step: Step) -> None:
+        self._pairs[(a.serial, b.serial)] = step
+        while len(self._pairs) > self.config.cache_pairs:
+            self._pairs.popitem(last=False)
+
     def _pair(self, a: HybridFrame, b: HybridFrame) -> Step:
-        key = (a.serial, b.serial)
-        step = self._pairs.get(key)
+        step = self._pairs.get((a.serial, b.serial))
         if step is None:
-            step = self._vo.two_view((a.keypoints, a.descriptors), (b.keypoints, b.descriptors))
-            self._pairs[key] = step
-            while len(self._pairs) > self.config.cache_pairs:
-                self._pairs.popitem(last=False)
+            step = self._match([(a, b)], self._vo_intrinsics)[0]
+            self._remember(a, b, step)
         return step
 
     def _check(self, step: Step, lapose_rotation: np.ndarray) -> StepCheck:
