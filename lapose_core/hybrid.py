@@ -182,13 +182,26 @@ class HybridEstimator:
         # One helper thread: the geometry (OpenCV) runs beside LA-Pose (torch), both release the GIL,
         # so a keyframe takes about the longer of the two rather than their sum. Same results.
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapose-geometry")
+        # Consecutive encoded frames are matched as soon as the second arrives (with the given
+        # intrinsics), so the first full window does not match all 15 pairs at once.
+        self._last_frame: Optional[HybridFrame] = None
+        self._early: dict[tuple[int, int], tuple[tuple, Any]] = {}  # pair -> (intrinsics, future)
 
     # ------------------------------------------------------------------ per frame
     def encode_frame(self, image: np.ndarray) -> HybridFrame:
         sift = self._helper.submit(self._vo.features, image)
         encoded = self.lapose.encode_frame(image)
         keypoints, descriptors = sift.result()
-        return HybridFrame(encoded, keypoints, descriptors, tuple(int(v) for v in image.shape[:2]))
+        frame = HybridFrame(encoded, keypoints, descriptors, tuple(int(v) for v in image.shape[:2]))
+        given = self._given_intrinsics(None)
+        if given is not None and self._last_frame is not None:
+            previous = self._last_frame
+            self._early[(previous.serial, frame.serial)] = (
+                given, self._helper.submit(self._match, [(previous, frame)], given))
+            while len(self._early) > self.config.cache_pairs:
+                self._early.pop(next(iter(self._early)))
+        self._last_frame = frame
+        return frame
 
     # ------------------------------------------------------------------ per window
     def predict_features(self, frames: Sequence[HybridFrame], timestamps: Sequence[float],
@@ -198,11 +211,17 @@ class HybridEstimator:
         # With intrinsics given, the new pairs are matched while LA-Pose runs; they are kept only if
         # LA-Pose's field of view does not overrule those intrinsics (then they are matched again).
         given = self._given_intrinsics(intrinsics)
-        new = [(a, b) for a, b in pairs if (a.serial, b.serial) not in self._pairs]
+        new = [(a, b) for a, b in pairs if (a.serial, b.serial) not in self._pairs
+               and self._early.get((a.serial, b.serial), (None,))[0] != given]
         early = self._helper.submit(self._match, new, given) if given and new else None
         lp = self.lapose.predict_features([f.lapose for f in frames], timestamps)
         lp_relative = np.asarray(lp.relative, dtype=np.float64)
         K, source = self._choose_intrinsics(frames[0].size, lp.fov, given)
+        if K == given:
+            for a, b in pairs:  # pairs matched when their second frame arrived
+                key = (a.serial, b.serial)
+                if key not in self._pairs and self._early.get(key, (None,))[0] == given:
+                    self._remember(a, b, self._early.pop(key)[1].result()[0])
         if early is not None:
             matched = early.result()
             if K == given:

@@ -219,8 +219,10 @@ def run_bench(args: argparse.Namespace) -> int:
     from lapose_core.hybrid import HybridEstimator
 
     lapose_name, make_lapose = models[0]
+    calib = Path(args.sequence) / "calib.txt"  # what the camera's CameraInfo would carry
+    intrinsics = np.loadtxt(calib)[:4] if calib.is_file() else None
     models.append((f"hybrid:{lapose_name}"[:13], lambda device, backend: HybridEstimator(
-        make_lapose(device, backend))))
+        make_lapose(device, backend), intrinsics=intrinsics)))
     if args.quick:
         print("paper-size model skipped: --quick")
     else:
