@@ -241,8 +241,9 @@ class LaPoseNode(Node):
                  f"{getattr(estimator, 'backend', '?')}, keyframes at {fps:g} fps")
 
     def destroy_node(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()  # finish the frame in hand before the publishers go
+        worker = getattr(self, "worker", None)  # absent when start-up failed before it was made
+        if worker is not None:
+            worker.stop()  # finish the frame in hand before the publishers go
         super().destroy_node()
 
     # ------------------------------------------------------------------ optional ROS packages
