@@ -133,8 +133,10 @@ def measure_node(estimator: Any, frames: list[np.ndarray], times: np.ndarray, wa
             publisher.publish(msg)
             deadline = time.monotonic() + timeout_s
             if i < warmup:
-                # Warm-up: nothing comes back; wait until the node has taken the frame.
-                while node.counters["frames"] <= i and time.monotonic() < deadline:
+                # Warm-up: nothing comes back; wait until the node has taken (and, with a worker
+                # thread, processed) the frame.
+                while (node.counters["frames"] <= i or (node.worker is not None and node.worker.busy)) \
+                        and time.monotonic() < deadline:
                     executor.spin_once(timeout_sec=0.01)
                 continue
             while stamp_ns not in received and time.monotonic() < deadline:
@@ -213,6 +215,15 @@ def run_bench(args: argparse.Namespace) -> int:
               "weights instead (same size as the bundled model, meaningless poses)")
         models.append(("random:tiny", lambda device, backend: PoseEstimator.random(
             "tiny", device=device, backend=backend)))
+    # The hybrid (feature geometry checked against LA-Pose) around the same model: its keyframes add
+    # SIFT, matching and the essential matrix, on the node's worker thread.
+    from lapose_core.hybrid import HybridEstimator
+
+    lapose_name, make_lapose = models[0]
+    calib = Path(args.sequence) / "calib.txt"  # what the camera's CameraInfo would carry
+    intrinsics = np.loadtxt(calib)[:4] if calib.is_file() else None
+    models.append((f"hybrid:{lapose_name}"[:13], lambda device, backend: HybridEstimator(
+        make_lapose(device, backend), intrinsics=intrinsics)))
     if args.quick:
         print("paper-size model skipped: --quick")
     else:
@@ -230,6 +241,8 @@ def run_bench(args: argparse.Namespace) -> int:
         for device in devices:
             eager = None
             for backend in backends[device]:
+                if model_name.startswith("hybrid") and backend != "eager":
+                    continue  # the geometry is the same on every backend; eager is the reference
                 t0 = time.perf_counter()
                 estimator = make(device, backend)
                 setup_s = time.perf_counter() - t0

@@ -58,6 +58,7 @@ from .odometry import (DEFAULT_CAMERA_TO_BASE, NewestFrameBuffer, OdometryConfig
 NODE_NAME = "lapose_node"
 PROCESSED_TOPIC = "~/processed"  # one DiagnosticArray per image handled (see the module docstring)
 BACKEND_CHOICES = ("auto", "tensorrt", "compile", "eager")
+ESTIMATOR_CHOICES = ("hybrid", "lapose")
 
 # name -> default. The same names and values are in config/lapose.yaml (a test keeps them in step).
 PARAMETERS: dict[str, Any] = {
@@ -81,6 +82,15 @@ PARAMETERS: dict[str, Any] = {
     # '' = the bundled model; a checkpoint or run folder; 'random:<preset>' = random weights of a
     # preset (timing and plumbing checks only, the poses are meaningless).
     "checkpoint": "",
+    # hybrid: rotation and direction from feature geometry checked against LA-Pose, LA-Pose's metric
+    # scale, LA-Pose's own step where geometry is not confident (lapose_core/hybrid.py); lapose: the
+    # model alone. hybrid is the default: it validates better (docs/results.md).
+    "estimator": "hybrid",
+    # hybrid: camera height above the road in metres; > 0 takes the metric scale from the road plane
+    # (LA-Pose's where no road is seen), 0 = LA-Pose's scale.
+    "camera_height_m": 0.0,
+    # Pose and twist covariances are multiplied by this while the newest step is a fallback.
+    "fallback_covariance_scale": 10.0,
     # auto = eager on cpu (torch.compile takes minutes to warm up on a small CPU for little gain),
     # tensorrt on cuda. An unavailable backend falls back tensorrt -> compile -> eager.
     "backend": "auto",
@@ -89,8 +99,8 @@ PARAMETERS: dict[str, Any] = {
     # Camera pose in the base frame, x y z qx qy qz qw. Used when TF has no base_frame <- camera
     # transform (or tf2_ros is absent). Default: camera at the base origin looking along base x.
     "camera_to_base": list(DEFAULT_CAMERA_TO_BASE),
-    # Intrinsics used when no CameraInfo arrives (0 = unknown); only reported in diagnostics next to
-    # the field of view the model predicts, which is a quick check that the model sees a sane camera.
+    # Intrinsics used when no CameraInfo arrives (0 = unknown). The hybrid matches features with them
+    # (without any, with LA-Pose's field of view); diagnostics report them next to the predicted one.
     "fx": 0.0,
     "fy": 0.0,
     "cx": 0.0,
@@ -164,6 +174,25 @@ def load_estimator(checkpoint: str, backend: str, device: str, engine_cache_dir:
                               engine_cache_dir=engine_cache_dir or None)
 
 
+def wrap_estimator(lapose: Any, params: dict[str, Any]):
+    """The estimator the ``estimator`` parameter asks for, around a loaded LA-Pose estimator."""
+    if params["estimator"] not in ESTIMATOR_CHOICES:
+        raise LaPoseNodeError(f"parameter 'estimator' must be one of {', '.join(ESTIMATOR_CHOICES)}, "
+                              f"got '{params['estimator']}'")
+    if params["estimator"] == "lapose":
+        return lapose
+    from lapose_core.hybrid import HybridConfig, HybridError, HybridEstimator
+
+    height = float(params["camera_height_m"])
+    config = HybridConfig(scale_source="ground" if height > 0 else "lapose",
+                          camera_height_m=height if height > 0 else None)
+    intrinsics = [params[k] for k in ("fx", "fy", "cx", "cy")] if params["fx"] > 0 else None
+    try:
+        return HybridEstimator(lapose, config, intrinsics=intrinsics)
+    except HybridError as e:
+        raise LaPoseNodeError(f"parameter 'camera_height_m': {e}") from None
+
+
 class LaPoseNode(Node):
     """The odometry node. ``estimator`` may be passed in (benchmarks); otherwise it is loaded."""
 
@@ -179,13 +208,15 @@ class LaPoseNode(Node):
         self.params = p
         log = self.get_logger()
 
-        if estimator is None:
-            estimator = load_estimator(p["checkpoint"], p["backend"], p["device"],
-                                       p["engine_cache_dir"], log)
+        if estimator is None:  # an estimator passed in is used as it is
+            estimator = wrap_estimator(load_estimator(p["checkpoint"], p["backend"], p["device"],
+                                                      p["engine_cache_dir"], log), p)
         self.estimator = estimator
+        self.estimator_kind = "hybrid" if hasattr(estimator, "lapose") else "lapose"
         fps = p["model_fps"] if p["model_fps"] > 0 else float(getattr(estimator, "fps", 2.0))
         self.vo = VisualOdometry(estimator, fps=fps, max_gap_s=p["max_gap_s"],
-                                 camera_to_base=camera_to_base_from_xyz_quat(p["camera_to_base"]))
+                                 camera_to_base=camera_to_base_from_xyz_quat(p["camera_to_base"]),
+                                 fallback_covariance_scale=p["fallback_covariance_scale"])
         self.pose_covariance = diagonal_covariance(p["pose_covariance_diagonal"], "pose_covariance_diagonal")
         self.twist_covariance = diagonal_covariance(p["twist_covariance_diagonal"],
                                                     "twist_covariance_diagonal")
@@ -284,6 +315,8 @@ class LaPoseNode(Node):
         fx, fy, cx, cy = msg.k[0], msg.k[4], msg.k[2], msg.k[5]
         if fx > 0 and fy > 0:
             self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
+            if self.estimator_kind == "hybrid":
+                self.estimator.intrinsics = (float(fx), float(fy), float(cx), float(cy))
 
     def destroy_node(self) -> None:
         if hasattr(self, "_worker"):  # absent when the constructor failed before starting it
@@ -409,11 +442,13 @@ class LaPoseNode(Node):
         odom.header.frame_id = p["odom_frame"]
         odom.child_frame_id = p["base_frame"]
         fill_pose(odom.pose.pose, estimate.pose)
-        odom.pose.covariance = self.pose_covariance
+        scale = estimate.covariance_scale  # > 1 while the newest step is a fallback
+        odom.pose.covariance = self.pose_covariance if scale == 1 else [v * scale for v in self.pose_covariance]
         lin, ang = estimate.linear_velocity, estimate.angular_velocity
         odom.twist.twist.linear.x, odom.twist.twist.linear.y, odom.twist.twist.linear.z = map(float, lin)
         odom.twist.twist.angular.x, odom.twist.twist.angular.y, odom.twist.twist.angular.z = map(float, ang)
-        odom.twist.covariance = self.twist_covariance
+        odom.twist.covariance = (self.twist_covariance if scale == 1
+                                 else [v * scale for v in self.twist_covariance])
         self.odom_pub.publish(odom)
         if self._send_transform is None:
             return
@@ -467,7 +502,20 @@ class LaPoseNode(Node):
             "checkpoint": str(getattr(self.estimator, "checkpoint_name", "")),
             "image_conversion": self.convert.backend,
             "camera_to_base": self._camera_to_base_source,
+            "estimator": self.estimator_kind,
         }
+        if self.estimator_kind == "hybrid":
+            check = vo.last_check
+            values.update({
+                "fallback_steps": str(vo.fallback_steps),
+                "last_fallback_reason": vo.last_fallback_reason,
+                "newest_step": "" if check is None else ("geometry" if check.ok else
+                                                        f"fallback to LA-Pose: {check.reason}"),
+                "inliers": "" if check is None else str(check.inliers),
+                "parallax_px": "" if check is None else f"{check.parallax_px:.2f}",
+            })
+            if vo.last_prediction is not None:
+                values["intrinsics"] = vo.last_prediction.intrinsics_source
         intrinsics = self._intrinsics_from_info
         if intrinsics is None and self.params["fx"] > 0 and vo.monitor.last_size is not None:
             intrinsics = (self.params["fx"], self.params["fy"], self.params["cx"], self.params["cy"],

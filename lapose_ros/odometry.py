@@ -9,8 +9,10 @@ is turned into odometry in four small pieces, each testable on its own:
 * :class:`TrajectoryIntegrator` chains step motions into a continuous camera trajectory and
   extrapolates it at constant velocity between keyframes.
 * :class:`VisualOdometry` ties them to an estimator with the ``encode_frame`` / ``predict_features``
-  interface of :class:`lapose_core.inference.PoseEstimator`, and converts the camera (optical frame)
-  trajectory to the robot body frame (REP-103: x forward, y left, z up).
+  interface of :class:`lapose_core.inference.PoseEstimator` (or of the geometry-checked
+  :class:`lapose_core.hybrid.HybridEstimator`, whose per-step checks it counts and turns into a larger
+  covariance on fallback), and converts the camera (optical frame) trajectory to the robot body frame
+  (REP-103: x forward, y left, z up).
 
 Pose conventions follow :mod:`lapose_core.geometry`: 4x4 camera-to-world matrices in the optical frame
 (x right, y down, z forward); the step motion k is ``inv(P_k) @ P_{k+1}``.
@@ -27,9 +29,8 @@ import numpy as np
 from transforms3d.axangles import axangle2mat, mat2axangle
 from transforms3d.quaternions import mat2quat, quat2mat
 
-
-class OdometryConfigError(ValueError):
-    """A parameter of the odometry pipeline that cannot be used (the message names it)."""
+# Keyframe selection is shared with the offline streaming evaluation (lapose eval --trajectory).
+from lapose_core.stream import KeyframeSelector, OdometryConfigError, camera_period  # noqa: F401 (re-exported)
 
 
 # Rotation taking optical-frame vectors (x right, y down, z forward) to body-frame vectors
@@ -143,62 +144,6 @@ def pose_to_xyz_quat(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _is_identity(R: np.ndarray) -> bool:
     return bool(np.allclose(R, np.eye(3), atol=1e-12))
-
-
-def camera_period(intervals: Sequence[float]) -> float:
-    """The camera's frame interval from recent frame-to-frame intervals (0 when there are none).
-
-    A low percentile, not the median: when a node falls behind and drops frames, most received
-    intervals can span several frames, but the shortest ones still are one camera period.
-    """
-    values = list(intervals)  # one atomic copy: a node's camera callback reads while frames are processed
-    return float(np.percentile(values, 10)) if values else 0.0
-
-
-class KeyframeSelector:
-    """Picks keyframes from a camera stream so that they are spaced at the model's rate.
-
-    A frame becomes a keyframe once at least one model period has passed since the last keyframe,
-    less half a camera period of tolerance: with a 10 Hz camera and a 2 fps model every fifth frame
-    is taken even when stamps jitter, and with a dropped frame the next one is taken. The model is
-    given the real stamps, so an irregular spacing is handled by its timestamp embedding.
-
-    The choice depends on the image stamps only, never on wall time or on how long processing
-    took: replaying the same frames gives the same keyframes on any machine. The spacing stays
-    within one camera period of the model period as long as the frame at the due time reaches
-    the selector; a node that falls behind keeps the newest frame, so after a slow keyframe it
-    catches up on the (cheap) frames in between before the next keyframe is due.
-    """
-
-    def __init__(self, fps: float):
-        if not fps > 0:
-            raise OdometryConfigError(f"parameter 'model_fps' must be > 0, got {fps}")
-        self.period = 1.0 / fps
-        self._last_keyframe: Optional[float] = None
-        self._last_frame: Optional[float] = None
-        self._intervals: deque[float] = deque(maxlen=15)
-
-    def is_due(self, stamp: float) -> bool:
-        """Whether a frame at ``stamp`` would become a keyframe now (changes nothing)."""
-        if self._last_keyframe is None:
-            return True
-        tolerance = min(0.5 * camera_period(self._intervals), 0.25 * self.period)
-        return stamp - self._last_keyframe >= self.period - tolerance
-
-    def offer(self, stamp: float) -> bool:
-        """Whether the frame at ``stamp`` (seconds) becomes a keyframe."""
-        if self._last_frame is not None and stamp > self._last_frame:
-            self._intervals.append(stamp - self._last_frame)
-        self._last_frame = stamp
-        if self.is_due(stamp):
-            self._last_keyframe = stamp
-            return True
-        return False
-
-    def reset(self) -> None:
-        self._last_keyframe = None
-        self._last_frame = None
-        self._intervals.clear()
 
 
 class NewestFrameBuffer:
@@ -362,6 +307,9 @@ class OdometryEstimate:
     linear_velocity: np.ndarray  # m/s, in the base frame
     angular_velocity: np.ndarray  # rad/s, in the base frame
     is_keyframe: bool
+    # Factor on the configured pose/twist covariance: > 1 while the newest step is the estimator's
+    # fallback (the hybrid's geometry was not confident and LA-Pose's own step was used).
+    covariance_scale: float = 1.0
     # Keyframe poses (stamp, 4x4 base pose) that this update added to the trajectory, oldest first:
     # all 16 when tracking starts, then one per keyframe.
     new_keyframes: list[tuple[float, np.ndarray]] = field(default_factory=list)
@@ -407,7 +355,8 @@ class VisualOdometry:
     """
 
     def __init__(self, estimator: Any, fps: float = 2.0, max_gap_s: float = 1.0,
-                 camera_to_base: Optional[np.ndarray] = None, num_frames: Optional[int] = None):
+                 camera_to_base: Optional[np.ndarray] = None, num_frames: Optional[int] = None,
+                 fallback_covariance_scale: float = 10.0):
         self.estimator = estimator
         self.num_frames = int(num_frames or getattr(estimator, "num_frames", 16))
         self.selector = KeyframeSelector(fps)
@@ -419,6 +368,15 @@ class VisualOdometry:
         self.last_reset_reason = ""
         self.last_prediction: Any = None
         self._last_camera_pose: Optional[np.ndarray] = None
+        if not fallback_covariance_scale >= 1:
+            raise OdometryConfigError(f"parameter 'fallback_covariance_scale' must be >= 1, "
+                                      f"got {fallback_covariance_scale}")
+        self.fallback_covariance_scale = float(fallback_covariance_scale)
+        # Estimators that check their steps (the hybrid) report per-step checks; these count the
+        # published steps that fell back and keep the newest check.
+        self.fallback_steps = 0
+        self.last_check: Any = None
+        self.last_fallback_reason = ""
 
     @property
     def tracking(self) -> bool:
@@ -487,13 +445,29 @@ class VisualOdometry:
         if not self.trajectory.started:
             self.trajectory.start(stamps, relative)
             added = list(zip(self.trajectory.keyframe_stamps, self.trajectory.keyframe_poses))
+            self._record_checks(getattr(prediction, "checks", None) or [])
         else:
             self.trajectory.append(stamp, relative[-1])
             added = [(stamp, self.trajectory.pose)]
+            self._record_checks((getattr(prediction, "checks", None) or [])[-1:])
         result.estimate = self._estimate(stamp, is_keyframe=True)
         result.estimate.new_keyframes = [(s, camera_motion_to_base(p, self.camera_to_base))
                                          for s, p in added]
         return result
+
+    def _record_checks(self, checks: list) -> None:
+        """Count the newly published steps that fell back; keep the newest step's check."""
+        for check in checks:
+            if not check.ok:
+                self.fallback_steps += 1
+                self.last_fallback_reason = check.reason
+        if checks:
+            self.last_check = checks[-1]
+
+    @property
+    def covariance_scale(self) -> float:
+        newest_fell_back = self.last_check is not None and not self.last_check.ok
+        return self.fallback_covariance_scale if newest_fell_back else 1.0
 
     def extrapolate(self, stamp: float) -> Optional[OdometryEstimate]:
         """Odometry at an arbitrary stamp (for publishing at a fixed rate).
@@ -515,4 +489,5 @@ class VisualOdometry:
             linear, angular = twist_from_step(step, traj.last_step_duration)
         else:
             linear, angular = np.zeros(3), np.zeros(3)
-        return OdometryEstimate(stamp, pose, linear, angular, is_keyframe)
+        return OdometryEstimate(stamp, pose, linear, angular, is_keyframe,
+                                covariance_scale=self.covariance_scale)

@@ -179,6 +179,8 @@ def add_arguments(parser) -> None:
                         help="node checkpoint (a file or run folder, 'random:<preset>'; default: bundled)")
     parser.add_argument("--image-topic", default="/camera/image_raw", help="default /camera/image_raw")
     parser.add_argument("--eval-fps", type=float, default=2.0, help="frame rate of the AUC windows (default 2)")
+    parser.add_argument("--estimator", choices=("hybrid", "lapose"), default=None,
+                        help="the node's estimator (default: the node's default, hybrid)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="extra node parameter, repeatable (e.g. --param model_fps:=5.0)")
     parser.add_argument("--startup-timeout", type=float, default=180.0,
@@ -191,8 +193,11 @@ def run(args) -> int:
     if args.rate is not None and args.mode == "lockstep":
         print(f"[replay] --rate {args.rate:g} is not used in lockstep mode (it plays as fast as the node "
               f"goes); add --mode realtime to play at the recorded timing")
+    params = parse_node_params(args.param)
+    if args.estimator:
+        params["estimator"] = args.estimator
     result = replay_bag(bag, out, rate=args.rate or 1.0, checkpoint=args.checkpoint, mode=args.mode,
-                        image_topic=args.image_topic, node_params=parse_node_params(args.param),
+                        image_topic=args.image_topic, node_params=params,
                         eval_fps=args.eval_fps, startup_timeout_s=args.startup_timeout)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

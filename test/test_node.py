@@ -94,7 +94,7 @@ class NodeProcess:
     """``python -m lapose_ros.node`` on the test's domain; stopped with SIGINT, then killed."""
 
     def __init__(self, tmp_path: Path, **params):
-        params = {"checkpoint": "random:tiny", "qos_depth": 100, **params}
+        params = {"checkpoint": "random:tiny", "qos_depth": 100, "estimator": "lapose", **params}
         args = [f"{k}:={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
         cmd = [sys.executable, "-m", "lapose_ros.node", "--ros-args"]
         for arg in args:
@@ -302,9 +302,11 @@ def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
     assert code == 0, out
     table = out[out.index("latency from image publication"):].splitlines()[2:]
     rows = [line.split() for line in table if line.split()[1:3] == ["cpu", "eager"] and " at " not in line]
-    assert len(rows) == 1, out
-    key_p50, key_p95, mid_p50, mid_p95, max_hz = map(float, rows[0][3:8])
-    assert 0 < key_p50 <= key_p95 and 0 < mid_p50 <= mid_p95 and max_hz > 0
+    # LA-Pose alone and the hybrid around the same model.
+    assert [r[0] for r in rows] == ["bundled", "hybrid:bundle"], out
+    for row in rows:
+        key_p50, key_p95, mid_p50, mid_p95, max_hz = map(float, row[3:8])
+        assert 0 < key_p50 <= key_p95 and 0 < mid_p50 <= mid_p95 and max_hz > 0
     assert "at 10 Hz (period 100 ms)" in out and "at 30 Hz (period 33 ms)" in out
     assert "paper-size model skipped: --quick" in out
     assert bench.main(["--frames", "0"]) == 2  # a bad option is an error message, not a traceback

@@ -34,13 +34,17 @@ class ClassicalWindow(NamedTuple):
 
 
 @dataclass
-class _Step:
+class Step:
     R: np.ndarray  # rotation taking frame-k coordinates to frame k+1: x_{k+1} = R x_k + t
     t: np.ndarray  # unit translation of the same map
     ok: bool
     keypoints_b: np.ndarray | None = None  # indices into frame k+1's keypoints of the inliers
     keypoints_a: np.ndarray | None = None  # indices into frame k's keypoints of the inliers
     points_a: np.ndarray | None = None  # (N, 3) inliers triangulated in frame k, unit baseline
+    inliers: int = 0  # matches consistent with the essential matrix (0 when there is none)
+    # Median image motion of the inliers once the rotation is taken out (pixels): the parallax that
+    # the translation direction and triangulation rest on; ~0 for pure rotation or no motion.
+    parallax_px: float = 0.0
 
 
 def intrinsics_matrix(intrinsics: Sequence[float]) -> np.ndarray:
@@ -75,8 +79,8 @@ class ClassicalVO:
     def estimate(self, images: Sequence[np.ndarray]) -> ClassicalWindow:
         if len(images) < 2:
             raise ValueError(f"a window needs at least 2 frames, got {len(images)}")
-        features = [self.sift.detectAndCompute(_gray(im), None) for im in images]
-        steps = [self._two_view(a, b) for a, b in zip(features[:-1], features[1:])]
+        features = [self.features(im) for im in images]
+        steps = [self.two_view(a, b) for a, b in zip(features[:-1], features[1:])]
         lengths, fallbacks = self._relative_lengths(steps)
 
         relative = np.tile(np.eye(4), (len(steps), 1, 1))
@@ -90,8 +94,13 @@ class ClassicalVO:
         relative[:, :3, 3] /= np.linalg.norm(relative[:, :3, 3], axis=-1).mean()
         return ClassicalWindow(relative, sum(not s.ok for s in steps), fallbacks)
 
-    def _two_view(self, feat_a, feat_b) -> _Step:
-        failed = _Step(np.eye(3), np.zeros(3), ok=False)
+    def features(self, image: np.ndarray):
+        """SIFT keypoints and descriptors of one frame."""
+        return self.sift.detectAndCompute(_gray(image), None)
+
+    def two_view(self, feat_a, feat_b) -> Step:
+        """Relative pose of two frames from their :meth:`features` (``ok=False`` when it fails)."""
+        failed = Step(np.eye(3), np.zeros(3), ok=False)
         (kp_a, desc_a), (kp_b, desc_b) = feat_a, feat_b
         if desc_a is None or desc_b is None or len(kp_a) < self.min_inliers or len(kp_b) < 2:
             return failed
@@ -121,22 +130,33 @@ class ClassicalVO:
         X = cv2.triangulatePoints(proj_a, proj_b, pts_a[inliers].T, pts_b[inliers].T)
         with np.errstate(divide="ignore", invalid="ignore"):
             points = (X[:3] / X[3]).T
-        return _Step(R, t, ok=True, keypoints_a=idx_a[inliers], keypoints_b=idx_b[inliers],
-                     points_a=points)
+        return Step(R, t, ok=True, keypoints_a=idx_a[inliers], keypoints_b=idx_b[inliers],
+                     points_a=points, inliers=int(inliers.sum()),
+                     parallax_px=self._parallax(R, pts_a[inliers], pts_b[inliers]))
 
-    def _relative_lengths(self, steps: list[_Step]) -> tuple[np.ndarray, int]:
+    def _parallax(self, R: np.ndarray, pts_a: np.ndarray, pts_b: np.ndarray) -> float:
+        """Median distance between frame k+1's points and frame k's rotated by the infinite
+        homography K R K^-1 (where they would be if the camera had only rotated)."""
+        H = self.K @ R @ np.linalg.inv(self.K)
+        warped = np.hstack([pts_a, np.ones((len(pts_a), 1))]) @ H.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            warped = warped[:, :2] / warped[:, 2:]
+        return float(np.nanmedian(np.linalg.norm(warped - pts_b, axis=-1)))
+
+    def _relative_lengths(self, steps: list[Step]) -> tuple[np.ndarray, int]:
         """Length of each step relative to the first, from depths of points seen by both steps."""
         lengths = [1.0]
         fallbacks = 0
         for prev, cur in zip(steps[:-1], steps[1:]):
-            ratio = self._depth_ratio(prev, cur) if prev.ok and cur.ok else None
+            ratio = self.depth_ratio(prev, cur) if prev.ok and cur.ok else None
             if ratio is None:
                 fallbacks += 1
                 ratio = 1.0
             lengths.append(lengths[-1] * ratio)
         return np.array(lengths), fallbacks
 
-    def _depth_ratio(self, prev: _Step, cur: _Step) -> float | None:
+    def depth_ratio(self, prev: Step, cur: Step) -> float | None:
+        """Length of step ``cur`` over step ``prev`` (consecutive, sharing a frame), or None."""
         # prev's points moved into the shared frame (prev's second = cur's first), unit baseline.
         shared_prev = prev.points_a @ prev.R.T + prev.t
         _, i_prev, i_cur = np.intersect1d(prev.keypoints_b, cur.keypoints_a, return_indices=True)

@@ -1,6 +1,7 @@
-"""``lapose eval`` and ``lapose bench-eval``: accuracy and speed of LA-Pose and the classical baseline.
+"""``lapose eval``, ``lapose diagnose`` and ``lapose bench-eval``: accuracy, motion diagnostics and
+speed of LA-Pose, the classical baseline and the hybrid.
 
-``register(subparsers)`` adds both subcommands to the ``lapose`` command (through the
+``register(subparsers)`` adds the subcommands to the ``lapose`` command (through the
 ``lapose.commands`` entry point).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from lapose_core import PACKAGE_DIR
 from lapose_core.config import DataConfig
 from lapose_core.data.sources import DataError, open_source
+from lapose_core.eval.evaluate import METHODS, METRIC_METHODS, load_method_estimator
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +31,36 @@ def register(subparsers) -> None:
                                           "of a sequence with ground-truth poses.")
     p.add_argument("--data", required=True, metavar="SEQ_DIR",
                    help="KITTI-format folder (images/, poses.txt, times.txt, calib.txt)")
-    p.add_argument("--method", choices=("lapose", "classical"), default="lapose")
+    p.add_argument("--method", choices=METHODS, default="lapose",
+                   help="lapose, classical (SIFT + essential matrix, scale-free) or hybrid (geometry "
+                        "checked against LA-Pose, LA-Pose's metric scale)")
     p.add_argument("--checkpoint", help="post-trained checkpoint or run folder (default: bundled model)")
     p.add_argument("--fps", type=float, default=DataConfig.eval_fps, help="window frame rate")
     p.add_argument("--stride-s", type=float, default=1.0, help="seconds between window starts")
     p.add_argument("--max-windows", type=int, help="evaluate at most this many windows")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (lapose only)")
     p.add_argument("--json", metavar="OUT", help="write the results (with per-window values) here")
+    p.add_argument("--trajectory", metavar="OUT.tum",
+                   help="also stream the whole sequence through the estimator as the node does and "
+                        "write that trajectory (keyframes, camera frame of the first) here")
+    _add_hybrid_options(p)
     p.add_argument("--plots", metavar="DIR",
                    help="write the AUC distribution and the trajectories of a few windows here")
     p.set_defaults(func=cmd_eval)
+
+    d = subparsers.add_parser("diagnose", help="per-step yaw/pitch/roll, static and reversed tests, prior",
+                              description="Motion diagnostics of a method on the evaluation windows "
+                                          "of a sequence (see lapose_core/eval/diagnose.py).")
+    d.add_argument("--data", required=True, metavar="SEQ_DIR", help="KITTI-format folder with poses.txt")
+    d.add_argument("--method", choices=METHODS, default="lapose")
+    d.add_argument("--checkpoint", help="post-trained checkpoint or run folder (default: bundled model)")
+    d.add_argument("--fps", type=float, default=DataConfig.eval_fps, help="window frame rate")
+    d.add_argument("--stride-s", type=float, default=1.0, help="seconds between window starts")
+    d.add_argument("--max-windows", type=int, help="diagnose at most this many windows")
+    d.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    d.add_argument("--json", metavar="OUT", help="write the figures here")
+    _add_hybrid_options(d)
+    d.set_defaults(func=cmd_diagnose)
 
     b = subparsers.add_parser("bench-eval", help="windows per second of each evaluation method")
     b.add_argument("--data", default=str(DEFAULT_BENCH_SEQUENCE), metavar="SEQ",
@@ -51,36 +73,99 @@ def register(subparsers) -> None:
     b.set_defaults(func=cmd_bench_eval)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from lapose_core.eval.evaluate import evaluate_sequence, open_eval_sequence
+def _add_hybrid_options(p) -> None:
+    p.add_argument("--camera-height-m", type=float,
+                   help="hybrid: camera height above the road; the metric scale then comes from the "
+                        "road plane where one is seen (KITTI: 1.65)")
+    p.add_argument("--scale-source", choices=("lapose", "ground", "constant"),
+                   help="hybrid: metric scale from LA-Pose (default), the road plane (needs "
+                        "--camera-height-m) or a constant speed (ablation)")
+
+
+def _hybrid_config(args: argparse.Namespace):
+    from lapose_core.hybrid import HybridConfig
+
+    height = getattr(args, "camera_height_m", None)
+    source = getattr(args, "scale_source", None) or ("ground" if height else "lapose")
+    return HybridConfig(scale_source=source, camera_height_m=height)
+
+
+class _Refused(Exception):
+    """A request refused after printing why (the exit status is 2)."""
+
+
+def _checked_estimator(args: argparse.Namespace):
+    """Check the request and the data, then load the method's estimator (None for classical)."""
+    from lapose_core.eval.evaluate import open_eval_sequence
 
     if args.max_windows is not None and args.max_windows < 1:
-        return _fail(args, "--max-windows must be at least 1")
+        _fail(args, "--max-windows must be at least 1")
+        raise _Refused
     try:
         open_eval_sequence(args.data)  # data errors before the (slower) model load
     except DataError as e:
-        return _fail(args, str(e))
-    estimator = None
-    if args.method == "lapose":
-        estimator = _load_estimator(args, allow_random=False)
-        if estimator is None:
-            return 2
+        _fail(args, str(e))
+        raise _Refused from None
+    if args.method not in METRIC_METHODS:
+        return None
+    estimator = _load_estimator(args, allow_random=False)
+    if estimator is None:
+        raise _Refused
+    return estimator
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lapose_core.eval.evaluate import evaluate_sequence
+
     try:
+        estimator = _checked_estimator(args)
         result = evaluate_sequence(args.data, method=args.method, estimator=estimator, fps=args.fps,
                                    stride_s=args.stride_s, max_windows=args.max_windows,
                                    progress=sys.stderr.isatty())
+    except _Refused:
+        return 2
     except DataError as e:
         return _fail(args, str(e))
     print(result.table())
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        print(f"results written to {out}")
+        _write_json(result.to_dict(), args.json)
     if args.plots:
         _write_plots(result, Path(args.plots))
         print(f"plots written to {args.plots}")
+    if args.trajectory:
+        from lapose_core.eval.evaluate import stream_sequence, write_tum
+
+        if estimator is None:
+            return _fail(args, "--trajectory needs a streaming method (lapose or hybrid)")
+        stamps, poses, fallbacks = stream_sequence(args.data, estimator, fps=args.fps)
+        write_tum(args.trajectory, stamps, poses)
+        print(f"streamed trajectory ({len(stamps)} keyframes, {fallbacks} fallback steps) written to "
+              f"{args.trajectory}")
     return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from lapose_core.eval.diagnose import diagnose_sequence
+
+    try:
+        estimator = _checked_estimator(args)
+        diagnosis = diagnose_sequence(args.data, method=args.method, estimator=estimator, fps=args.fps,
+                                      stride_s=args.stride_s, max_windows=args.max_windows)
+    except _Refused:
+        return 2
+    except DataError as e:
+        return _fail(args, str(e))
+    print(diagnosis.table())
+    if args.json:
+        _write_json(diagnosis.to_dict(), args.json)
+    return 0
+
+
+def _write_json(values: dict, path: str) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(values, indent=2) + "\n")
+    print(f"results written to {out}")
 
 
 def _write_plots(result, out_dir: Path) -> None:
@@ -154,12 +239,18 @@ def cmd_bench_eval(args: argparse.Namespace) -> int:
 
 
 def _load_estimator(args: argparse.Namespace, allow_random: bool):
-    """The requested estimator, or None after printing why it cannot be loaded."""
+    """The requested estimator (LA-Pose, or the hybrid around it), or None after printing why it
+    cannot be loaded."""
+    from lapose_core.hybrid import HybridError
     from lapose_core.inference import InferenceError, PoseEstimator
     from lapose_core.train.checkpoint import CheckpointError
 
     try:
-        return PoseEstimator.load(args.checkpoint, device=args.device)
+        return load_method_estimator(getattr(args, "method", "lapose"), args.checkpoint, args.device,
+                                     hybrid_config=_hybrid_config(args))
+    except HybridError as e:
+        _fail(args, str(e))
+        return None
     except (InferenceError, CheckpointError) as e:
         if args.checkpoint or not allow_random:
             _fail(args, str(e))

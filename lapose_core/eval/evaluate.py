@@ -8,8 +8,9 @@ counted. Aggregation:
 - AUC@5 / AUC@30: pooled over all frame pairs of all windows (every pair weighs the same);
 - ATE-S / ATE-M: the mean over windows of the per-window value (every window weighs the same).
 
-ATE-M is only defined for methods that predict metric scale (LA-Pose); it is None for the classical
-baseline. See :mod:`lapose_core.eval.metrics` for the metric definitions.
+ATE-M is only defined for methods that predict metric scale (LA-Pose and the hybrid); it is None for
+the classical baseline. Every result carries the straight-ahead prior's scores on the same windows
+(:mod:`lapose_core.eval.prior`), the floor any learned method must clear. See :mod:`lapose_core.eval.metrics` for the metric definitions.
 """
 from __future__ import annotations
 
@@ -17,18 +18,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from lapose_core.data.sources import DataError, FrameReadError, KittiSequence
 from lapose_core.data.windows import window_indices, window_starts
-from lapose_core.eval import metrics
+from lapose_core.eval import metrics, prior
 from lapose_core.eval.classical import ClassicalVO
 
 log = logging.getLogger(__name__)
 
-METHODS = ("lapose", "classical")
+METHODS = ("lapose", "classical", "hybrid")
+METRIC_METHODS = ("lapose", "hybrid")  # methods with metric scale: ATE-M is defined
 DEFAULT_NUM_FRAMES = 16
 
 
@@ -49,12 +51,14 @@ class WindowResult:
     ate_s: float
     ate_m: float | None
     mean_step_m: float  # ground truth
-    failed_steps: int = 0  # classical: steps without a usable essential matrix
+    pred_mean_step: float = float("nan")  # the prediction's (metres for metric methods)
+    failed_steps: int = 0  # classical: no essential matrix; hybrid: LA-Pose fallbacks
 
     def summary(self) -> dict[str, Any]:
         return {"start": self.start, "start_time": round(float(self.timestamps[0]), 4),
                 "auc5": self.auc5, "auc30": self.auc30, "ate_s": self.ate_s, "ate_m": self.ate_m,
-                "mean_step_m": self.mean_step_m, "failed_steps": self.failed_steps}
+                "mean_step_m": self.mean_step_m, "pred_mean_step": self.pred_mean_step,
+                "failed_steps": self.failed_steps}
 
 
 @dataclass
@@ -74,6 +78,7 @@ class EvalResult:
     ate_m: float | None
     seconds: float  # wall time of the evaluation
     per_window: list[WindowResult] = field(default_factory=list)
+    prior: dict[str, float] = field(default_factory=dict)  # the straight-ahead prior, same windows
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "checkpoint": self.checkpoint, "data": self.data,
@@ -82,7 +87,7 @@ class EvalResult:
                 "skipped_unreadable": self.skipped_unreadable, "auc5": self.auc5,
                 "auc30": self.auc30, "ate_s": self.ate_s, "ate_m": self.ate_m,
                 "failed_steps": sum(w.failed_steps for w in self.per_window),
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "prior": self.prior,
                 "per_window": [w.summary() for w in self.per_window]}
 
     def table(self) -> str:
@@ -94,8 +99,10 @@ class EvalResult:
                 ("AUC@5", fmt(self.auc5, ".4f")), ("AUC@30", fmt(self.auc30, ".4f")),
                 ("ATE-S", fmt(self.ate_s, ".4f")), ("ATE-M", fmt(self.ate_m, ".3f") +
                                                     ("" if self.ate_m is None else " m"))]
+        if self.prior:
+            rows.append(("prior", prior.describe(self.prior)))
         width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n" + prior.ATE_S_NOTE
 
 
 def open_eval_sequence(seq_dir: str | Path) -> KittiSequence:
@@ -141,46 +148,29 @@ def evaluate_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
         raise EvalError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     t0 = time.perf_counter()
     seq = open_eval_sequence(seq_dir)
-    if method == "lapose" and estimator is None:
-        from lapose_core.inference import PoseEstimator
-
-        estimator = PoseEstimator.load(checkpoint, device=device)
-    num_frames = estimator.num_frames if method == "lapose" else DEFAULT_NUM_FRAMES
+    if method in METRIC_METHODS and estimator is None:
+        estimator = load_method_estimator(method, checkpoint, device)
+    num_frames = estimator.num_frames if method != "classical" else DEFAULT_NUM_FRAMES
     windows = eval_windows(seq, fps, num_frames, stride_s)
-    classical = ClassicalVO(seq.intrinsics) if method == "classical" else None
+    predict = window_predictor(method, seq, estimator)
 
     results: list[WindowResult] = []
-    stationary = unreadable = 0
     bar = _progress(len(windows) if max_windows is None else min(len(windows), max_windows), progress)
-    for idx in windows:
-        if max_windows is not None and len(results) >= max_windows:
-            break
-        gt = metrics.relative_to_first(seq.poses[idx])
-        if metrics.is_stationary(gt, min_mean_step_m):
-            stationary += 1
-            continue
-        try:
-            images = [seq.read(int(i)) for i in idx]
-        except FrameReadError as e:
-            log.warning("skipping window at frame %d: %s", idx[0], e)
-            unreadable += 1
-            continue
+    scan = WindowScan(seq, windows, min_mean_step_m, max_windows)
+    for idx, gt, images in scan:
         stamps = seq.timestamps[idx]
-        failed = 0
-        if classical is not None:
-            window = classical.estimate(images)
-            pred, failed = _compose(window.relative), window.failures
-        else:
-            pred = np.asarray(estimator.predict_window(images, stamps).poses, dtype=np.float64)
+        pred, failed = predict(images, stamps)
         errors = metrics.pose_pair_errors(pred, gt)
         results.append(WindowResult(
             start=int(idx[0]), indices=idx, timestamps=stamps, gt_poses=gt, pred_poses=pred,
             pair_errors=errors, auc5=metrics.auc(errors, 5), auc30=metrics.auc(errors, 30),
             ate_s=metrics.ate_s(pred, gt),
-            ate_m=None if classical is not None else metrics.ate_m(pred, gt),
-            mean_step_m=metrics.mean_step_length(gt), failed_steps=failed))
+            ate_m=metrics.ate_m(pred, gt) if method in METRIC_METHODS else None,
+            mean_step_m=metrics.mean_step_length(gt), pred_mean_step=metrics.mean_step_length(pred),
+            failed_steps=failed))
         bar.update(1)
     bar.close()
+    stationary, unreadable = scan.stationary, scan.unreadable
 
     if not results:
         raise EvalError(f"{seq.path}: none of the {len(windows)} windows at {fps:g} fps can be scored "
@@ -188,13 +178,115 @@ def evaluate_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
                         f"{unreadable} with unreadable frames)")
     pooled = np.concatenate([w.pair_errors for w in results])
     return EvalResult(
-        method=method, checkpoint=estimator.checkpoint_name if classical is None else None,
+        method=method, checkpoint=None if method == "classical" else estimator.checkpoint_name,
         data=str(seq.path), fps=float(fps), stride_s=float(stride_s), num_frames=num_frames,
         windows=len(results), skipped_stationary=stationary, skipped_unreadable=unreadable,
         auc5=metrics.auc(pooled, 5), auc30=metrics.auc(pooled, 30),
         ate_s=float(np.mean([w.ate_s for w in results])),
-        ate_m=None if classical is not None else float(np.mean([w.ate_m for w in results])),
-        seconds=time.perf_counter() - t0, per_window=results)
+        ate_m=float(np.mean([w.ate_m for w in results])) if method in METRIC_METHODS else None,
+        seconds=time.perf_counter() - t0, per_window=results,
+        prior=prior.score_prior([w.gt_poses for w in results]))
+
+
+Predictor = Callable[[list, np.ndarray], tuple[np.ndarray, int]]
+
+
+def load_method_estimator(method: str, checkpoint: str | Path | None = None, device: str = "cpu",
+                          hybrid_config=None):
+    """The estimator a metric method runs on: LA-Pose, or the hybrid built around it."""
+    from lapose_core.inference import PoseEstimator
+
+    lapose = PoseEstimator.load(checkpoint, device=device)
+    if method == "hybrid":
+        from lapose_core.hybrid import HybridEstimator
+
+        return HybridEstimator(lapose, hybrid_config)
+    return lapose
+
+
+def stream_sequence(seq_dir: str | Path, estimator, fps: float = 2.0) -> tuple[np.ndarray, np.ndarray, int]:
+    """The continuous trajectory the node publishes for a sequence's frames, computed offline.
+
+    Keyframe stamps (N,), camera poses (N, 4, 4) in the optical frame of the first keyframe, and the
+    fallback steps; see :func:`lapose_core.stream.stream_poses`. The sequence's intrinsics go to the
+    hybrid as the node's CameraInfo does.
+    """
+    from lapose_core.stream import stream_poses
+
+    seq = KittiSequence(seq_dir)
+    frames = ((float(seq.timestamps[i]), seq.read(i)) for i in range(len(seq)))
+    intrinsics = seq.intrinsics if hasattr(estimator, "lapose") else None
+    return stream_poses(estimator, frames, fps, intrinsics=intrinsics)
+
+
+def write_tum(path: str | Path, stamps: np.ndarray, poses: np.ndarray) -> None:
+    """TUM trajectory: ``stamp x y z qx qy qz qw`` per line."""
+    from transforms3d.quaternions import mat2quat
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("# stamp x y z qx qy qz qw (camera optical frame of the first keyframe)\n")
+        for stamp, P in zip(stamps, poses):
+            w, x, y, z = mat2quat(P[:3, :3])
+            f.write(f"{stamp:.9f} " + " ".join(f"{v:.9f}" for v in (*P[:3, 3], x, y, z, w)) + "\n")
+
+
+def window_predictor(method: str, seq: KittiSequence, estimator=None) -> Predictor:
+    """``predict(images, stamps) -> (poses (T, 4, 4) relative to the first frame, failed steps)``.
+
+    ``failed steps`` counts the steps the method could not estimate from the images themselves
+    (classical: no essential matrix; hybrid: geometry not confident, LA-Pose's step used).
+    """
+    if method == "classical":
+        classical = ClassicalVO(seq.intrinsics)
+
+        def predict(images, stamps):
+            window = classical.estimate(images)
+            return _compose(window.relative), window.failures
+    elif method == "hybrid":
+        def predict(images, stamps):
+            prediction = estimator.predict_window(images, stamps, intrinsics=seq.intrinsics)
+            return np.asarray(prediction.poses, dtype=np.float64), prediction.fallbacks
+    else:
+        def predict(images, stamps):
+            # A frame repeated in the window (the static test of lapose diagnose) is encoded once.
+            encoded: dict[int, Any] = {}
+            for im in images:
+                if id(im) not in encoded:
+                    encoded[id(im)] = estimator.encode_frame(im)
+            prediction = estimator.predict_features([encoded[id(im)] for im in images], stamps)
+            return np.asarray(prediction.poses, dtype=np.float64), 0
+    return predict
+
+
+class WindowScan:
+    """Iterates ``(indices, ground truth relative to the first frame, images)`` over the windows
+    that can be scored, counting the near-stationary and unreadable ones it leaves out."""
+
+    def __init__(self, seq: KittiSequence, windows: list[np.ndarray], min_mean_step_m: float = 0.1,
+                 max_windows: int | None = None):
+        self.seq, self.windows = seq, windows
+        self.min_mean_step_m, self.max_windows = min_mean_step_m, max_windows
+        self.stationary = self.unreadable = 0
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
+        scored = 0
+        for idx in self.windows:
+            if self.max_windows is not None and scored >= self.max_windows:
+                return
+            gt = metrics.relative_to_first(self.seq.poses[idx])
+            if metrics.is_stationary(gt, self.min_mean_step_m):
+                self.stationary += 1
+                continue
+            try:
+                images = [self.seq.read(int(i)) for i in idx]
+            except FrameReadError as e:
+                log.warning("skipping window at frame %d: %s", idx[0], e)
+                self.unreadable += 1
+                continue
+            scored += 1
+            yield idx, gt, images
 
 
 def _compose(relative: np.ndarray) -> np.ndarray:

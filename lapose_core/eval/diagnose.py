@@ -1,0 +1,183 @@
+"""``lapose diagnose``: what a pose method has learned about motion, beyond its AUC.
+
+On the evaluation windows of :mod:`lapose_core.eval.evaluate` (same sampling, same stationary and
+unreadable windows left out) it measures:
+
+per-step rotation
+    The rotation between consecutive window frames, ``R_k^T R_{k+1}``, as yaw / pitch / roll in the
+    camera frame (x right, y down, z forward): ``R = Ry(yaw) Rx(pitch) Rz(roll)``, so yaw is the
+    rotation about the camera's y axis (positive: turning right), pitch about x, roll about z.
+    Reported: the Pearson correlation of predicted and true angles pooled over all steps, and their
+    mean absolute error in degrees. A predictor whose angles do not vary (the prior) has no
+    correlation: NaN, written ``null`` in the JSON.
+static test
+    Every window replaced by 16 copies of its first frame: nothing moves. Reported: the predicted
+    mean step divided by the true mean step of the real window (0 for a method that sees motion
+    in the images, about 1 for one that predicts the average speed whatever it sees). The
+    classical baseline has no metric scale (unit mean step by construction): its ratio is taken
+    against its own mean step on the real window.
+reversed test
+    Every window played backwards (frames reversed, time still running forwards): a method that
+    reads the motion from the images predicts the opposite turns. Reported: the correlation of the
+    predicted yaw with minus the true yaw of the same step.
+prior
+    The straight-ahead prior's AUC@5 and ATE-S on the same windows (:mod:`lapose_core.eval.prior`).
+metric scale (metric methods only)
+    Predicted mean step against the true mean step per window: the mean ratio and the mean absolute
+    relative error.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from transforms3d.euler import mat2euler
+
+from lapose_core.eval import metrics, prior
+from lapose_core.eval.evaluate import (DEFAULT_NUM_FRAMES, METRIC_METHODS, EvalError, Predictor,
+                                       WindowScan, eval_windows, load_method_estimator,
+                                       open_eval_sequence, window_predictor)
+
+log = logging.getLogger(__name__)
+
+ANGLES = ("yaw", "pitch", "roll")
+
+
+def step_angles_deg(poses: np.ndarray) -> np.ndarray:
+    """(T, 4, 4) poses -> (T-1, 3) yaw, pitch, roll in degrees of each step's rotation (camera frame)."""
+    poses = np.asarray(poses, dtype=np.float64)
+    steps = np.swapaxes(poses[:-1, :3, :3], -1, -2) @ poses[1:, :3, :3]
+    # 'ryxz': rotating axes, first about y (yaw), then the new x (pitch), then the new z (roll).
+    return np.degrees(np.array([mat2euler(R, axes="ryxz") for R in steps]))
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation, NaN when either side does not vary (no correlation is defined)."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.size < 2 or a.std() < 1e-9 or b.std() < 1e-9:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def reversed_stamps(stamps: np.ndarray) -> np.ndarray:
+    """Timestamps of a window played backwards: the same intervals in reverse order, increasing."""
+    stamps = np.asarray(stamps, dtype=np.float64)
+    return stamps[0] + (stamps[-1] - stamps[::-1])
+
+
+@dataclass
+class Diagnosis:
+    method: str
+    data: str
+    fps: float
+    windows: int
+    auc5: float
+    ate_s: float
+    angles: dict[str, dict[str, float]]  # yaw/pitch/roll -> corr, mae_deg
+    static_step_ratio: float
+    reversed_yaw_corr: float
+    prior: dict[str, Any]
+    scale_ratio: Optional[float] = None  # metric methods: mean over windows of predicted/true mean step
+    scale_abs_rel_error: Optional[float] = None
+    fallback_steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "data": self.data, "fps": self.fps,
+                               "windows": self.windows, "auc5": self.auc5, "ate_s": self.ate_s}
+        for name in ANGLES:
+            out[f"{name}_corr"] = self.angles[name]["corr"]
+            out[f"{name}_mae_deg"] = self.angles[name]["mae_deg"]
+        out.update(static_step_ratio=self.static_step_ratio, reversed_yaw_corr=self.reversed_yaw_corr,
+                   prior_auc5=self.prior["auc5"], prior_ate_s=self.prior["ate_s"],
+                   ate_s_uniform_steps=self.prior["ate_s_uniform_steps"],
+                   scale_ratio=self.scale_ratio, scale_abs_rel_error=self.scale_abs_rel_error,
+                   fallback_steps=self.fallback_steps, **self.extra)
+        # JSON has no NaN: an undefined value is null.
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+    def table(self) -> str:
+        fmt = lambda v, spec=".4f": "n/a" if v is None or not math.isfinite(v) else format(v, spec)  # noqa: E731
+        rows = [("method", self.method), ("data", self.data), ("fps", f"{self.fps:g}"),
+                ("windows", str(self.windows)), ("AUC@5", fmt(self.auc5)), ("ATE-S", fmt(self.ate_s))]
+        for name in ANGLES:
+            a = self.angles[name]
+            rows.append((f"{name} per step", f"corr {fmt(a['corr'], '.3f')}, MAE {fmt(a['mae_deg'], '.3f')} deg"))
+        rows += [("static test", f"predicted / true mean step {fmt(self.static_step_ratio, '.3f')} "
+                                 "(0 = sees that nothing moves)"),
+                 ("reversed test", f"corr(yaw, -true yaw) {fmt(self.reversed_yaw_corr, '.3f')} "
+                                   "(1 = reads the turns from the images)")]
+        if self.scale_ratio is not None:
+            rows.append(("metric scale", f"predicted / true mean step {fmt(self.scale_ratio, '.3f')}, "
+                                         f"mean |relative error| {fmt(self.scale_abs_rel_error, '.3f')}"))
+        if self.fallback_steps:
+            rows.append(("fallback steps", str(self.fallback_steps)))
+        rows.append(("prior", prior.describe(self.prior)))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n" + prior.ATE_S_NOTE
+
+
+def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=None, fps: float = 2.0,
+                      stride_s: float = 1.0, max_windows: Optional[int] = None, *,
+                      checkpoint: str | Path | None = None, device: str = "cpu",
+                      min_mean_step_m: float = 0.1, predictor: Optional[Predictor] = None,
+                      metric: Optional[bool] = None) -> Diagnosis:
+    """Run the diagnostics of the module docstring for ``method`` on a KITTI-format sequence.
+
+    ``predictor`` replaces the method's own (tests use a ground-truth oracle); ``metric`` says whether
+    its steps are in metres (default: whether ``method`` predicts metric scale).
+    """
+    seq = open_eval_sequence(seq_dir)
+    metric = (method in METRIC_METHODS) if metric is None else metric
+    if predictor is None:
+        if method in METRIC_METHODS and estimator is None:
+            estimator = load_method_estimator(method, checkpoint, device)
+        predictor = window_predictor(method, seq, estimator)
+    num_frames = getattr(estimator, "num_frames", DEFAULT_NUM_FRAMES)
+    windows = eval_windows(seq, fps, num_frames, stride_s)
+
+    pooled, ate_s, gts = [], [], []
+    true_angles, pred_angles, reversed_yaw, true_reversed_yaw = [], [], [], []
+    static_ratios, scale_ratios = [], []
+    fallbacks = 0
+    for idx, gt, images in WindowScan(seq, windows, min_mean_step_m, max_windows):
+        stamps = seq.timestamps[idx]
+        pred, failed = predictor(images, stamps)
+        fallbacks += failed
+        gts.append(gt)
+        pooled.append(metrics.pose_pair_errors(pred, gt))
+        ate_s.append(metrics.ate_s(pred, gt))
+        true = step_angles_deg(gt)
+        true_angles.append(true)
+        pred_angles.append(step_angles_deg(pred))
+
+        true_step, pred_step = metrics.mean_step_length(gt), metrics.mean_step_length(pred)
+        static, _ = predictor([images[0]] * len(images), stamps)
+        static_ratios.append(metrics.mean_step_length(static) / (true_step if metric else pred_step))
+        if metric:
+            scale_ratios.append(pred_step / true_step)
+
+        backwards, _ = predictor(images[::-1], reversed_stamps(stamps))
+        reversed_yaw.append(step_angles_deg(backwards)[:, 0])
+        true_reversed_yaw.append(-true[::-1, 0])  # reversed step k is the inverse of step T-2-k
+    if not gts:
+        raise EvalError(f"{seq.path}: none of the {len(windows)} windows at {fps:g} fps can be scored")
+
+    true_all, pred_all = np.concatenate(true_angles), np.concatenate(pred_angles)
+    angles = {name: {"corr": correlation(pred_all[:, i], true_all[:, i]),
+                     "mae_deg": float(np.abs(pred_all[:, i] - true_all[:, i]).mean())}
+              for i, name in enumerate(ANGLES)}
+    ratios = np.asarray(scale_ratios)
+    return Diagnosis(
+        method=method, data=str(seq.path), fps=float(fps), windows=len(gts),
+        auc5=metrics.auc(np.concatenate(pooled), 5), ate_s=float(np.mean(ate_s)), angles=angles,
+        static_step_ratio=float(np.mean(static_ratios)),
+        reversed_yaw_corr=correlation(np.concatenate(reversed_yaw), np.concatenate(true_reversed_yaw)),
+        prior=prior.score_prior(gts),
+        scale_ratio=float(ratios.mean()) if metric else None,
+        scale_abs_rel_error=float(np.abs(ratios - 1.0).mean()) if metric else None,
+        fallback_steps=fallbacks)

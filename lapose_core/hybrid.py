@@ -1,0 +1,401 @@
+"""Geometry-checked LA-Pose: metric monocular odometry from feature geometry and LA-Pose's scale.
+
+Each half does what it is good at:
+
+* **Feature geometry** (the classical pipeline of :mod:`lapose_core.eval.classical`: SIFT, five-point
+  RANSAC essential matrix, ``recoverPose``) gives each keyframe pair's rotation and translation
+  direction, far more precisely than a small learned model, and, through points triangulated by two
+  consecutive pairs, the ratio of consecutive step lengths. It has no metric scale and nothing to
+  offer when matching fails.
+* **LA-Pose** gives, in one forward pass over the 16-keyframe window, the window's mean metric step
+  (its scale output), the field of view, and a full (weaker) estimate of every step.
+
+Per pair the geometry is *checked* (:class:`StepCheck`): enough inliers, enough parallax once the
+rotation is taken out (no parallax = pure rotation, a standing car, a duplicated frame: the
+direction is undefined), and a rotation that agrees with LA-Pose's within a loose bound (catches a
+wrong essential-matrix solution or wrong intrinsics). A pair that fails uses LA-Pose's own rotation and
+direction and is counted as a fallback; a uniform, black or badly blurred frame has too few features
+and fails the first check.
+
+Step lengths: relative lengths chain the triangulated depth ratio of consecutive confident pairs (where
+one is missing, LA-Pose's own ratio of the two step lengths, else 1), and the window is scaled so that
+its mean step is the metric scale: LA-Pose's (``scale_source="lapose"``), or, as the ablation, a
+constant speed times the keyframe interval (``"constant"``). ``relative_lengths=False`` gives uniform
+steps (the ablation of triangulation).
+
+Intrinsics: the sequence's or the CameraInfo's when given and consistent with LA-Pose's field of view
+(within ``max_fov_ratio``); otherwise a pinhole camera with LA-Pose's field of view, centred. Which one
+was used is reported.
+
+:class:`HybridEstimator` has the ``encode_frame`` / ``predict_features`` interface of
+:class:`lapose_core.inference.PoseEstimator`, so the streaming node (``lapose_ros.odometry``) and the
+offline evaluation run the same code; pair geometry is cached by keyframe, so in a stream each new
+keyframe costs one SIFT pass, one matching and one LA-Pose window. No ROS imports here.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .eval.classical import ClassicalVO, Step
+from .eval.metrics import rotation_angle_deg
+
+SCALE_SOURCES = ("lapose", "ground", "constant")
+
+
+class HybridError(ValueError):
+    """A hybrid setting that cannot be used (the message names it)."""
+
+
+@dataclass
+class HybridConfig:
+    min_inliers: int = 30  # fewer essential-matrix inliers: geometry not confident
+    min_parallax_px: float = 1.0  # less rotation-compensated median image motion: no baseline
+    # Geometry and LA-Pose rotations further apart: not confident. Loose on purpose: LA-Pose's own
+    # rotations miss up to ~30 degrees in sharp turns at 1 fps, and the bound is there to catch a
+    # wrong essential-matrix solution (tens of degrees off), not to overrule good geometry.
+    max_rotation_gap_deg: float = 45.0
+    scale_source: str = "lapose"
+    relative_lengths: bool = True  # triangulated step-length ratios (False: uniform steps)
+    constant_speed_mps: float = 7.0  # scale_source="constant": mean speed of the labelled 00/06/07 heads (6.97)
+    # scale_source="ground": the camera's height above the road (metres; None = unknown, LA-Pose's
+    # scale is used). KITTI's camera is 1.65 m above the road.
+    camera_height_m: Optional[float] = None
+    # Road points: below the optical axis by this slope (y > slope * z), i.e. the near road.
+    ground_min_slope: float = 0.08
+    min_ground_pairs: int = 2  # fewer pairs with a road plane in the window: LA-Pose's scale
+    max_fov_ratio: float = 1.5  # given intrinsics whose field of view differs more are not trusted
+    max_features: int = 2000
+    cache_pairs: int = 64  # pair geometries kept (a stream needs the last 15)
+
+    def validate(self) -> "HybridConfig":
+        if self.scale_source not in SCALE_SOURCES:
+            raise HybridError(f"hybrid scale_source must be one of {', '.join(SCALE_SOURCES)}, "
+                              f"got '{self.scale_source}'")
+        for name in ("min_parallax_px", "max_rotation_gap_deg", "constant_speed_mps"):
+            if not getattr(self, name) > 0:
+                raise HybridError(f"hybrid {name} must be > 0, got {getattr(self, name)}")
+        if self.scale_source == "ground" and not (self.camera_height_m or 0) > 0:
+            raise HybridError("hybrid scale_source 'ground' needs camera_height_m > 0 (the camera's "
+                              f"height above the road), got {self.camera_height_m}")
+        if not self.max_fov_ratio > 1:
+            raise HybridError(f"hybrid max_fov_ratio must be > 1, got {self.max_fov_ratio}")
+        return self
+
+
+_serials = itertools.count()
+
+
+@dataclass
+class HybridFrame:
+    """What a keyframe keeps: LA-Pose's cached encoding and the frame's SIFT features."""
+
+    lapose: Any
+    keypoints: Any
+    descriptors: Optional[np.ndarray]
+    size: tuple[int, int]  # (height, width) of the camera image
+    serial: int = field(default_factory=lambda: next(_serials))
+
+
+@dataclass
+class StepCheck:
+    """Whether one pair's geometry is trusted, and why not."""
+
+    ok: bool
+    inliers: int
+    parallax_px: float
+    rotation_gap_deg: float  # angle between the geometry's and LA-Pose's rotation (NaN: no geometry)
+    reason: str = ""  # empty when ok
+
+
+@dataclass
+class HybridPrediction:
+    relative: np.ndarray  # (T-1, 4, 4) step motions in metres, frame k+1 in frame k (optical)
+    poses: np.ndarray  # (T, 4, 4) camera-to-first-frame poses
+    scale: float  # mean step length of the window, metres
+    fov: float  # LA-Pose's horizontal field of view of its input, radians
+    checks: list[StepCheck]
+    intrinsics: tuple[float, float, float, float]
+    intrinsics_source: str  # "given", "lapose fov", or "lapose fov (given ... disagree)"
+    lapose: Any  # LA-Pose's own WindowPrediction of the window
+    scale_source: str = "lapose"  # what set the metric scale of this window
+
+    @property
+    def fallbacks(self) -> int:
+        """Steps of the window that use LA-Pose's own step (geometry not confident)."""
+        return sum(not c.ok for c in self.checks)
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.relative).all() and math.isfinite(self.scale))
+
+
+def intrinsics_from_fov(fov: float, image_hw: tuple[int, int], model_hw: tuple[int, int]
+                        ) -> tuple[float, float, float, float]:
+    """Pinhole intrinsics of the camera image from the field of view of the model's input.
+
+    The model sees the image resized to cover its input and centre-cropped
+    (:func:`lapose_core.data.transforms.fit_to_model`), so its field of view is that of the crop.
+    """
+    h, w = image_hw
+    out_h, out_w = model_hw
+    scale = max(out_w / w, out_h / h)
+    new_w = max(out_w, round(w * scale))
+    fx_model = out_w / (2.0 * math.tan(fov / 2.0))
+    fx = fx_model * w / new_w
+    return fx, fx, (w - 1) / 2.0, (h - 1) / 2.0
+
+
+def _fov_of(fx: float, width: float) -> float:
+    return 2.0 * math.atan(width / (2.0 * fx))
+
+
+def _direction(translation: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(translation))
+    return translation / norm if norm > 1e-9 else np.array([0.0, 0.0, 1.0])
+
+
+class HybridEstimator:
+    """LA-Pose with feature geometry; see the module docstring."""
+
+    def __init__(self, lapose: Any, config: Optional[HybridConfig] = None,
+                 intrinsics: Optional[Sequence[float]] = None):
+        self.lapose = lapose
+        self.config = (config or HybridConfig()).validate()
+        self.num_frames = lapose.num_frames
+        self.fps = lapose.fps
+        self.checkpoint_name = f"hybrid:{lapose.checkpoint_name}"
+        self.backend = getattr(lapose, "backend", "")
+        self.device = getattr(lapose, "device", "")
+        self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
+        self._vo = ClassicalVO((1.0, 1.0, 0.0, 0.0), max_features=self.config.max_features)
+        self._vo_intrinsics: Optional[tuple] = None  # what self._vo.K holds
+        self._pairs: OrderedDict[tuple[int, int], Step] = OrderedDict()
+        m = lapose.config.model
+        self._model_hw = (m.image_height, m.image_width)
+        # One helper thread: the geometry (OpenCV) runs beside LA-Pose (torch), both release the GIL,
+        # so a keyframe takes about the longer of the two rather than their sum. Same results.
+        self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapose-geometry")
+        # Consecutive encoded frames are matched as soon as the second arrives (with the given
+        # intrinsics), so the first full window does not match all 15 pairs at once.
+        self._last_frame: Optional[HybridFrame] = None
+        self._early: dict[tuple[int, int], tuple[tuple, Any]] = {}  # pair -> (intrinsics, future)
+
+    # ------------------------------------------------------------------ per frame
+    def encode_frame(self, image: np.ndarray) -> HybridFrame:
+        sift = self._helper.submit(self._vo.features, image)
+        encoded = self.lapose.encode_frame(image)
+        keypoints, descriptors = sift.result()
+        frame = HybridFrame(encoded, keypoints, descriptors, tuple(int(v) for v in image.shape[:2]))
+        given = self._given_intrinsics(None)
+        if given is not None and self._last_frame is not None:
+            previous = self._last_frame
+            self._early[(previous.serial, frame.serial)] = (
+                given, self._helper.submit(self._match, [(previous, frame)], given))
+            while len(self._early) > self.config.cache_pairs:
+                self._early.pop(next(iter(self._early)))
+        self._last_frame = frame
+        return frame
+
+    # ------------------------------------------------------------------ per window
+    def predict_features(self, frames: Sequence[HybridFrame], timestamps: Sequence[float],
+                         intrinsics: Optional[Sequence[float]] = None) -> HybridPrediction:
+        """The window's metric step motions from its keyframes (``encode_frame`` outputs)."""
+        pairs = list(zip(frames[:-1], frames[1:]))
+        # With intrinsics given, the new pairs are matched while LA-Pose runs; they are kept only if
+        # LA-Pose's field of view does not overrule those intrinsics (then they are matched again).
+        given = self._given_intrinsics(intrinsics)
+        new = [(a, b) for a, b in pairs if (a.serial, b.serial) not in self._pairs
+               and self._early.get((a.serial, b.serial), (None,))[0] != given]
+        early = self._helper.submit(self._match, new, given) if given and new else None
+        lp = self.lapose.predict_features([f.lapose for f in frames], timestamps)
+        lp_relative = np.asarray(lp.relative, dtype=np.float64)
+        K, source = self._choose_intrinsics(frames[0].size, lp.fov, given)
+        if K == given:
+            for a, b in pairs:  # pairs matched when their second frame arrived
+                key = (a.serial, b.serial)
+                if key not in self._pairs and self._early.get(key, (None,))[0] == given:
+                    self._remember(a, b, self._early.pop(key)[1].result()[0])
+        if early is not None:
+            matched = early.result()
+            if K == given:
+                for (a, b), step in zip(new, matched):
+                    self._remember(a, b, step)
+        self._use_intrinsics(K)
+        steps = [self._pair(a, b) for a, b in pairs]
+        checks = [self._check(step, lp_step[:3, :3]) for step, lp_step in zip(steps, lp_relative)]
+
+        relative = np.tile(np.eye(4), (len(steps), 1, 1))
+        for k, (step, check) in enumerate(zip(steps, checks)):
+            if check.ok:
+                # x_{k+1} = R x_k + t  <=>  frame k+1 in frame k is (R^T, -R^T t).
+                relative[k, :3, :3] = step.R.T
+                relative[k, :3, 3] = -step.R.T @ step.t
+            else:
+                relative[k, :3, :3] = lp_relative[k, :3, :3]
+                relative[k, :3, 3] = _direction(lp_relative[k, :3, 3])
+        lengths = self._relative_lengths(steps, checks, lp_relative)
+        scale, scale_source = self._window_scale(lp, timestamps, steps, checks, lengths)
+        relative[:, :3, 3] *= (scale * lengths / lengths.mean())[:, None]
+
+        poses = [np.eye(4)]
+        for step in relative:
+            poses.append(poses[-1] @ step)
+        return HybridPrediction(relative=relative, poses=np.stack(poses), scale=float(scale),
+                                fov=float(lp.fov), checks=checks, intrinsics=tuple(K),
+                                intrinsics_source=source, lapose=lp, scale_source=scale_source)
+
+    def predict_window(self, images: Sequence[np.ndarray], timestamps: Sequence[float],
+                       intrinsics: Optional[Sequence[float]] = None) -> HybridPrediction:
+        """One window of camera images; a frame repeated in the window is encoded once."""
+        encoded: dict[int, HybridFrame] = {}
+        for im in images:
+            if id(im) not in encoded:
+                encoded[id(im)] = self.encode_frame(im)
+        return self.predict_features([encoded[id(im)] for im in images], timestamps, intrinsics)
+
+    # ------------------------------------------------------------------ pieces
+    def _given_intrinsics(self, given: Optional[Sequence[float]]) -> Optional[tuple]:
+        """The intrinsics passed in (else the estimator's own), when usable: 4 finite, fx, fy > 0."""
+        given = self.intrinsics if given is None else tuple(float(v) for v in given)
+        if given is None or len(given) < 4 or not all(math.isfinite(v) for v in given[:4]) \
+                or given[0] <= 0 or given[1] <= 0:
+            return None
+        return tuple(given[:4])
+
+    def _choose_intrinsics(self, image_hw: tuple[int, int], fov: float,
+                           given: Optional[tuple]) -> tuple[tuple, str]:
+        from_fov = intrinsics_from_fov(fov, image_hw, self._model_hw)
+        if given is None:
+            return from_fov, "lapose fov"
+        width = image_hw[1]
+        ratio = _fov_of(given[0], width) / _fov_of(from_fov[0], width)
+        if not 1.0 / self.config.max_fov_ratio <= ratio <= self.config.max_fov_ratio:
+            return from_fov, (f"lapose fov (given fx {given[0]:.1f} gives a field of view {ratio:.2f}x "
+                              f"LA-Pose's)")
+        return given, "given"
+
+    def _use_intrinsics(self, K: tuple) -> None:
+        """Intrinsics for the pairs computed from now on. A cached pair keeps the intrinsics it was
+        computed with (in a stream: those of the first window that contained it), so LA-Pose's field
+        of view changing from window to window does not make every pair be matched again."""
+        if K != self._vo_intrinsics:
+            self._vo.K = np.array([[K[0], 0.0, K[2]], [0.0, K[1], K[3]], [0.0, 0.0, 1.0]])
+            self._vo_intrinsics = K
+
+    def _match(self, pairs: list[tuple[HybridFrame, HybridFrame]], K: tuple) -> list[Step]:
+        self._use_intrinsics(K)
+        return [self._vo.two_view((a.keypoints, a.descriptors), (b.keypoints, b.descriptors))
+                for a, b in pairs]
+
+    def _remember(self, a: HybridFrame, b: HybridFrame, step: Step) -> None:
+        self._pairs[(a.serial, b.serial)] = step
+        while len(self._pairs) > self.config.cache_pairs:
+            self._pairs.popitem(last=False)
+
+    def _pair(self, a: HybridFrame, b: HybridFrame) -> Step:
+        step = self._pairs.get((a.serial, b.serial))
+        if step is None:
+            step = self._match([(a, b)], self._vo_intrinsics)[0]
+            self._remember(a, b, step)
+        return step
+
+    def _check(self, step: Step, lapose_rotation: np.ndarray) -> StepCheck:
+        cfg = self.config
+        if not step.ok:
+            return StepCheck(False, step.inliers, 0.0, math.nan,
+                             "no essential matrix (too few features or matches)")
+        gap = float(rotation_angle_deg(step.R @ lapose_rotation))  # R_geo^T vs R_lapose: R_geo R_lp
+        if step.inliers < cfg.min_inliers:
+            reason = f"{step.inliers} inliers < {cfg.min_inliers}"
+        elif not step.parallax_px >= cfg.min_parallax_px:
+            reason = f"parallax {step.parallax_px:.2f} px < {cfg.min_parallax_px:g}"
+        elif not gap <= cfg.max_rotation_gap_deg:
+            reason = f"rotation {gap:.1f} deg from LA-Pose's > {cfg.max_rotation_gap_deg:g}"
+        else:
+            reason = ""
+        return StepCheck(not reason, step.inliers, step.parallax_px, gap, reason)
+
+    def _window_scale(self, lp: Any, timestamps: Sequence[float], steps: list[Step],
+                      checks: list[StepCheck], lengths: np.ndarray) -> tuple[float, str]:
+        """The window's mean metric step and where it came from."""
+        cfg = self.config
+        if cfg.scale_source == "constant":
+            ts = np.asarray(timestamps, dtype=np.float64)
+            return float(cfg.constant_speed_mps * np.diff(ts).mean()), "constant speed"
+        if cfg.scale_source == "ground":
+            # Each pair with a road plane measures its own metric length: camera height over the
+            # plane's distance in units of that pair's baseline. Relative to the chained lengths,
+            # their median sets the window's scale.
+            per_length = [cfg.camera_height_m / h / lengths[k] for k, (step, check)
+                          in enumerate(zip(steps, checks))
+                          if check.ok and (h := self._ground_height(step)) is not None]
+            if len(per_length) >= cfg.min_ground_pairs:
+                return float(np.median(per_length) * lengths.mean()), "ground plane"
+        return float(lp.scale), "lapose"
+
+    def _ground_height(self, step: Step) -> Optional[float]:
+        """Distance from frame k's camera to the road plane, in units of the pair's baseline.
+
+        The road is fitted by RANSAC to the triangulated inliers below the horizon, as a plane whose
+        normal is within 20 degrees of the camera's y (down) axis; None when no such plane has at
+        least 15 points.
+        """
+        X = step.points_a
+        if X is None or len(X) < 15:
+            return None
+        X = X[np.isfinite(X).all(axis=1)]
+        # Below the optical axis (y down), in front, within 40 baselines: where the road is.
+        X = X[(X[:, 1] > self.config.ground_min_slope * X[:, 2]) & (X[:, 2] > 0) & (X[:, 2] < 40.0)]
+        if len(X) < 15:
+            return None
+        rng = np.random.default_rng(0)  # deterministic: the node and the evaluation agree
+        best, best_count = None, 0
+        for _ in range(100):
+            p = X[rng.choice(len(X), 3, replace=False)]
+            n = np.cross(p[1] - p[0], p[2] - p[0])
+            norm = np.linalg.norm(n)
+            if norm < 1e-12:
+                continue
+            n = n / norm * (1.0 if n[1] >= 0 else -1.0)
+            if n[1] < math.cos(math.radians(20.0)):
+                continue
+            h = float(n @ p[0])
+            if h <= 0:
+                continue
+            count = int((np.abs(X @ n - h) < 0.05 * h).sum())
+            if count > best_count:
+                best, best_count = (n, h), count
+        if best is None or best_count < 15:
+            return None
+        n, h = best
+        inliers = X[np.abs(X @ n - h) < 0.05 * h]
+        # Least-squares refinement: the plane through the inliers' centroid with the normal of least
+        # variance.
+        centroid = inliers.mean(0)
+        normal = np.linalg.svd(inliers - centroid)[2][-1]
+        normal = normal * (1.0 if normal[1] >= 0 else -1.0)
+        height = float(normal @ centroid)
+        return height if height > 0 else None
+
+    def _relative_lengths(self, steps: list[Step], checks: list[StepCheck],
+                          lp_relative: np.ndarray) -> np.ndarray:
+        """Each step's length relative to the first (their mean is rescaled to the metric scale)."""
+        lengths = [1.0]
+        if not self.config.relative_lengths:
+            return np.ones(len(steps))
+        lp_lengths = np.linalg.norm(lp_relative[:, :3, 3], axis=-1)
+        for k in range(1, len(steps)):
+            ratio = None
+            if checks[k - 1].ok and checks[k].ok:
+                ratio = self._vo.depth_ratio(steps[k - 1], steps[k])
+            if ratio is None and lp_lengths[k - 1] > 1e-6 and lp_lengths[k] > 1e-6:
+                ratio = float(lp_lengths[k] / lp_lengths[k - 1])
+            lengths.append(lengths[-1] * (ratio if ratio is not None and math.isfinite(ratio) else 1.0))
+        return np.asarray(lengths)

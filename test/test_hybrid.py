@@ -1,0 +1,179 @@
+"""The hybrid estimator (feature geometry checked against LA-Pose) on real frames and on bad input.
+
+Every bad input of the issue gets a test: black, uniform, blurred and duplicated frames, a window of
+pure rotation, wrong and missing intrinsics. In each the hybrid falls back to LA-Pose's own step for
+the affected pairs, says why, and returns finite motion only.
+"""
+import cv2
+import numpy as np
+import pytest
+
+from lapose_core import ASSETS_DIR
+from lapose_core.data.sources import KittiSequence
+from lapose_core.eval import metrics
+from lapose_core.eval.classical import classical_window
+from lapose_core.eval.evaluate import _compose, eval_windows
+from lapose_core.hybrid import HybridConfig, HybridError, HybridEstimator, intrinsics_from_fov
+from lapose_core.inference import PoseEstimator
+from lapose_core.stream import stream_poses
+
+SAMPLE = ASSETS_DIR / "sample_sequence"
+
+
+@pytest.fixture(scope="module")
+def lapose():
+    return PoseEstimator.load()
+
+
+@pytest.fixture(scope="module")
+def sample():
+    seq = KittiSequence(SAMPLE)
+    idx = eval_windows(seq, 2.0, 16, 1.0)[0]
+    return seq, idx, [seq.read(int(i)) for i in idx]
+
+
+def rgb(gray_or_rgb: np.ndarray) -> np.ndarray:
+    return gray_or_rgb if gray_or_rgb.ndim == 3 else np.repeat(gray_or_rgb[..., None], 3, -1)
+
+
+def assert_finite(p):
+    assert p.finite and np.isfinite(p.poses).all() and p.scale > 0
+
+
+def test_geometry_sets_rotation_and_direction_lapose_the_scale(lapose, sample):
+    seq, idx, images = sample
+    hybrid = HybridEstimator(lapose)
+    p = hybrid.predict_window(images, seq.timestamps[idx], intrinsics=seq.intrinsics)
+    assert_finite(p)
+    assert p.fallbacks == 0 and p.intrinsics_source == "given"
+    gt = metrics.relative_to_first(seq.poses[idx])
+    classical = _compose(classical_window(images, seq.intrinsics).relative)
+    pair_h, pair_c = metrics.pose_pair_errors(p.poses, gt), metrics.pose_pair_errors(classical, gt)
+    # Same rotations and directions as the classical pipeline (to the step-length profile) ...
+    assert metrics.auc(pair_h, 5) >= metrics.auc(pair_c, 5) - 0.02
+    # ... far better than LA-Pose alone, and in metres: its mean step is LA-Pose's scale.
+    assert metrics.auc(pair_h, 5) > metrics.auc(metrics.pose_pair_errors(p.lapose.poses, gt), 5)
+    assert metrics.mean_step_length(p.poses) == pytest.approx(p.lapose.scale, rel=1e-9)
+
+
+def test_constant_speed_and_ground_plane_scales(lapose, sample):
+    seq, idx, images = sample
+    stamps = seq.timestamps[idx]
+    const = HybridEstimator(lapose, HybridConfig(scale_source="constant", constant_speed_mps=10.0))
+    p = const.predict_window(images, stamps, intrinsics=seq.intrinsics)
+    assert metrics.mean_step_length(p.poses) == pytest.approx(10.0 * np.diff(stamps).mean())
+    ground = HybridEstimator(lapose, HybridConfig(scale_source="ground", camera_height_m=1.65))
+    g = ground.predict_window(images, stamps, intrinsics=seq.intrinsics)
+    assert_finite(g)
+    assert g.scale_source in ("ground plane", "lapose")
+    if g.scale_source == "ground plane":  # the KITTI camera is 1.65 m above the road
+        true_step = metrics.mean_step_length(metrics.relative_to_first(seq.poses[idx]))
+        assert 0.5 < g.scale / true_step < 1.5
+    with pytest.raises(HybridError, match="camera_height_m"):
+        HybridConfig(scale_source="ground").validate()
+
+
+@pytest.mark.parametrize("kind", ["black", "uniform", "blurred", "duplicated"])
+def test_bad_frames_fall_back_and_say_why(lapose, sample, kind):
+    seq, idx, images = sample
+    images = list(images)
+    k = 8
+    if kind == "black":
+        images[k] = np.zeros_like(images[k])
+    elif kind == "uniform":
+        images[k] = np.full_like(images[k], 128)
+    elif kind == "blurred":
+        images[k] = cv2.blur(images[k], (41, 41))
+    else:
+        images[k] = images[k - 1]
+    p = HybridEstimator(lapose).predict_window(images, seq.timestamps[idx], intrinsics=seq.intrinsics)
+    assert_finite(p)
+    reasons = {j: c.reason for j, c in enumerate(p.checks) if not c.ok}
+    if kind == "duplicated":  # the step into the copy has no motion at all: no essential matrix
+        assert list(reasons) == [k - 1]
+        assert "parallax" in reasons[k - 1] or "no essential matrix" in reasons[k - 1]
+    else:  # both steps touching the bad frame, and only those
+        assert set(reasons) == {k - 1, k}
+        assert all("inliers" in r or "no essential matrix" in r for r in reasons.values())
+    for j in reasons:  # a fallback step is LA-Pose's own rotation
+        np.testing.assert_allclose(p.relative[j, :3, :3], p.lapose.relative[j, :3, :3], atol=1e-9)
+
+
+def test_pure_rotation_window_falls_back(lapose, sample):
+    """A camera turning on the spot: frames warped from one image by K R K^-1, no parallax."""
+    seq, idx, images = sample
+    fx, fy, cx, cy = seq.intrinsics
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    base = images[0]
+    frames = []
+    for k in range(16):
+        yaw = np.radians(0.8 * k)
+        R = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+        frames.append(cv2.warpPerspective(base, K @ R.T @ np.linalg.inv(K), base.shape[1::-1]))
+    p = HybridEstimator(lapose).predict_window(frames, seq.timestamps[idx], intrinsics=seq.intrinsics)
+    assert_finite(p)
+    assert p.fallbacks >= 13  # border pixels of the warp leave a few matches with some "parallax"
+    # No translation to recover: the parallax check, or the essential matrix itself, says so.
+    assert all(any(w in c.reason for w in ("parallax", "inliers", "no essential matrix"))
+               for c in p.checks if not c.ok)
+
+
+def test_wrong_and_missing_intrinsics(lapose, sample):
+    seq, idx, images = sample
+    stamps = seq.timestamps[idx]
+    hybrid = HybridEstimator(lapose)
+    wrong = list(seq.intrinsics)
+    wrong[0] = wrong[1] = 5 * wrong[0]  # a 5x focal length: a field of view LA-Pose contradicts
+    p = hybrid.predict_window(images, stamps, intrinsics=wrong)
+    assert p.intrinsics_source.startswith("lapose fov (given fx")
+    missing = hybrid.predict_window(images, stamps)
+    assert missing.intrinsics_source == "lapose fov"
+    for q in (p, missing):
+        assert_finite(q)
+        expected = intrinsics_from_fov(q.fov, images[0].shape[:2], (96, 256))
+        np.testing.assert_allclose(q.intrinsics, expected)
+        # LA-Pose's field of view is close enough for the geometry to carry the window.
+        gt = metrics.relative_to_first(seq.poses[idx])
+        assert metrics.auc(metrics.pose_pair_errors(q.poses, gt), 5) > \
+            metrics.auc(metrics.pose_pair_errors(q.lapose.poses, gt), 5)
+
+
+def test_stream_is_what_the_node_publishes(lapose, sample):
+    """stream_poses (lapose eval --trajectory) and VisualOdometry (the node) give one trajectory."""
+    from lapose_ros.odometry import VisualOdometry
+
+    seq, _, _ = sample
+    frames = [(float(seq.timestamps[i]), rgb(seq.read(i))) for i in range(100)]
+    stamps, poses, _ = stream_poses(HybridEstimator(lapose), frames, 2.0, intrinsics=seq.intrinsics)
+    vo = VisualOdometry(HybridEstimator(lapose, intrinsics=seq.intrinsics), fps=2.0,
+                        camera_to_base=np.eye(4))
+    published = {}
+    for stamp, image in frames:
+        estimate = vo.process(stamp, image).estimate
+        for s, pose in (estimate.new_keyframes if estimate else []):
+            published[s] = pose
+    assert len(stamps) == len(published) >= 17
+    np.testing.assert_allclose(np.stack([published[s] for s in stamps]), poses, atol=1e-9)
+
+
+def test_eval_command_hybrid_with_streamed_trajectory(shared_data, tmp_path, capsys):
+    import argparse
+    import json
+
+    from lapose_core.eval.cli import register
+
+    parser = argparse.ArgumentParser(prog="lapose")
+    register(parser.add_subparsers(dest="command", required=True))
+    out, tum = tmp_path / "h.json", tmp_path / "h.tum"
+    args = parser.parse_args(["eval", "--data", str(shared_data / "kitti" / "06_head"), "--method", "hybrid",
+                              "--fps", "4", "--max-windows", "1", "--json", str(out), "--trajectory", str(tum)])
+    assert args.func(args) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "hybrid" and result["windows"] == 1 and result["ate_m"] > 0
+    assert result["failed_steps"] == 0 and result["prior"]["auc5"] < result["auc5"]
+    rows = np.loadtxt(tum)
+    assert rows.shape[1] == 8 and len(rows) >= 16 and np.all(np.diff(rows[:, 0]) > 0)
+    assert "streamed trajectory" in capsys.readouterr().out
+    args = parser.parse_args(["eval", "--data", str(shared_data / "kitti" / "06_head"), "--method", "hybrid",
+                              "--scale-source", "ground"])
+    assert args.func(args) == 2 and "camera_height_m" in capsys.readouterr().err

@@ -1,0 +1,74 @@
+"""The node with ``estimator: hybrid``: a bag replayed through it gives the offline trajectory of
+``lapose eval --method hybrid --trajectory`` (the same streaming code), and its diagnostics report the
+estimator, the inliers and the fallbacks."""
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy not installed (make setup-ros)")
+
+from lapose_core import ASSETS_DIR  # noqa: E402
+from lapose_core.eval.evaluate import load_method_estimator, stream_sequence  # noqa: E402
+from lapose_ros.bag_from_sequence import DEFAULT_START_TIME, write_bag_from_sequence  # noqa: E402
+from lapose_ros.odometry import camera_motion_to_base, default_camera_to_base  # noqa: E402
+from lapose_ros.replay import replay_bag  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+SAMPLE = ASSETS_DIR / "sample_sequence"
+
+
+def test_replayed_bag_matches_offline_hybrid_trajectory(tmp_path, ros_domain_id):
+    bag = tmp_path / "sample"
+    write_bag_from_sequence(SAMPLE, bag, storage="mcap")
+    result = replay_bag(bag, tmp_path / "replay", rate=1.0, node_params={"estimator": "hybrid"},
+                        domain_id=ros_domain_id, verbose=False)
+    log = (tmp_path / "replay" / "node.log").read_text()
+    assert result.node_returncode == 0, log
+    stamps, poses, _ = stream_sequence(SAMPLE, load_method_estimator("hybrid"), fps=2.0)
+    expected = camera_motion_to_base(poses, default_camera_to_base())
+    start_ns = int(np.floor(DEFAULT_START_TIME)) * 10**9 + int(round((DEFAULT_START_TIME % 1) * 1e9))
+    by_stamp = dict(zip(result.estimate.stamps_ns.tolist(), result.estimate.poses))
+    # Odometry is published from the 16th keyframe on (the warm-up keyframes are only in the path).
+    keyframes = [start_ns + int(round(s * 1e9)) for s in stamps][15:]
+    expected = expected[15:]
+    missing = [k for k in keyframes if k not in by_stamp]
+    assert not missing, f"{len(missing)} of {len(keyframes)} keyframes not published; node log:\n{log[-3000:]}"
+    published = np.stack([by_stamp[k] for k in keyframes])
+    assert len(keyframes) >= 14
+    np.testing.assert_allclose(published, expected, atol=1e-3)
+
+
+def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id):
+    """Frames fed to the hybrid node's frame handler (what its worker thread runs): a black frame
+    after warm-up makes the newest step a fallback, said in diagnostics and in a larger covariance."""
+    import rclpy
+    import rclpy.context
+    from builtin_interfaces.msg import Time
+
+    from lapose_core.data.sources import KittiSequence
+    from lapose_core.hybrid import HybridEstimator
+    from lapose_core.inference import PoseEstimator
+    from lapose_ros.node import LaPoseNode
+
+    seq = KittiSequence(SAMPLE)
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    try:
+        node = LaPoseNode(estimator=HybridEstimator(PoseEstimator.load(), intrinsics=seq.intrinsics),
+                          context=context)
+        published = []
+        node._publish_odometry = lambda estimate, stamp: published.append(estimate)
+        black = 16 * 5 + 5  # the 18th keyframe
+        for i in range(black + 1):
+            image = seq.read(i) if i != black else np.zeros_like(seq.read(0))
+            stamp = float(seq.timestamps[i]) + 100.0
+            node._process_frame(Time(sec=int(stamp), nanosec=int(round(stamp % 1 * 1e9))), image, 0.0)
+        values = node.diagnostic_values()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    assert values["estimator"] == "hybrid" and values["status"] == "tracking"
+    assert int(values["fallback_steps"]) == 1 and values["newest_step"].startswith("fallback to LA-Pose")
+    assert int(values["inliers"]) < 30 and values["intrinsics"] == "given"
+    assert all(np.isfinite(e.pose).all() for e in published)
+    assert published[-1].is_keyframe and published[-1].covariance_scale == 10.0
+    assert published[-2].covariance_scale == 1.0
