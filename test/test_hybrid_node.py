@@ -38,7 +38,7 @@ def test_replayed_bag_matches_offline_hybrid_trajectory(tmp_path, ros_domain_id)
 
 
 def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id):
-    """Frames fed to the hybrid node's frame handler (what its worker thread runs): a black frame
+    """Frames fed to the hybrid node's frame handler (what its processing thread runs): a black frame
     after warm-up makes the newest step a fallback, said in diagnostics and in a larger covariance."""
     import rclpy
     import rclpy.context
@@ -47,6 +47,9 @@ def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id):
     from lapose_core.data.sources import KittiSequence
     from lapose_core.hybrid import HybridEstimator
     from lapose_core.inference import PoseEstimator
+    from sensor_msgs.msg import Image
+
+    from lapose_ros.image_conversion import fill_image_msg
     from lapose_ros.node import LaPoseNode
 
     seq = KittiSequence(SAMPLE)
@@ -61,7 +64,9 @@ def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id):
         for i in range(black + 1):
             image = seq.read(i) if i != black else np.zeros_like(seq.read(0))
             stamp = float(seq.timestamps[i]) + 100.0
-            node._process_frame(Time(sec=int(stamp), nanosec=int(round(stamp % 1 * 1e9))), image, 0.0)
+            msg = fill_image_msg(Image(), image, "rgb8" if image.ndim == 3 else "mono8")
+            msg.header.stamp = Time(sec=int(stamp), nanosec=int(round(stamp % 1 * 1e9)))
+            node._handle_image(msg, arrival=0.0)
         values = node.diagnostic_values()
         node.destroy_node()
     finally:

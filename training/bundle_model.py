@@ -68,8 +68,8 @@ def main() -> int:
     evals = []
     for f in sorted(results.glob(f"*_{run.name}_*fps.json")):
         r = json.loads(f.read_text())
-        if Path(r["checkpoint"]).resolve() != run.resolve():
-            continue  # another variant whose name starts with this one's (post_bottleneck_long)
+        if "checkpoint" not in r or Path(r["checkpoint"]).resolve() != run.resolve():
+            continue  # a diagnosis, or another variant whose name starts with this one's
         evals.append(f"| {Path(r['data']).name} | {r['fps']:g} | {r['windows']} | {fmt(r['auc5'])} | "
                      f"{fmt(r['auc30'])} | {fmt(r['ate_s'], '.4f')} | {fmt(r['ate_m'])} |")
         c_path = f.with_name(f.name.replace(run.name, "classical"))
