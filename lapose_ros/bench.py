@@ -133,10 +133,9 @@ def measure_node(estimator: Any, frames: list[np.ndarray], times: np.ndarray, wa
             publisher.publish(msg)
             deadline = time.monotonic() + timeout_s
             if i < warmup:
-                # Warm-up: nothing comes back; wait until the node has taken (and, with a worker
-                # thread, processed) the frame.
-                while (node.counters["frames"] <= i or (node.worker is not None and node.worker.busy)) \
-                        and time.monotonic() < deadline:
+                # Warm-up: nothing comes back; wait until the node's processing thread has taken
+                # and processed the frame.
+                while node.counters["frames"] <= i and time.monotonic() < deadline:
                     executor.spin_once(timeout_sec=0.01)
                 continue
             while stamp_ns not in received and time.monotonic() < deadline:
@@ -216,7 +215,7 @@ def run_bench(args: argparse.Namespace) -> int:
         models.append(("random:tiny", lambda device, backend: PoseEstimator.random(
             "tiny", device=device, backend=backend)))
     # The hybrid (feature geometry checked against LA-Pose) around the same model: its keyframes add
-    # SIFT, matching and the essential matrix, on the node's worker thread.
+    # SIFT, matching and the essential matrix, on the node's processing thread.
     from lapose_core.hybrid import HybridEstimator
 
     lapose_name, make_lapose = models[0]
