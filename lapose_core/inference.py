@@ -1,8 +1,10 @@
 """Pose inference for evaluation and the ROS node.
 
-``PoseEstimator`` splits the post-trained model into the two pieces a streaming node needs: the
-per-frame encoder (run once per new frame, its output cached) and the window head (inverse dynamics +
-pose head over 16 cached frames). Each piece runs on one of three backends:
+``PoseEstimator`` splits the post-trained model into the pieces a streaming node needs: the
+per-frame encoder (run once per new frame, its output cached), for models with motion features the
+pair part (one pair of consecutive frames' correlation read out into motion tokens, run once per new
+frame, cached while the pair is in the window) and the window head (inverse dynamics + pose head over
+16 cached frames). Each piece runs on one of three backends:
 
 - ``tensorrt``: Torch-TensorRT (dynamo IR), fp16, static shapes (one frame; one 16-frame window); the
   engine is cached on disk, keyed by checkpoint digest, GPU name and library versions.
@@ -56,7 +58,7 @@ class FramePart(nn.Module):
     (M, N, C), which does not depend on the window. With it at the encoder input (the paper's exact
     tokenizer) a frame's encoding changes with its time in the window, so the frame itself is cached
     and the whole window is encoded again at every prediction. Models with motion features also
-    cache each frame's fine feature map (M, D, h, w): the pair's correlation is computed per window.
+    cache each frame's fine feature map (M, D, h, w), the input of :class:`PairPart`.
     """
 
     def __init__(self, model: LaPose):
@@ -72,20 +74,55 @@ class FramePart(nn.Module):
         return cached, self.motion.feature_maps(frames)
 
 
+class PairPart(nn.Module):
+    """(M, D, h, w) feature maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1."""
+
+    def __init__(self, model: LaPose):
+        super().__init__()
+        self.motion = model.motion
+
+    def forward(self, earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
+        return self.motion.pair_tokens(earlier, later)
+
+
 class WindowPart(nn.Module):
-    """(B, T, ...) cached frame features, (B, T) timestamps [, (B, T, D, h, w) feature maps]
-    -> translation, quaternion, fov, scale."""
+    """(B, T, ...) cached frame features, (B, T) timestamps [, (B, T, N, C) motion tokens, frame 0's
+    ignored] -> translation, quaternion, fov, scale."""
 
     def __init__(self, model: LaPose):
         super().__init__()
         self.model = model
 
     def forward(self, cached: torch.Tensor, timestamps: torch.Tensor,
-                maps: torch.Tensor | None = None):
+                motion: torch.Tensor | None = None):
         tokens = (cached if self.model.cfg.time_embedding_at == "dynamics"
                   else self.model.encode_frames(cached, timestamps))
-        out = self.model.pose(self.model.actions(tokens, timestamps, maps))
+        if motion is not None:  # the window's first frame has no pair inside the window
+            motion = torch.cat([torch.zeros_like(motion[:, :1]), motion[:, 1:]], 1)
+        out = self.model.pose(self.model.actions(tokens, timestamps, motion=motion))
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
+
+
+class PairCache:
+    """Motion tokens of the frame pairs seen recently, keyed by the identity of the two cached maps.
+
+    A sliding window shares 14 of its 15 pairs with the previous one; the entry holds both maps, so an
+    id is never matched to a different tensor that happens to reuse it.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.entries: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, earlier: torch.Tensor, later: torch.Tensor, compute) -> torch.Tensor:
+        key = (id(earlier), id(later))
+        hit = self.entries.pop(key, None)
+        if hit is None or hit[0] is not earlier or hit[1] is not later:
+            hit = (earlier, later, compute(earlier, later))
+        self.entries[key] = hit  # most recently used last
+        while len(self.entries) > self.size:
+            del self.entries[next(iter(self.entries))]
+        return hit[2]
 
 
 class PoseEstimator:
@@ -101,7 +138,10 @@ class PoseEstimator:
         self.model.objective = "posttrain"
         self.dtype = torch.float32
         self.frame_part: nn.Module = FramePart(self.model)
+        self.pair_part: nn.Module | None = PairPart(self.model) if self.model.motion is not None else None
         self.window_part: nn.Module = WindowPart(self.model)
+        # Two windows' worth: evaluation at several strides interleaves windows over the same frames.
+        self.pair_cache = PairCache(2 * self.num_frames)
         self.backend = self._set_backend(backend, checkpoint_digest, engine_cache_dir)
 
     # ------------------------------------------------------------------ construction
@@ -144,18 +184,22 @@ class PoseEstimator:
                 elif candidate == "compile":
                     self.frame_part = torch.compile(self.frame_part)
                     self.window_part = torch.compile(self.window_part)
+                    if self.pair_part is not None:
+                        self.pair_part = torch.compile(self.pair_part)
                     self._warm_up()
                 return candidate
             except Exception as e:  # noqa: BLE001 - any failure means: use the next backend
                 self.model.float()  # a failed TensorRT build may have left the weights in fp16
                 self.frame_part, self.window_part = FramePart(self.model), WindowPart(self.model)
+                self.pair_part = PairPart(self.model) if self.model.motion is not None else None
                 self.dtype = torch.float32
                 log.warning("backend '%s' unavailable (%s: %s); falling back to '%s'", candidate,
                             type(e).__name__, str(e).splitlines()[0] if str(e) else "",
                             BACKENDS[BACKENDS.index(candidate) + 1])
         return "eager"
 
-    def example_inputs(self) -> tuple[tuple[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    def example_inputs(self) -> tuple[tuple[torch.Tensor, ...], ...]:
+        """Static-shape inputs of (frame part, window part[, pair part])."""
         m = self.config.model
         frame = torch.zeros(1, 3, m.image_height, m.image_width, device=self.device, dtype=self.dtype)
         cached_shape = ((m.grid[0] * m.grid[1], m.width) if m.time_embedding_at == "dynamics"
@@ -164,9 +208,11 @@ class PoseEstimator:
         ts = (torch.arange(self.num_frames, device=self.device, dtype=self.dtype) / self.fps)[None]
         if self.model.motion is None:
             return (frame,), (tokens, ts)
-        maps = torch.zeros(1, self.num_frames, 16, m.image_height // 4,
-                           m.image_width // 4, device=self.device, dtype=self.dtype)
-        return (frame,), (tokens, ts, maps)
+        maps = torch.zeros(1, 16, m.image_height // 4, m.image_width // 4,
+                           device=self.device, dtype=self.dtype)
+        motion = torch.zeros(1, self.num_frames, m.grid[0] * m.grid[1], m.width,
+                             device=self.device, dtype=self.dtype)
+        return (frame,), (tokens, ts, motion), (maps, maps.clone())
 
     def _compile_tensorrt(self, digest: str, cache_dir: str | Path | None) -> None:
         if self.device.type != "cuda":
@@ -177,14 +223,18 @@ class PoseEstimator:
             raise InferenceError(f"torch_tensorrt is not installed ({e})") from None
         self.model.half()
         self.dtype = torch.float16
-        frame_in, window_in = self.example_inputs()
+        inputs = self.example_inputs()
         cache = Path(cache_dir or Path.home() / ".cache" / "lapose" / "tensorrt")
         cache.mkdir(parents=True, exist_ok=True)
         gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
-        key = f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}_trt{torch_tensorrt.__version__}"
+        # "p2": the window part takes motion tokens, not feature maps (engines of older builds differ).
+        key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
+               f"_trt{torch_tensorrt.__version__}_p2")
+        modules = [("frame", FramePart(self.model)), ("window", WindowPart(self.model))]
+        if self.pair_part is not None:
+            modules.append(("pair", PairPart(self.model)))
         parts = []
-        for name, module, inputs in (("frame", FramePart(self.model), frame_in),
-                                     ("window", WindowPart(self.model), window_in)):
+        for (name, module), inputs in zip(modules, inputs):
             path = cache / f"{key}_{name}.ep"
             if path.is_file():
                 log.info("loading cached TensorRT engine %s", path)
@@ -196,13 +246,15 @@ class PoseEstimator:
             torch_tensorrt.save(compiled, str(tmp), arg_inputs=list(inputs))
             tmp.replace(path)
             parts.append(compiled)
-        self.frame_part, self.window_part = parts
+        self.frame_part, self.window_part = parts[:2]
+        if self.pair_part is not None:
+            self.pair_part = parts[2]
 
     def _warm_up(self) -> None:
-        frame_in, window_in = self.example_inputs()
+        inputs = self.example_inputs()
         with torch.inference_mode():
-            self.frame_part(*frame_in)
-            self.window_part(*window_in)
+            for part, args in zip((self.frame_part, self.window_part, self.pair_part), inputs):
+                part(*args)
 
     # ------------------------------------------------------------------ inference
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -233,14 +285,23 @@ class PoseEstimator:
             raise InferenceError(f"a window needs {self.num_frames} frames, got {len(features)} "
                                  f"features and {len(timestamps)} timestamps")
         per_frame = [f if isinstance(f, (tuple, list)) else (f,) for f in features]
-        stacked = [torch.stack(part)[None].to(self.device, self.dtype) for part in zip(*per_frame)]
+        cached = torch.stack([f[0] for f in per_frame])[None].to(self.device, self.dtype)
         ts = np.asarray(timestamps, dtype=np.float64)
         ts = torch.as_tensor(ts - ts[0], dtype=self.dtype, device=self.device)[None]
-        t, q, fov, scale = self.window_part(stacked[0], ts, *stacked[1:])
+        extra = []
+        if self.pair_part is not None:
+            maps = [f[1] for f in per_frame]
+            pairs = [self.pair_cache.get(a, b, self._pair_tokens) for a, b in zip(maps, maps[1:])]
+            extra.append(torch.stack([torch.zeros_like(pairs[0]), *pairs])[None])
+        t, q, fov, scale = self.window_part(cached, ts, *extra)
         rel = geometry.poses_from_prediction(t.double(), q.double(), scale.double())[0]
         return WindowPrediction(relative=rel.cpu().numpy(),
                                 poses=geometry.compose_relative(rel).cpu().numpy(),
                                 scale=float(scale[0]), fov=float(fov.float().mean()))
+
+    def _pair_tokens(self, earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
+        prep = lambda m: m[None].to(self.device, self.dtype)  # noqa: E731
+        return self.pair_part(prep(earlier), prep(later))[0]
 
     def predict_window(self, images: Sequence[np.ndarray], timestamps: Sequence[float]) -> WindowPrediction:
         return self.predict_features([self.encode_frame(im) for im in images], timestamps)

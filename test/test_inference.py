@@ -33,6 +33,27 @@ def test_streaming_equals_whole_window(window, model):
     assert streamed.finite
 
 
+def test_sliding_window_computes_one_new_pair(shared_data, monkeypatch):
+    """A window slid by one keyframe reuses 14 pairs' motion tokens: one correlation per keyframe,
+    and the same answer as a fresh estimator that computes all 15."""
+    seq = KittiSequence(shared_data / "kitti" / "03_head")
+    idx = window_indices(seq.timestamps, 2.0, 17, start=20)
+    images, ts = [seq.read(i) for i in idx], seq.timestamps[idx]
+    est = PoseEstimator.random("tiny", seed=3, model={"motion_features": "correlation"})
+    calls = []
+    pair_part = est.pair_part
+    monkeypatch.setattr(est, "pair_part", lambda a, b: calls.append(1) or pair_part(a, b))
+    features = [est.encode_frame(im) for im in images]
+    est.predict_features(features[:16], ts[:16])
+    assert len(calls) == 15
+    slid = est.predict_features(features[1:], ts[1:])
+    assert len(calls) == 16
+    fresh = PoseEstimator.random("tiny", seed=3, model={"motion_features": "correlation"})
+    reference = fresh.predict_features([fresh.encode_frame(im) for im in images[1:]], ts[1:])
+    assert np.allclose(slid.relative, reference.relative, atol=1e-9)
+    assert np.isclose(slid.scale, reference.scale, rtol=1e-9)
+
+
 def test_encoder_time_embedding_models_run_too(window):
     """A model with the timestamp embedding in the tokenizer re-encodes the window each time."""
     from lapose_core.config import LaPoseConfig

@@ -81,12 +81,14 @@ class LaPose(nn.Module):
         return self.motion.feature_maps(frames.flatten(0, 1)).unflatten(0, (B, T))
 
     def actions(self, tokens: torch.Tensor, timestamps: torch.Tensor,
-                maps: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, N, C) frame tokens [+ fine feature maps] -> (B, T-1, C) latent actions."""
+                maps: torch.Tensor | None = None, motion: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, N, C) frame tokens [+ fine feature maps, or the (B, T, N, C) motion tokens already
+        computed from them] -> (B, T-1, C) latent actions."""
         time_emb = None
         if self.cfg.time_embedding_at == "dynamics":
             time_emb = self.time_embed(self.relative_times(timestamps))
-        motion = self.motion(maps) if self.motion is not None else None
+        if motion is None and self.motion is not None:
+            motion = self.motion(maps)
         return self.idm(tokens, time_emb, motion)
 
     def window_actions(self, frames: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:

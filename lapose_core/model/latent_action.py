@@ -111,10 +111,12 @@ class MotionEncoder(nn.Module):
         """(M, 3, H, W) in [0, 1] -> (M, 16, H/4, W/4) descriptors: what a frame caches."""
         return patch_descriptors(images)
 
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, T, 16, h, w) descriptor maps -> (B, T, N, C) motion tokens (zeros for frame 0)."""
-        B, T = maps.shape[:2]
-        a, b = maps[:, :-1].flatten(0, 1), maps[:, 1:].flatten(0, 1)
+    def pair_tokens(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1.
+
+        A pair's tokens depend on its two frames only, so a streaming window computes them once per
+        new frame and keeps them while the pair stays in the window.
+        """
         with torch.no_grad():
             volumes = []
             for level in self.LEVELS:
@@ -123,7 +125,12 @@ class MotionEncoder(nn.Module):
                 volume = local_correlation(pa, pb, self.radius)
                 volumes.append(F.interpolate(volume, size=a.shape[-2:], mode="nearest")
                                if level > 1 else volume)
-        tokens = self.to_tokens(torch.cat(volumes, 1)).flatten(2).transpose(1, 2)
+        return self.to_tokens(torch.cat(volumes, 1)).flatten(2).transpose(1, 2)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, T, 16, h, w) descriptor maps -> (B, T, N, C) motion tokens (zeros for frame 0)."""
+        B, T = maps.shape[:2]
+        tokens = self.pair_tokens(maps[:, :-1].flatten(0, 1), maps[:, 1:].flatten(0, 1))
         tokens = tokens.unflatten(0, (B, T - 1))
         return torch.cat([torch.zeros_like(tokens[:, :1]), tokens], 1)
 
