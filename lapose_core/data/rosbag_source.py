@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lapose_core.data.sources import BAG_SUFFIXES, DataError, FrameReadError, FrameSource, _relative_timestamps
+from lapose_core.data.frame_source import (BAG_SUFFIXES, DataError, FrameReadError, FrameSource,
+                                           relative_timestamps)
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class RosbagSource(FrameSource):
             if self._log_ns[k] == self._log_ns[k - 1]:
                 self._rank[k] = self._rank[k - 1] + 1
         self.stamps_ns = header_ns[order]  # absolute header stamps, for writing results back in bag time
-        self.timestamps = _relative_timestamps((self.stamps_ns - self.stamps_ns[0]) * 1e-9, where)
+        self.timestamps = relative_timestamps((self.stamps_ns - self.stamps_ns[0]) * 1e-9, where)
         self.image_size = (first.shape[1], first.shape[0])
 
     def _read_intrinsics(self, reader, where: str) -> np.ndarray | None:

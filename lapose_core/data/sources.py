@@ -14,76 +14,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lapose_core.data.frame_source import (BAG_SUFFIXES, DataError, FrameReadError, FrameSource,
+                                           relative_timestamps)
+from lapose_core.data.rosbag_source import RosbagSource
+
+__all__ = ["BAG_SUFFIXES", "DataError", "FrameReadError", "FrameSource", "ImageFolder", "KittiSequence",
+           "RosbagSource", "VideoSource", "expand_sources", "open_source", "read_image_file"]
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
-BAG_SUFFIXES = (".db3", ".mcap")
-
-
-class DataError(ValueError):
-    """A data file or folder that cannot be used; the message names it and says what is wrong."""
-
-
-class FrameReadError(DataError):
-    """One frame could not be read (missing or corrupt file); the rest of the source is fine."""
-
-
-class FrameSource:
-    """A sequence of timestamped frames with optional intrinsics and ground-truth poses.
-
-    Subclasses set the fields below in ``__init__`` and implement :meth:`read`.
-    """
-
-    path: Path
-    name: str
-    timestamps: np.ndarray  # (N,) float64 seconds, first frame at 0.0, strictly increasing
-    intrinsics: np.ndarray | None  # (4,) fx, fy, cx, cy at native resolution
-    image_size: tuple[int, int]  # native (width, height)
-    poses: np.ndarray | None = None  # (N, 4, 4) float64 camera-to-world
-
-    def __len__(self) -> int:
-        return len(self.timestamps)
-
-    def read(self, i: int) -> np.ndarray:
-        """Frame ``i`` as (H, W, 3) uint8 RGB; raises :class:`FrameReadError` naming the frame."""
-        raise NotImplementedError
-
-    @property
-    def duration(self) -> float:
-        return float(self.timestamps[-1]) if len(self.timestamps) else 0.0
-
-    def intrinsics_for(self, width: int, height: int) -> np.ndarray | None:
-        """Native intrinsics rescaled to a frame of ``width`` x ``height`` (e.g. a downscaled decode)."""
-        if self.intrinsics is None:
-            return None
-        sx, sy = width / self.image_size[0], height / self.image_size[1]
-        fx, fy, cx, cy = self.intrinsics
-        # Pixel centres sit at integer coordinates, so the principal point scales about -0.5.
-        return np.array([fx * sx, fy * sy, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5])
-
-    def _check_index(self, i: int) -> int:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"{self.path}: frame {i} out of range (0..{len(self) - 1})")
-        return i % len(self)
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({str(self.path)!r}, frames={len(self)}, "
-                f"duration={self.duration:.1f}s, size={self.image_size})")
-
-
-def _relative_timestamps(stamps: np.ndarray, where: str) -> np.ndarray:
-    stamps = np.asarray(stamps, dtype=np.float64).reshape(-1)
-    if len(stamps) == 0:
-        raise DataError(f"{where}: no frames")
-    if not np.all(np.isfinite(stamps)):
-        raise DataError(f"{where}: timestamps contain NaN or inf")
-    steps = np.diff(stamps)
-    if np.any(steps <= 0):
-        k = int(np.argmax(steps <= 0))
-        raise DataError(f"{where}: timestamps must increase strictly, but frame {k + 1} "
-                        f"({stamps[k + 1]:.6f}s) does not follow frame {k} ({stamps[k]:.6f}s)")
-    return stamps - stamps[0]
 
 
 def read_image_file(path: Path) -> np.ndarray:
@@ -122,7 +63,7 @@ class KittiSequence(FrameSource):
             raise DataError(f"{self.path}: no images/ folder (expected images/NNNNNN.jpg)")
 
         times = self._load_table("times.txt", columns=1)
-        self.timestamps = _relative_timestamps(times[:, 0], str(self.path / "times.txt"))
+        self.timestamps = relative_timestamps(times[:, 0], str(self.path / "times.txt"))
         n = len(self.timestamps)
 
         poses_file = self.path / "poses.txt"
@@ -231,7 +172,7 @@ class VideoSource(FrameSource):
         stamps = np.asarray(stamps)
         order = np.argsort(stamps, kind="stable")
         self._frames = np.stack([frames[k] for k in order])
-        self.timestamps = _relative_timestamps(stamps[order], str(self.path))
+        self.timestamps = relative_timestamps(stamps[order], str(self.path))
 
     def read(self, i: int) -> np.ndarray:
         return self._frames[self._check_index(i)]
@@ -273,16 +214,12 @@ def open_source(path: str | Path, *, image_topic: str = "/camera/image_raw",
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
         if (path / "metadata.yaml").is_file() or any(path.glob("*.db3")) or any(path.glob("*.mcap")):
-            from lapose_core.data.rosbag_source import RosbagSource
-
             return RosbagSource(path, image_topic=image_topic, max_width=max_width)
         if (path / "times.txt").is_file() or (path / "images").is_dir():
             return KittiSequence(path)
         return ImageFolder(path, fps=image_folder_fps)
     suffix = path.suffix.lower()
     if suffix in BAG_SUFFIXES:
-        from lapose_core.data.rosbag_source import RosbagSource
-
         return RosbagSource(path, image_topic=image_topic, max_width=max_width)
     if suffix in VIDEO_SUFFIXES:
         return VideoSource(path, max_width=max_width)
