@@ -217,9 +217,15 @@ def main() -> int:
         evaluate("03_head", "lapose", fps, SHIPPED)
     evaluate("01_head", "classical", 4.0)
     evaluate("01_head", "lapose", 4.0, SHIPPED)
+    val_diagnoses = {}
     for variant in estimators:
         if variant != SHIPPED:
             evaluate(VALIDATION, "lapose", 2.0, variant)
+            d = diagnose_sequence(DATA / VALIDATION, "lapose", estimators[variant], fps=2.0,
+                                  stride_s=args.stride_s)
+            val_diagnoses[variant] = d.to_dict()
+            (assets / f"{VALIDATION}_{variant}_diagnose_2fps.json").write_text(
+                json.dumps(val_diagnoses[variant], indent=1))
     # Does the model measure motion? Before any accuracy figure is believed (lapose diagnose).
     diagnoses = {}
     for seq in ("03_head", VALIDATION):
@@ -295,17 +301,22 @@ def main() -> int:
               row("classical", results[("01_head", "classical", 4.0)]),
               row(f"LA-Pose tiny, {SHIPPED} (bundled default)", results[("01_head", SHIPPED, 4.0)])]
     lines += ["", f"## Ablations of the recipe ({VALIDATION}, 2 fps; trained on 00_head + 06_head)", "",
-              "| variant | description | AUC@5 | AUC@30 | ATE-S | ATE-M (m) |", "| --- | --- | --- | --- | --- | --- |"]
+              "| variant | description | AUC@5 | AUC@30 | ATE-S | ATE-M (m) | yaw corr | static step ratio "
+              "| reversed yaw corr | scale ratio |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     missing = []
     for variant, desc in ABLATIONS.items():
-        r = results.get((VALIDATION, variant, 2.0))
-        if r:
+        r, d = results.get((VALIDATION, variant, 2.0)), val_diagnoses.get(variant)
+        if r and d:
             lines.append(f"| {variant} | {desc} | {fmt(r['auc5'])} | {fmt(r['auc30'])} | "
-                         f"{fmt(r['ate_s'], '.4f')} | {fmt(r['ate_m'])} |")
+                         f"{fmt(r['ate_s'], '.4f')} | {fmt(r['ate_m'])} | {fmt(d['yaw_corr'])} | "
+                         f"{fmt(d['static_step_ratio'])} | {fmt(d['reversed_yaw_corr'])} | "
+                         f"{fmt(d['scale_ratio'])} |")
         else:
             missing.append(variant)
     if missing:
         lines += ["", f"Not trained in this run (no folder under `{runs}`): {', '.join(missing)}."]
+    lines += ["", "Scale ratio: predicted / true mean step length (1 = metric scale right)."]
     lines += ["", "## Training runs", "", "| run | last logged step |", "| --- | --- |"]
     for name in ("vqvae", "pretrain_motion", SHIPPED, *ABLATIONS):
         if (runs / name).is_dir():
