@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from lapose_core.config import LaPoseConfig
-from lapose_core.train.checkpoint import CheckpointError
+from lapose_core.train.checkpoint import CheckpointError, resolve_checkpoint
 from lapose_core.train.stages import build_stage
 from lapose_core.train.trainer import train
 
@@ -98,6 +98,18 @@ def test_pretrain_refuses_vqvae_of_another_size(chain, shared_data, tmp_path):
     cfg.model.vq_codebook_size = 32
     with pytest.raises(CheckpointError, match=r"model config differs.*vq_codebook_size"):
         build_stage(cfg, Path.cwd())
+
+
+def test_one_vqvae_serves_pretraining_with_motion_features(chain, shared_data, tmp_path):
+    """The tokenizer depends on image size and its own fields only: a pretraining run with another
+    inverse-dynamics input loads it (and still trains)."""
+    tmp, _ = chain
+    cfg = micro_config(shared_data, tmp_path, "pretrain", 1, vqvae_checkpoint=str(tmp / "vqvae"))
+    cfg.model.motion_features = "correlation"
+    stage = build_stage(cfg, Path.cwd())
+    stored = load_file(str(resolve_checkpoint(tmp / "vqvae") / "model.safetensors"))
+    assert torch.equal(stage.model.state_dict()["vqvae.decoder.0.weight"].cpu(),
+                       stored["vqvae.decoder.0.weight"])
 
 
 def test_cli_reports_bad_config_without_traceback(tmp_path):

@@ -32,6 +32,10 @@ RESTART_EVERY = 10  # steps between dead-code restarts of the VQ-VAE codebook
 # Model fields that only shape the pose head: post-training variants may change them freely.
 POSE_HEAD_FIELDS = {"pose_head_input", "pose_layers", "pose_width", "pose_heads",
                     "pose_step_embedding"}
+# The frozen image tokenizer depends on these alone: one VQ-VAE serves pretraining runs that differ
+# in everything else (motion features, dynamics sizes).
+VQVAE_FIELDS = {"image_height", "image_width", "vq_codebook_size", "vq_code_dim", "vq_hidden",
+                "vq_downsample", "vq_beta", "vq_ema_decay"}
 
 
 class LaPoseStage:
@@ -81,8 +85,8 @@ def load_parts(model: LaPose, path: Path, parts: tuple[str, ...], cfg: LaPoseCon
     """Copy the named parts of ``model`` from a checkpoint trained with the same model config."""
     ckpt = resolve_checkpoint(path)
     stored = read_config(ckpt)
-    diff = [k for k, v in vars(cfg.model).items()
-            if getattr(stored.model, k) != v and k not in POSE_HEAD_FIELDS]
+    fields = VQVAE_FIELDS if set(parts) == {"vqvae"} else set(vars(cfg.model)) - POSE_HEAD_FIELDS
+    diff = [k for k, v in vars(cfg.model).items() if k in fields and getattr(stored.model, k) != v]
     if diff:
         raise CheckpointError(f"{ckpt}: model config differs from this run in {diff}")
     state = read_model_state(ckpt)
