@@ -19,8 +19,9 @@ RUNS=${RUNS:-runs/$PRESET}
 CONFIGS=training/configs/$PRESET
 LAPOSE=${LAPOSE:-.venv/bin/lapose}
 ABLATIONS=${ABLATIONS:-1}
-POST_STEPS=${POST_STEPS:-}  # optional override of post-training steps for every variant
-post_args=(--config "$CONFIGS/posttrain.yaml" --resume --no-progress ${POST_STEPS:+--max-steps "$POST_STEPS"})
+POST_STEPS=${POST_STEPS:-}  # optional override of the shipped model's post-training steps
+VAL_STEPS=${VAL_STEPS:-500}  # post-training steps of every validation variant
+post_args=(--config "$CONFIGS/posttrain.yaml" --resume --no-progress)
 
 pretrain() {  # CONFIG NAME: the VQ-VAE (once), then latent action pretraining
   $LAPOSE train-vqvae --config "$CONFIGS/vqvae.yaml" --out "$RUNS/vqvae" --resume --no-progress
@@ -31,7 +32,7 @@ pretrain() {  # CONFIG NAME: the VQ-VAE (once), then latent action pretraining
 # model (its posttrain.yaml names it); the tiny recipe's default starts from scratch (the ablation
 # below measures pretraining against none).
 if ! grep -q "init_from: scratch" "$CONFIGS/posttrain.yaml"; then pretrain pretrain.yaml pretrain; fi
-$LAPOSE posttrain "${post_args[@]}" --out "$RUNS/posttrain"
+$LAPOSE posttrain "${post_args[@]}" ${POST_STEPS:+--max-steps "$POST_STEPS"} --out "$RUNS/posttrain"
 
 if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   pretrain pretrain_motion.yaml pretrain_motion
@@ -43,7 +44,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   posttrain() {  # NAME ARGS...: one variant, its log in RUNS/NAME.log
     local name=$1; shift
     OMP_NUM_THREADS=$(( PARALLEL > 1 ? 1 : $(nproc) )) \
-      $LAPOSE posttrain "${post_args[@]}" --out "$RUNS/$name" "${VAL[@]}" "$@" > "$RUNS/$name.log" 2>&1 \
+      $LAPOSE posttrain "${post_args[@]}" --max-steps "$VAL_STEPS" --out "$RUNS/$name" "${VAL[@]}" "$@" \
+      > "$RUNS/$name.log" 2>&1 \
       || { echo "post-training $name failed; see $RUNS/$name.log" >&2; return 1; }
   }
   variants=(
@@ -54,6 +56,7 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_no_rotation_aug --set data.rotation_aug_prob=0.0"
     "val_no_reverse_static --set data.reverse_prob=0.0 --set data.static_prob=0.0"
     "val_pretrained --init-from $RUNS/pretrain_motion --finetune"
+    "val_scale_w5 --set train.w_scale=5.0 --set data.static_prob=0.1"
   )
   pids=()
   for v in "${variants[@]}"; do
