@@ -13,13 +13,16 @@ Each half does what it is good at:
 Per pair the geometry is *checked* (:class:`StepCheck`): enough inliers, enough parallax once the
 rotation is taken out (no parallax = pure rotation, a standing car, a duplicated frame: the
 direction is undefined), and a rotation that agrees with LA-Pose's within a loose bound (catches a
-wrong essential-matrix solution or wrong intrinsics). A pair that fails uses LA-Pose's own rotation and
-direction and is counted as a fallback; a uniform, black or badly blurred frame has too few features
-and fails the first check.
+wrong essential-matrix solution or wrong intrinsics). A pair without parallax is tested for a
+rotation alone (:meth:`ClassicalVO.rotation_only`): when nearly all its matches agree with a pure
+rotation, the camera stood still or turned on the spot, and the step is that rotation with no
+translation (a *standing* step: geometry is confident, it is not a fallback). A pair that fails
+otherwise uses LA-Pose's own rotation and direction and is counted as a fallback; a uniform, black or
+badly blurred frame has too few features and fails the first check.
 
 Step lengths: relative lengths chain the triangulated depth ratio of consecutive confident pairs (where
-one is missing, LA-Pose's own ratio of the two step lengths, else 1), and the window is scaled so that
-its mean step is the metric scale: LA-Pose's (``scale_source="lapose"``), or, as the ablation, a
+one is missing, LA-Pose's own ratio of the two step lengths, else 1; standing steps have length 0),
+and the window is scaled so that its mean step is the metric scale: LA-Pose's (``scale_source="lapose"``), or, as the ablation, a
 constant speed times the keyframe interval (``"constant"``). ``relative_lengths=False`` gives uniform
 steps (the ablation of triangulation).
 
@@ -112,6 +115,7 @@ class StepCheck:
     parallax_px: float
     rotation_gap_deg: float  # angle between the geometry's and LA-Pose's rotation (NaN: no geometry)
     reason: str = ""  # empty when ok
+    standing: bool = False  # ok, and the matches show a rotation alone: no translation
 
 
 @dataclass
@@ -130,6 +134,11 @@ class HybridPrediction:
     def fallbacks(self) -> int:
         """Steps of the window that use LA-Pose's own step (geometry not confident)."""
         return sum(not c.ok for c in self.checks)
+
+    @property
+    def standing(self) -> int:
+        """Steps of the window in which geometry saw a rotation alone (no translation)."""
+        return sum(c.standing for c in self.checks)
 
     @property
     def finite(self) -> bool:
@@ -234,15 +243,18 @@ class HybridEstimator:
         relative = np.tile(np.eye(4), (len(steps), 1, 1))
         for k, (step, check) in enumerate(zip(steps, checks)):
             if check.ok:
-                # x_{k+1} = R x_k + t  <=>  frame k+1 in frame k is (R^T, -R^T t).
+                # x_{k+1} = R x_k + t  <=>  frame k+1 in frame k is (R^T, -R^T t). Standing: t = 0.
                 relative[k, :3, :3] = step.R.T
-                relative[k, :3, 3] = -step.R.T @ step.t
+                relative[k, :3, 3] = 0.0 if check.standing else -step.R.T @ step.t
             else:
                 relative[k, :3, :3] = lp_relative[k, :3, :3]
                 relative[k, :3, 3] = _direction(lp_relative[k, :3, 3])
         lengths = self._relative_lengths(steps, checks, lp_relative)
         scale, scale_source = self._window_scale(lp, timestamps, steps, checks, lengths)
-        relative[:, :3, 3] *= (scale * lengths / lengths.mean())[:, None]
+        if lengths.max() > 0:
+            relative[:, :3, 3] *= (scale * lengths / lengths.mean())[:, None]
+        else:  # every step standing: the window did not move, whatever LA-Pose's scale says
+            scale, scale_source = 0.0, "standing"
 
         poses = [np.eye(4)]
         for step in relative:
@@ -291,8 +303,14 @@ class HybridEstimator:
 
     def _match(self, pairs: list[tuple[HybridFrame, HybridFrame]], K: tuple) -> list[Step]:
         self._use_intrinsics(K)
-        return [self._vo.two_view((a.keypoints, a.descriptors), (b.keypoints, b.descriptors))
-                for a, b in pairs]
+        steps = []
+        for a, b in pairs:
+            fa, fb = (a.keypoints, a.descriptors), (b.keypoints, b.descriptors)
+            step = self._vo.two_view(fa, fb)
+            if not (step.ok and step.parallax_px >= self.config.min_parallax_px):
+                step = self._vo.rotation_only(fa, fb) or step  # a standing or spinning camera
+            steps.append(step)
+        return steps
 
     def _remember(self, a: HybridFrame, b: HybridFrame, step: Step) -> None:
         self._pairs[(a.serial, b.serial)] = step
@@ -312,6 +330,10 @@ class HybridEstimator:
             return StepCheck(False, step.inliers, 0.0, math.nan,
                              "no essential matrix (too few features or matches)")
         gap = float(rotation_angle_deg(step.R @ lapose_rotation))  # R_geo^T vs R_lapose: R_geo R_lp
+        if step.standing:  # nearly every match agrees with a rotation alone: trusted as it is
+            ok = step.inliers >= cfg.min_inliers
+            return StepCheck(ok, step.inliers, step.parallax_px, gap,
+                             "" if ok else f"{step.inliers} inliers < {cfg.min_inliers}", standing=ok)
         if step.inliers < cfg.min_inliers:
             reason = f"{step.inliers} inliers < {cfg.min_inliers}"
         elif not step.parallax_px >= cfg.min_parallax_px:
@@ -386,16 +408,25 @@ class HybridEstimator:
 
     def _relative_lengths(self, steps: list[Step], checks: list[StepCheck],
                           lp_relative: np.ndarray) -> np.ndarray:
-        """Each step's length relative to the first (their mean is rescaled to the metric scale)."""
-        lengths = [1.0]
+        """Each step's length relative to the first moving one (their mean is rescaled to the metric
+        scale); standing steps have length 0."""
+        moving = [not c.standing for c in checks]
         if not self.config.relative_lengths:
-            return np.ones(len(steps))
+            return np.asarray(moving, dtype=np.float64)
         lp_lengths = np.linalg.norm(lp_relative[:, :3, 3], axis=-1)
-        for k in range(1, len(steps)):
-            ratio = None
-            if checks[k - 1].ok and checks[k].ok:
-                ratio = self._vo.depth_ratio(steps[k - 1], steps[k])
-            if ratio is None and lp_lengths[k - 1] > 1e-6 and lp_lengths[k] > 1e-6:
-                ratio = float(lp_lengths[k] / lp_lengths[k - 1])
-            lengths.append(lengths[-1] * (ratio if ratio is not None and math.isfinite(ratio) else 1.0))
-        return np.asarray(lengths)
+        lengths = np.zeros(len(steps))
+        ref = None  # the last moving step: standing steps in between have no length to chain
+        for k in range(len(steps)):
+            if not moving[k]:
+                continue
+            if ref is None:
+                lengths[k] = 1.0
+            else:
+                ratio = None
+                if ref == k - 1 and checks[ref].ok and checks[k].ok:
+                    ratio = self._vo.depth_ratio(steps[ref], steps[k])
+                if ratio is None and lp_lengths[ref] > 1e-6 and lp_lengths[k] > 1e-6:
+                    ratio = float(lp_lengths[k] / lp_lengths[ref])
+                lengths[k] = lengths[ref] * (ratio if ratio is not None and math.isfinite(ratio) else 1.0)
+            ref = k
+        return lengths

@@ -508,9 +508,11 @@ class LaPoseNode(Node):
             check = vo.last_check
             values.update({
                 "fallback_steps": str(vo.fallback_steps),
+                "standing_steps": str(vo.standing_steps),
                 "last_fallback_reason": vo.last_fallback_reason,
-                "newest_step": "" if check is None else ("geometry" if check.ok else
-                                                        f"fallback to LA-Pose: {check.reason}"),
+                "newest_step": "" if check is None else (
+                    "geometry: rotation only, no translation" if check.standing
+                    else "geometry" if check.ok else f"fallback to LA-Pose: {check.reason}"),
                 "inliers": "" if check is None else str(check.inliers),
                 "parallax_px": "" if check is None else f"{check.parallax_px:.2f}",
             })

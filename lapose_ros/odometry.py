@@ -373,8 +373,9 @@ class VisualOdometry:
                                       f"got {fallback_covariance_scale}")
         self.fallback_covariance_scale = float(fallback_covariance_scale)
         # Estimators that check their steps (the hybrid) report per-step checks; these count the
-        # published steps that fell back and keep the newest check.
+        # published steps that fell back or stood still, and keep the newest check.
         self.fallback_steps = 0
+        self.standing_steps = 0
         self.last_check: Any = None
         self.last_fallback_reason = ""
 
@@ -456,8 +457,9 @@ class VisualOdometry:
         return result
 
     def _record_checks(self, checks: list) -> None:
-        """Count the newly published steps that fell back; keep the newest step's check."""
+        """Count the newly published steps that fell back or stood still; keep the newest check."""
         for check in checks:
+            self.standing_steps += bool(getattr(check, "standing", False))
             if not check.ok:
                 self.fallback_steps += 1
                 self.last_fallback_reason = check.reason

@@ -86,6 +86,14 @@ def test_diagnose_command_classical_writes_the_keys(shared_data, tmp_path, capsy
     assert "straight ahead: no rotation, unit forward steps" in capsys.readouterr().out
 
 
+def test_hybrid_sees_a_standing_camera(shared_data):
+    """Sixteen copies of one frame: every step is a rotation alone, so the hybrid's static ratio is
+    0 whatever LA-Pose's own scale says, while it still reads the real windows' turns."""
+    d = diagnose_sequence(shared_data / "kitti" / "07_head", "hybrid", fps=2.0, max_windows=3)
+    assert d.static_step_ratio == 0.0
+    assert d.angles["yaw"]["corr"] > 0.9 and d.reversed_yaw_corr > 0.9
+
+
 def test_eval_json_carries_the_prior(shared_data, tmp_path):
     from lapose_core.eval.evaluate import evaluate_sequence
 

@@ -37,9 +37,12 @@ def test_replayed_bag_matches_offline_hybrid_trajectory(tmp_path, ros_domain_id)
     np.testing.assert_allclose(published, expected, atol=1e-3)
 
 
-def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id):
-    """Frames fed to the hybrid node's frame handler (what its processing thread runs): a black frame
-    after warm-up makes the newest step a fallback, said in diagnostics and in a larger covariance."""
+@pytest.mark.parametrize("last", ["black", "repeated"])
+def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id, last):
+    """Frames fed to the hybrid node's frame handler (what its processing thread runs). A black frame
+    after warm-up makes the newest step a fallback, said in diagnostics and in a larger covariance.
+    The previous keyframe's image again (a standing camera) makes it a standing step: geometry, no
+    translation, the covariance unchanged."""
     import rclpy
     import rclpy.context
     from builtin_interfaces.msg import Time
@@ -62,7 +65,8 @@ def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id):
         node._publish_odometry = lambda estimate, stamp: published.append(estimate)
         black = 16 * 5 + 5  # the 18th keyframe
         for i in range(black + 1):
-            image = seq.read(i) if i != black else np.zeros_like(seq.read(0))
+            image = seq.read(i) if i != black else (
+                np.zeros_like(seq.read(0)) if last == "black" else seq.read(black - 5))
             stamp = float(seq.timestamps[i]) + 100.0
             msg = fill_image_msg(Image(), image, "rgb8" if image.ndim == 3 else "mono8")
             msg.header.stamp = Time(sec=int(stamp), nanosec=int(round(stamp % 1 * 1e9)))
@@ -72,8 +76,16 @@ def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id):
     finally:
         rclpy.shutdown(context=context)
     assert values["estimator"] == "hybrid" and values["status"] == "tracking"
-    assert int(values["fallback_steps"]) == 1 and values["newest_step"].startswith("fallback to LA-Pose")
-    assert int(values["inliers"]) < 30 and values["intrinsics"] == "given"
+    assert values["intrinsics"] == "given"
     assert all(np.isfinite(e.pose).all() for e in published)
-    assert published[-1].is_keyframe and published[-1].covariance_scale == 10.0
-    assert published[-2].covariance_scale == 1.0
+    assert published[-1].is_keyframe and published[-2].covariance_scale == 1.0
+    if last == "black":
+        assert int(values["fallback_steps"]) == 1 and values["newest_step"].startswith("fallback to LA-Pose")
+        assert int(values["inliers"]) < 30 and int(values["standing_steps"]) == 0
+        assert published[-1].covariance_scale == 10.0
+    else:
+        assert int(values["fallback_steps"]) == 0 and int(values["standing_steps"]) == 1
+        assert values["newest_step"] == "geometry: rotation only, no translation"
+        assert published[-1].covariance_scale == 1.0
+        keyframes = [e for e in published if e.is_keyframe]
+        np.testing.assert_allclose(keyframes[-1].pose[:3, 3], keyframes[-2].pose[:3, 3], atol=1e-9)

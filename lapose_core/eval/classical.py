@@ -45,6 +45,9 @@ class Step:
     # Median image motion of the inliers once the rotation is taken out (pixels): the parallax that
     # the translation direction and triangulation rest on; ~0 for pure rotation or no motion.
     parallax_px: float = 0.0
+    # The matches are explained by a rotation alone (:meth:`ClassicalVO.rotation_only`): no baseline,
+    # t is zero. Only the hybrid asks for this model; the classical baseline never does.
+    standing: bool = False
 
 
 def intrinsics_matrix(intrinsics: Sequence[float]) -> np.ndarray:
@@ -98,20 +101,29 @@ class ClassicalVO:
         """SIFT keypoints and descriptors of one frame."""
         return self.sift.detectAndCompute(_gray(image), None)
 
-    def two_view(self, feat_a, feat_b) -> Step:
-        """Relative pose of two frames from their :meth:`features` (``ok=False`` when it fails)."""
-        failed = Step(np.eye(3), np.zeros(3), ok=False)
+    def matches(self, feat_a, feat_b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Ratio-test matches of two frames' :meth:`features`: keypoint indices and pixel positions
+        ``(idx_a, idx_b, pts_a, pts_b)``, or None with fewer than ``min_inliers`` of them."""
         (kp_a, desc_a), (kp_b, desc_b) = feat_a, feat_b
         if desc_a is None or desc_b is None or len(kp_a) < self.min_inliers or len(kp_b) < 2:
-            return failed
+            return None
         pairs = self.matcher.knnMatch(desc_a, desc_b, k=2)
         good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < self.ratio * m[1].distance]
         if len(good) < self.min_inliers:
-            return failed
+            return None
         idx_a = np.array([m.queryIdx for m in good])
         idx_b = np.array([m.trainIdx for m in good])
         pts_a = np.array([kp_a[i].pt for i in idx_a], dtype=np.float64)
         pts_b = np.array([kp_b[i].pt for i in idx_b], dtype=np.float64)
+        return idx_a, idx_b, pts_a, pts_b
+
+    def two_view(self, feat_a, feat_b) -> Step:
+        """Relative pose of two frames from their :meth:`features` (``ok=False`` when it fails)."""
+        failed = Step(np.eye(3), np.zeros(3), ok=False)
+        matched = self.matches(feat_a, feat_b)
+        if matched is None:
+            return failed
+        idx_a, idx_b, pts_a, pts_b = matched
         try:
             E, mask = self._essential(pts_a, pts_b)
             if E is None or mask is None or int(mask.sum()) < self.min_inliers:
@@ -132,6 +144,54 @@ class ClassicalVO:
         return Step(R, t, ok=True, keypoints_a=idx_a[inliers], keypoints_b=idx_b[inliers],
                      points_a=points, inliers=int(inliers.sum()),
                      parallax_px=self._parallax(R, pts_a[inliers], pts_b[inliers]))
+
+    def rotation_only(self, feat_a, feat_b, max_error_px: float = 0.75,
+                      min_fraction: float = 0.8) -> Step | None:
+        """The camera only rotated (or stood still) between the two frames, if the matches say so.
+
+        A rotation R maps frame k's bearing vectors onto frame k+1's (x_{k+1} = R x_k): two matches
+        determine it (Kabsch on the bearings), 100 deterministic RANSAC draws pick the one most matches
+        agree with to ``max_error_px``, and it is refitted to those. The model holds when at least
+        ``min_fraction`` of the matches (and ``min_inliers``) agree: then nothing in view shows a
+        baseline. Any real translation moves the near points off the rotation's prediction: on KITTI
+        07, 9 cm of forward motion already leaves only half the matches within 0.75 px, while a
+        standing camera's matches (sensor noise, exposure change) stay within it. Returns a
+        ``standing`` Step with t = 0, or None.
+        """
+        matched = self.matches(feat_a, feat_b)
+        if matched is None:
+            return None
+        idx_a, idx_b, pts_a, pts_b = matched
+        K_inv = np.linalg.inv(self.K)
+        bear_a = np.hstack([pts_a, np.ones((len(pts_a), 1))]) @ K_inv.T
+        bear_b = np.hstack([pts_b, np.ones((len(pts_b), 1))]) @ K_inv.T
+        bear_a /= np.linalg.norm(bear_a, axis=1, keepdims=True)
+        bear_b /= np.linalg.norm(bear_b, axis=1, keepdims=True)
+
+        def fit(sel: np.ndarray) -> np.ndarray:  # least-squares rotation with R a_i ~ b_i
+            U, _, Vt = np.linalg.svd(bear_b[sel].T @ bear_a[sel])
+            return U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+
+        def errors(R: np.ndarray) -> np.ndarray:  # reprojection error in frame k+1, pixels
+            proj = bear_a @ R.T @ self.K.T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.linalg.norm(proj[:, :2] / proj[:, 2:] - pts_b, axis=1)
+
+        rng = np.random.default_rng(0)  # deterministic: the node and the evaluation agree
+        best = None
+        for _ in range(100):
+            inliers = errors(fit(rng.choice(len(pts_a), 2, replace=False))) < max_error_px
+            if best is None or inliers.sum() > best.sum():
+                best = inliers
+        if best.sum() < max(self.min_inliers, 3):
+            return None
+        R = fit(best)
+        inliers = errors(R) < max_error_px
+        if inliers.sum() < max(self.min_inliers, min_fraction * len(pts_a)):
+            return None
+        return Step(R, np.zeros(3), ok=True, keypoints_a=idx_a[inliers], keypoints_b=idx_b[inliers],
+                    inliers=int(inliers.sum()), parallax_px=self._parallax(R, pts_a[inliers], pts_b[inliers]),
+                    standing=True)
 
     def _essential(self, pts_a: np.ndarray, pts_b: np.ndarray):
         """Five-point RANSAC; OpenCV's USAC estimator where RANSAC throws.
