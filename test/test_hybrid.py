@@ -122,6 +122,20 @@ def test_pure_rotation_window_is_rotation_without_translation(lapose, sample):
     np.testing.assert_allclose(metrics.rotation_angle_deg(p.poses[-1, :3, :3]), 12.0, atol=0.2)
 
 
+def test_standing_camera_with_sensor_noise_does_not_move(lapose, sample):
+    """A car at a red light: one view, every frame with its own sensor noise and exposure. Every
+    step is a standing step and the window does not move, whatever LA-Pose's own scale says."""
+    seq, idx, images = sample
+    rng = np.random.default_rng(0)
+    frames = [np.clip(images[0] * rng.uniform(0.9, 1.1) + rng.normal(0, 3, images[0].shape), 0, 255
+                      ).astype(np.uint8) for _ in range(16)]
+    p = HybridEstimator(lapose).predict_window(frames, seq.timestamps[idx], intrinsics=seq.intrinsics)
+    assert p.standing == 15 and p.fallbacks == 0 and p.scale == 0.0
+    assert np.abs(p.poses[:, :3, 3]).max() == 0.0
+    assert metrics.rotation_angle_deg(p.poses[-1, :3, :3]) < 0.2
+    assert p.lapose.scale > 0  # LA-Pose alone would have moved
+
+
 def test_wrong_and_missing_intrinsics(lapose, sample):
     seq, idx, images = sample
     stamps = seq.timestamps[idx]
