@@ -34,11 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=METHODS, default="lapose",
                    help="lapose, classical (SIFT + essential matrix, scale-free) or hybrid (geometry "
                         "checked against LA-Pose, LA-Pose's metric scale)")
-    p.add_argument("--checkpoint", help="post-trained checkpoint or run folder (default: bundled model)")
-    p.add_argument("--fps", type=float, default=DataConfig.eval_fps, help="window frame rate")
-    p.add_argument("--stride-s", type=float, default=1.0, help="seconds between window starts")
-    p.add_argument("--max-windows", type=int, help="evaluate at most this many windows")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (lapose only)")
+    _add_window_options(p, "evaluate")
     p.add_argument("--json", metavar="OUT", help="write the results (with per-window values) here")
     p.add_argument("--trajectory", metavar="OUT.tum",
                    help="also stream the whole sequence through the estimator as the node does and "
@@ -53,11 +49,7 @@ def register(subparsers) -> None:
                                           "of a sequence (see lapose_core/eval/diagnose.py).")
     d.add_argument("--data", required=True, metavar="SEQ_DIR", help="KITTI-format folder with poses.txt")
     d.add_argument("--method", choices=METHODS, default="lapose")
-    d.add_argument("--checkpoint", help="post-trained checkpoint or run folder (default: bundled model)")
-    d.add_argument("--fps", type=float, default=DataConfig.eval_fps, help="window frame rate")
-    d.add_argument("--stride-s", type=float, default=1.0, help="seconds between window starts")
-    d.add_argument("--max-windows", type=int, help="diagnose at most this many windows")
-    d.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    _add_window_options(d, "diagnose")
     d.add_argument("--json", metavar="OUT", help="write the figures here")
     _add_hybrid_options(d)
     d.set_defaults(func=cmd_diagnose)
@@ -94,6 +86,15 @@ class _Refused(Exception):
     """A request refused after printing why (the exit status is 2)."""
 
 
+def _add_window_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    """Model, rate and window options shared by ``eval`` and ``diagnose``."""
+    parser.add_argument("--checkpoint", help="post-trained checkpoint or run folder (default: bundled model)")
+    parser.add_argument("--fps", type=float, default=DataConfig.eval_fps, help="window frame rate")
+    parser.add_argument("--stride-s", type=float, default=1.0, help="seconds between window starts")
+    parser.add_argument("--max-windows", type=int, help=f"{verb} at most this many windows")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (lapose and hybrid)")
+
+
 def _checked_estimator(args: argparse.Namespace):
     """Check the request and the data, then load the method's estimator (None for classical)."""
     from lapose_core.eval.evaluate import open_eval_sequence
@@ -114,18 +115,26 @@ def _checked_estimator(args: argparse.Namespace):
     return estimator
 
 
+def _scored(args: argparse.Namespace, score):
+    """The method's estimator and ``score(estimator)``, plus None; or (None, None, exit code) after
+    saying what is wrong."""
+    try:
+        estimator = _checked_estimator(args)
+        return estimator, score(estimator), None
+    except _Refused:
+        return None, None, 2
+    except DataError as e:
+        return None, None, _fail(args, str(e))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from lapose_core.eval.evaluate import evaluate_sequence
 
-    try:
-        estimator = _checked_estimator(args)
-        result = evaluate_sequence(args.data, method=args.method, estimator=estimator, fps=args.fps,
-                                   stride_s=args.stride_s, max_windows=args.max_windows,
-                                   progress=sys.stderr.isatty())
-    except _Refused:
-        return 2
-    except DataError as e:
-        return _fail(args, str(e))
+    estimator, result, refused = _scored(args, lambda est: evaluate_sequence(
+        args.data, method=args.method, estimator=est, fps=args.fps, stride_s=args.stride_s,
+        max_windows=args.max_windows, progress=sys.stderr.isatty()))
+    if refused is not None:
+        return refused
     print(result.table())
     if args.json:
         _write_json(result.to_dict(), args.json)
@@ -147,14 +156,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from lapose_core.eval.diagnose import diagnose_sequence
 
-    try:
-        estimator = _checked_estimator(args)
-        diagnosis = diagnose_sequence(args.data, method=args.method, estimator=estimator, fps=args.fps,
-                                      stride_s=args.stride_s, max_windows=args.max_windows)
-    except _Refused:
-        return 2
-    except DataError as e:
-        return _fail(args, str(e))
+    _, diagnosis, refused = _scored(args, lambda est: diagnose_sequence(
+        args.data, method=args.method, estimator=est, fps=args.fps, stride_s=args.stride_s,
+        max_windows=args.max_windows))
+    if refused is not None:
+        return refused
     print(diagnosis.table())
     if args.json:
         _write_json(diagnosis.to_dict(), args.json)
