@@ -51,6 +51,11 @@ class ModelConfig:
     # A learnable per-step position embedding in the pose head lets it replay a memorised yaw
     # profile instead of reading each action; false makes every step read only its own action.
     pose_step_embedding: bool = True
+    # What the pose head's scale token predicts: "step" (the paper: log of the mean step length s) or
+    # "speed" (log of the mean speed in m/s; s = speed x the window's mean frame interval). With
+    # "step" the model must learn from the timestamp embedding that a 1 fps step is five 5 fps steps,
+    # and at CPU scale it under-estimates low-rate steps; "speed" makes that dependence exact.
+    scale_output: str = "step"
     # VQ-VAE image tokenizer (stage 0, frozen afterwards).
     vq_codebook_size: int = 256
     vq_code_dim: int = 32
@@ -213,6 +218,8 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: model.pose_head_input must be 'action' or 'bottleneck'")
         if m.pose_head_input == "bottleneck" and not m.use_bottleneck:
             raise ConfigError(f"{source}: pose_head_input='bottleneck' needs use_bottleneck=true")
+        if m.scale_output not in ("step", "speed"):
+            raise ConfigError(f"{source}: model.scale_output must be 'step' or 'speed'")
         if m.motion_features not in ("none", "correlation"):
             raise ConfigError(f"{source}: model.motion_features must be 'none' or 'correlation'")
         if m.motion_features == "correlation" and (m.patch_size % 8 or m.image_height % 16

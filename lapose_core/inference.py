@@ -99,7 +99,7 @@ class WindowPart(nn.Module):
                   else self.model.encode_frames(cached, timestamps))
         if motion is not None:  # the window's first frame has no pair inside the window
             motion = torch.cat([torch.zeros_like(motion[:, :1]), motion[:, 1:]], 1)
-        out = self.model.pose(self.model.actions(tokens, timestamps, motion=motion))
+        out = self.model.pose(self.model.actions(tokens, timestamps, motion=motion), timestamps)
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
 
 

@@ -40,11 +40,24 @@ def test_part_shapes(tiny):
     assert codes.shape == (16, *m.code_grid)
     logits = model.fdm(codes[None, :-1].repeat(2, 1, 1, 1), actions, model.time_embed(ts)[:, 1:])
     assert logits.shape == (2, 15, m.code_grid[0] * m.code_grid[1], m.vq_codebook_size)
-    out = model.pose(actions)
+    out = model.pose(actions, ts)
     assert out["translation"].shape == (2, 15, 3) and out["quaternion"].shape == (2, 15, 4)
     assert out["fov"].shape == (2, 15) and out["scale"].shape == (2,)
     assert torch.allclose(out["quaternion"].norm(dim=-1), torch.ones(2, 15), atol=1e-5)
     assert (out["quaternion"][..., 0] >= 0).all() and (out["scale"] > 0).all()
+
+
+def test_speed_scale_output_scales_with_the_frame_interval():
+    """scale_output 'speed': the same actions over windows twice as long apart in time give steps
+    twice as long (the scale token predicts m/s; s = speed x mean interval)."""
+    cfg = LaPoseConfig.from_dict({"preset": "tiny", "model": {"scale_output": "speed"}})
+    torch.manual_seed(0)
+    model = LaPose(cfg.model).eval()
+    actions = torch.randn(2, 15, cfg.model.width)
+    ts = torch.arange(16.0)[None].repeat(2, 1) * 0.5
+    with torch.no_grad():
+        a, b = model.pose(actions, ts)["scale"], model.pose(actions, ts * 2)["scale"]
+    torch.testing.assert_close(b, 2 * a)
 
 
 @pytest.fixture(scope="module")

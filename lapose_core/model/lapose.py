@@ -96,14 +96,19 @@ class LaPose(nn.Module):
         return self.actions(self.encode_frames(frames, timestamps), timestamps,
                             self.motion_maps(frames))
 
-    def pose(self, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+    def pose(self, actions: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, T-1, C) actions and the window's (B, T) timestamps -> pose outputs (:class:`PoseHead`)."""
         if self.cfg.pose_head_input == "bottleneck":
             actions = self.bottleneck(actions)
-        return self.pose_head(actions)
+        log_interval = None
+        if self.cfg.scale_output == "speed":
+            interval = (timestamps[:, -1] - timestamps[:, 0]) / (timestamps.shape[1] - 1)
+            log_interval = torch.log(interval.clamp_min(1e-3))
+        return self.pose_head(actions, log_interval)
 
     def predict(self, frames: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frames to pose outputs (see :class:`PoseHead`)."""
-        return self.pose(self.window_actions(frames, timestamps))
+        return self.pose(self.window_actions(frames, timestamps), timestamps)
 
     # ----------------------------------------------------------------- objectives
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -141,7 +146,7 @@ class LaPose(nn.Module):
         backbone_frozen = not any(p.requires_grad for p in self.idm.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not backbone_frozen):
             actions = self.window_actions(frames, ts)
-        pred = self.pose(actions)
+        pred = self.pose(actions, ts)
         tgt = geometry.pose_targets(batch["poses"].double(), batch["fov"].double())
         tgt = {k: v.float() for k, v in tgt.items()}
         losses = pose_losses(pred, tgt, self.rotation_loss)

@@ -29,9 +29,11 @@ class PoseHead(nn.Module):
         with torch.no_grad():
             self.step_mlp.net[-1].bias.copy_(torch.tensor([0, 0, 1.0, 1.0, 0, 0, 0, 1.2]))
 
-    def forward(self, actions: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, T-1, C) actions -> translation (B, T-1, 3), quaternion (B, T-1, 4) (unit, w >= 0),
-        fov (B, T-1) radians, log_scale (B,), scale (B,)."""
+    def forward(self, actions: torch.Tensor,
+                log_interval: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, T-1, C) actions [, (B,) log of the mean frame interval in seconds, when the scale token
+        predicts a speed] -> translation (B, T-1, 3), quaternion (B, T-1, 4) (unit, w >= 0), fov
+        (B, T-1) radians, log_scale (B,), scale (B,)."""
         B, S, _ = actions.shape
         x = self.proj(actions)
         if self.step_pos is not None:
@@ -45,5 +47,7 @@ class PoseHead(nn.Module):
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         q = torch.where(q[..., :1] < 0, -q, q)
         log_scale = self.scale_mlp(x[:, 0]).squeeze(-1)
+        if log_interval is not None:  # log speed + log interval = log mean step
+            log_scale = log_scale + log_interval
         return {"translation": steps[..., :3], "quaternion": q, "fov": steps[..., 7],
                 "log_scale": log_scale, "scale": torch.exp(log_scale)}
