@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "kitti"
 SHIPPED = "posttrain"  # the recipe on all three labelled sequences: the bundled default
 ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compared on 07_head
-    "val_recipe": "the recipe (training/configs/tiny/posttrain.yaml)",
+    "val_recipe": "the recipe before its newest switch (scale token predicts the mean step)",
+    "val_speed": "the recipe: the scale token predicts the mean speed (shipped)",
     "val_no_motion": "without motion features (the paper's inverse-dynamics input)",
     "val_quaternion_l1": "the paper's L1 on quaternion components",
     "val_step_embedding": "with the pose head's per-step position embedding",
@@ -318,7 +319,9 @@ def main() -> int:
             missing.append(variant)
     if missing:
         lines += ["", f"Not trained in this run (no folder under `{runs}`): {', '.join(missing)}."]
-    lines += ["", "Scale ratio: predicted / true mean step length (1 = metric scale right)."]
+    lines += ["", "Scale ratio: predicted / true mean step length (1 = metric scale right). Each variant "
+              "changes one switch of `val_recipe`, the recipe before its newest switch; `val_speed` adds "
+              "that switch (the scale token predicts the mean speed), which the shipped model has."]
     lines += ["", "## Training runs", "", "| run | last logged step |", "| --- | --- |"]
     for name in ("vqvae", "pretrain_motion", SHIPPED, *ABLATIONS):
         if (runs / name).is_dir():
@@ -349,7 +352,7 @@ def main() -> int:
 
     for variant, desc in ABLATIONS.items():
         if variant != "val_recipe":
-            compare("val_recipe", variant, f"The recipe vs {desc}")
+            compare("val_recipe", variant, f"val_recipe vs {variant} ({desc})")
     lines += [""] + hybrid_section(estimators[SHIPPED], f"{SHIPPED} (bundled default)", args.stride_s, assets)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

@@ -37,10 +37,13 @@ $LAPOSE posttrain "${post_args[@]}" ${POST_STEPS:+--max-steps "$POST_STEPS"} --o
 if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   pretrain pretrain_motion.yaml pretrain_motion
   # Each ablation reverts one switch of the recipe; all train on 00_head + 06_head and are compared
-  # on 07_head. Two at a time with one thread each: for a model this small that uses two cores
+  # on 07_head. They were run against the recipe before its newest switch (scale_output speed), so
+  # every variant sets scale_output=step and val_speed measures that switch. Two at a time with one
+  # thread each: for a model this small that uses two cores
   # better than one run with two threads. PARALLEL=1 runs them one after the other.
   PARALLEL=${PARALLEL:-2}
-  VAL=(--set "data.posttrain_sequences=[../shared/data/kitti/00_head, ../shared/data/kitti/06_head]")
+  VAL=(--set "data.posttrain_sequences=[../shared/data/kitti/00_head, ../shared/data/kitti/06_head]"
+       --set model.scale_output=step)
   posttrain() {  # NAME ARGS...: one variant, its log in RUNS/NAME.log
     local name=$1; shift
     OMP_NUM_THREADS=$(( PARALLEL > 1 ? 1 : $(nproc) )) \
@@ -58,6 +61,7 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_pretrained --init-from $RUNS/pretrain_motion --finetune"
     "val_scale_w5 --set train.w_scale=5.0 --set data.static_prob=0.1"
     "val_more_static --set data.static_prob=0.15"
+    "val_speed --set model.scale_output=speed"
   )
   pids=()
   for v in "${variants[@]}"; do
