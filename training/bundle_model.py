@@ -91,6 +91,7 @@ def main() -> int:
     d = cfg.data
     departures = [f"motion features: {m.motion_features}",
                   f"per-step position embedding in the pose head: {m.pose_step_embedding}",
+                  f"scale token output: {m.scale_output}",
                   f"rotation loss: {cfg.train.rotation_loss}",
                   f"window rates {d.fps_min:g}-{d.fps_max:g} fps",
                   f"augmentation chances: mirror {d.hflip_prob:g}, rotation homography "
