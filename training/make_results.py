@@ -34,7 +34,6 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_no_reverse_static": "without reversed and static windows",
     "val_pretrained": "post-trained on the recipe's latent action pretraining (fine-tuned)",
     "val_scale_w5": "log-scale loss weight 5 (recipe 0.5) and static windows 0.1 (recipe 0.05)",
-    "val_more_static": "static windows 0.15 (recipe 0.05), loss weights of the recipe",
 }
 VALIDATION = "07_head"
 TABLE3_FPS = (1.0, 1.3, 2.0, 4.0)

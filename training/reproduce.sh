@@ -60,7 +60,6 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_no_reverse_static --set data.reverse_prob=0.0 --set data.static_prob=0.0"
     "val_pretrained --init-from $RUNS/pretrain_motion --finetune"
     "val_scale_w5 --set train.w_scale=5.0 --set data.static_prob=0.1"
-    "val_more_static --set data.static_prob=0.15"
     "val_speed --set model.scale_output=speed"
   )
   pids=()
