@@ -27,6 +27,7 @@ SHIPPED = "posttrain"  # the recipe on all three labelled sequences: the bundled
 ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compared on 07_head
     "val_recipe": "the recipe before its newest switch (scale token predicts the mean step)",
     "val_speed": "the recipe: the scale token predicts the mean speed (shipped)",
+    "val_speed_1000": "val_speed resumed to 1000 steps (schedule stretched at step 500): how long to train",
     "val_no_motion": "without motion features (the paper's inverse-dynamics input)",
     "val_quaternion_l1": "the paper's L1 on quaternion components",
     "val_step_embedding": "with the pose head's per-step position embedding",

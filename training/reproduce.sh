@@ -70,6 +70,9 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     if (( ${#pids[@]} >= PARALLEL )); then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
+  # How long to train: val_speed resumed from its last checkpoint to twice the steps.
+  if [ ! -d "$RUNS/val_speed_1000" ]; then cp -r "$RUNS/val_speed" "$RUNS/val_speed_1000"; fi
+  posttrain val_speed_1000 --set model.scale_output=speed --max-steps $(( 2 * VAL_STEPS ))
 fi
 
 .venv/bin/python training/make_results.py --runs "$RUNS" --out docs/results.md
