@@ -22,8 +22,9 @@ badly blurred frame has too few features and fails the first check.
 
 Step lengths: relative lengths chain the triangulated depth ratio of consecutive confident pairs (where
 one is missing, LA-Pose's own ratio of the two step lengths, else 1; standing steps have length 0),
-and the window is scaled so that its mean step is the metric scale: LA-Pose's (``scale_source="lapose"``), or, as the ablation, a
-constant speed times the keyframe interval (``"constant"``). ``relative_lengths=False`` gives uniform
+and the window is scaled so that its mean step is the metric scale: LA-Pose's
+(``scale_source="lapose"``), or, as the ablation, a constant speed times the keyframe interval
+(``"constant"``). ``relative_lengths=False`` gives uniform
 steps (the ablation of triangulation).
 
 Intrinsics: the sequence's or the CameraInfo's when given and consistent with LA-Pose's field of view
