@@ -321,7 +321,11 @@ def main() -> int:
         lines += ["", f"Not trained in this run (no folder under `{runs}`): {', '.join(missing)}."]
     lines += ["", "Scale ratio: predicted / true mean step length (1 = metric scale right). Each variant "
               "changes one switch of `val_recipe`, the recipe before its newest switch; `val_speed` adds "
-              "that switch (the scale token predicts the mean speed), which the shipped model has."]
+              "that switch (the scale token predicts the mean speed), which the shipped model has. "
+              "AUC@5 over 16-frame windows rewards driving straight on these mostly straight windows "
+              f"(the prior scores {fmt(diagnoses[VALIDATION]['prior_auc5'])}): read it with the yaw "
+              "correlation, which says whether a variant "
+              "reads turns at all."]
     lines += ["", "## Training runs", "", "| run | last logged step |", "| --- | --- |"]
     for name in ("vqvae", "pretrain_motion", SHIPPED, *ABLATIONS):
         if (runs / name).is_dir():
