@@ -6,8 +6,9 @@ pair part (one pair of consecutive frames' correlation read out into motion toke
 frame, cached while the pair is in the window) and the window head (inverse dynamics + pose head over
 16 cached frames). Each piece runs on one of three backends:
 
-- ``tensorrt``: Torch-TensorRT (dynamo IR), fp16, static shapes (one frame; one 16-frame window); the
-  engine is cached on disk, keyed by checkpoint digest, GPU name and library versions.
+- ``tensorrt``: Torch-TensorRT (dynamo IR), fp16, static shapes (one frame; one frame pair; one
+  16-frame window); the engines are cached on disk, keyed by checkpoint digest, GPU name and library
+  versions.
 - ``compile``: ``torch.compile``.
 - ``eager``: plain PyTorch.
 
