@@ -306,10 +306,10 @@ class HybridEstimator:
         self._use_intrinsics(K)
         steps = []
         for a, b in pairs:
-            fa, fb = (a.keypoints, a.descriptors), (b.keypoints, b.descriptors)
-            step = self._vo.two_view(fa, fb)
+            matched = self._vo.matches((a.keypoints, a.descriptors), (b.keypoints, b.descriptors))
+            step = self._vo.pose_from_matches(matched)
             if not (step.ok and step.parallax_px >= self.config.min_parallax_px):
-                step = self._vo.rotation_only(fa, fb) or step  # a standing or spinning camera
+                step = self._vo.rotation_only(matched) or step  # a standing or spinning camera
             steps.append(step)
         return steps
 

@@ -87,8 +87,8 @@ class PairPart(nn.Module):
 
 
 class WindowPart(nn.Module):
-    """(B, T, ...) cached frame features, (B, T) timestamps [, (B, T, N, C) motion tokens, frame 0's
-    ignored] -> translation, quaternion, fov, scale."""
+    """(B, T, ...) cached frame features, (B, T) timestamps [, (B, T-1, N, C) motion tokens of the
+    window's pairs] -> translation, quaternion, fov, scale."""
 
     def __init__(self, model: LaPose):
         super().__init__()
@@ -99,7 +99,7 @@ class WindowPart(nn.Module):
         tokens = (cached if self.model.cfg.time_embedding_at == "dynamics"
                   else self.model.encode_frames(cached, timestamps))
         if motion is not None:  # the window's first frame has no pair inside the window
-            motion = torch.cat([torch.zeros_like(motion[:, :1]), motion[:, 1:]], 1)
+            motion = self.model.motion.per_frame(motion)
         out = self.model.pose(self.model.actions(tokens, timestamps, motion=motion), timestamps)
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
 
@@ -107,8 +107,8 @@ class WindowPart(nn.Module):
 class PairCache:
     """Motion tokens of the frame pairs seen recently, keyed by the identity of the two cached maps.
 
-    A sliding window shares 14 of its 15 pairs with the previous one; the entry holds both maps, so an
-    id is never matched to a different tensor that happens to reuse it.
+    A sliding window shares 14 of its 15 pairs with the previous one. Each entry holds both maps, so
+    while it is cached neither id can be reused by another tensor.
     """
 
     def __init__(self, size: int):
@@ -118,7 +118,7 @@ class PairCache:
     def get(self, earlier: torch.Tensor, later: torch.Tensor, compute) -> torch.Tensor:
         key = (id(earlier), id(later))
         hit = self.entries.pop(key, None)
-        if hit is None or hit[0] is not earlier or hit[1] is not later:
+        if hit is None:
             hit = (earlier, later, compute(earlier, later))
         self.entries[key] = hit  # most recently used last
         while len(self.entries) > self.size:
@@ -211,7 +211,7 @@ class PoseEstimator:
             return (frame,), (tokens, ts)
         maps = torch.zeros(1, 16, m.image_height // 4, m.image_width // 4,
                            device=self.device, dtype=self.dtype)
-        motion = torch.zeros(1, self.num_frames, m.grid[0] * m.grid[1], m.width,
+        motion = torch.zeros(1, self.num_frames - 1, m.grid[0] * m.grid[1], m.width,
                              device=self.device, dtype=self.dtype)
         return (frame,), (tokens, ts, motion), (maps, maps.clone())
 
@@ -228,7 +228,7 @@ class PoseEstimator:
         cache = Path(cache_dir or Path.home() / ".cache" / "lapose" / "tensorrt")
         cache.mkdir(parents=True, exist_ok=True)
         gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
-        # "p2": the window part takes motion tokens, not feature maps (engines of older builds differ).
+        # "p2": the window part takes pair motion tokens, not feature maps (older engines differ).
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
                f"_trt{torch_tensorrt.__version__}_p2")
         modules = [("frame", FramePart(self.model)), ("window", WindowPart(self.model))]
@@ -293,7 +293,7 @@ class PoseEstimator:
         if self.pair_part is not None:
             maps = [f[1] for f in per_frame]
             pairs = [self.pair_cache.get(a, b, self._pair_tokens) for a, b in zip(maps, maps[1:])]
-            extra.append(torch.stack([torch.zeros_like(pairs[0]), *pairs])[None])
+            extra.append(torch.stack(pairs)[None])
         t, q, fov, scale = self.window_part(cached, ts, *extra)
         rel = geometry.poses_from_prediction(t.double(), q.double(), scale.double())[0]
         return WindowPrediction(relative=rel.cpu().numpy(),

@@ -39,8 +39,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   # Each ablation reverts one switch of the recipe; all train on 00_head + 06_head and are compared
   # on 07_head. They were run against the recipe before its newest switch (scale_output speed), so
   # every variant sets scale_output=step and val_speed measures that switch. Two at a time with one
-  # thread each: for a model this small that uses two cores
-  # better than one run with two threads. PARALLEL=1 runs them one after the other.
+  # thread each: for a model this small that uses two cores better than one run with two threads.
+  # PARALLEL=1 runs them one after the other.
   PARALLEL=${PARALLEL:-2}
   VAL=(--set "data.posttrain_sequences=[../shared/data/kitti/00_head, ../shared/data/kitti/06_head]"
        --set model.scale_output=step)

@@ -119,8 +119,11 @@ class ClassicalVO:
 
     def two_view(self, feat_a, feat_b) -> Step:
         """Relative pose of two frames from their :meth:`features` (``ok=False`` when it fails)."""
+        return self.pose_from_matches(self.matches(feat_a, feat_b))
+
+    def pose_from_matches(self, matched) -> Step:
+        """Relative pose from :meth:`matches` (``ok=False`` when there are none or it fails)."""
         failed = Step(np.eye(3), np.zeros(3), ok=False)
-        matched = self.matches(feat_a, feat_b)
         if matched is None:
             return failed
         idx_a, idx_b, pts_a, pts_b = matched
@@ -145,9 +148,9 @@ class ClassicalVO:
                      points_a=points, inliers=int(inliers.sum()),
                      parallax_px=self._parallax(R, pts_a[inliers], pts_b[inliers]))
 
-    def rotation_only(self, feat_a, feat_b, max_error_px: float = 0.75,
+    def rotation_only(self, matched, max_error_px: float = 0.75,
                       min_fraction: float = 0.8) -> Step | None:
-        """The camera only rotated (or stood still) between the two frames, if the matches say so.
+        """The camera only rotated (or stood still) between two frames, if their :meth:`matches` say so.
 
         A rotation R maps frame k's bearing vectors onto frame k+1's (x_{k+1} = R x_k): two matches
         determine it (Kabsch on the bearings), 100 deterministic RANSAC draws pick the one most matches
@@ -158,7 +161,6 @@ class ClassicalVO:
         standing camera's matches (sensor noise, exposure change) stay within it. Returns a
         ``standing`` Step with t = 0, or None.
         """
-        matched = self.matches(feat_a, feat_b)
         if matched is None:
             return None
         idx_a, idx_b, pts_a, pts_b = matched

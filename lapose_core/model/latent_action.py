@@ -127,12 +127,17 @@ class MotionEncoder(nn.Module):
                                if level > 1 else volume)
         return self.to_tokens(torch.cat(volumes, 1)).flatten(2).transpose(1, 2)
 
+    @staticmethod
+    def per_frame(pairs: torch.Tensor) -> torch.Tensor:
+        """(B, T-1, N, C) tokens of the pairs (t, t+1) -> (B, T, N, C) tokens of frames, frame t+1
+        getting pair t's and frame 0, with no pair in the window, zeros."""
+        return torch.cat([torch.zeros_like(pairs[:, :1]), pairs], 1)
+
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, T, 16, h, w) descriptor maps -> (B, T, N, C) motion tokens (zeros for frame 0)."""
         B, T = maps.shape[:2]
         tokens = self.pair_tokens(maps[:, :-1].flatten(0, 1), maps[:, 1:].flatten(0, 1))
-        tokens = tokens.unflatten(0, (B, T - 1))
-        return torch.cat([torch.zeros_like(tokens[:, :1]), tokens], 1)
+        return self.per_frame(tokens.unflatten(0, (B, T - 1)))
 
 
 class InverseDynamics(nn.Module):
