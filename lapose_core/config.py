@@ -56,6 +56,10 @@ class ModelConfig:
     # "step" the model must learn from the timestamp embedding that a 1 fps step is five 5 fps steps,
     # and at CPU scale it under-estimates low-rate steps; "speed" makes that dependence exact.
     scale_output: str = "step"
+    # Translation targets are t / max(s, translation_floor). The paper's 1 m floor keeps slow windows
+    # in metres, so only the translation head can say "standing" (the scale token's s < 1 changes
+    # nothing); 0 normalises every window by its own s, and a small s alone then stops the camera.
+    translation_floor: float = 1.0
     # VQ-VAE image tokenizer (stage 0, frozen afterwards).
     vq_codebook_size: int = 256
     vq_code_dim: int = 32
@@ -220,6 +224,9 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: pose_head_input='bottleneck' needs use_bottleneck=true")
         if m.scale_output not in ("step", "speed"):
             raise ConfigError(f"{source}: model.scale_output must be 'step' or 'speed'")
+        if not m.translation_floor >= 0:
+            raise ConfigError(f"{source}: model.translation_floor must be >= 0 (metres), "
+                              f"got {m.translation_floor}")
         if m.motion_features not in ("none", "correlation"):
             raise ConfigError(f"{source}: model.motion_features must be 'none' or 'correlation'")
         if m.motion_features == "correlation" and (m.patch_size % 8 or m.image_height % 16

@@ -88,27 +88,30 @@ def horizontal_fov(fx: float | torch.Tensor, width: float | torch.Tensor):
     return 2 * math.atan(width / (2 * fx))
 
 
-def pose_targets(poses: torch.Tensor, fov: torch.Tensor) -> dict[str, torch.Tensor]:
+def pose_targets(poses: torch.Tensor, fov: torch.Tensor,
+                 floor: float = SCALE_FLOOR) -> dict[str, torch.Tensor]:
     """Post-training targets of a window (batched: poses (B, T, 4, 4), fov (B,)).
 
-    Returns translation (B, T-1, 3) = t / max(s, 1), quaternion (B, T-1, 4) canonical, fov (B, T-1),
-    scale s (B,) = mean step length in metres.
+    Returns translation (B, T-1, 3) = t / max(s, floor), quaternion (B, T-1, 4) canonical, fov
+    (B, T-1), scale s (B,) = mean step length in metres. ``floor`` is the paper's 1 m; 0 normalises
+    every window by its own s (a standing window's translation is 0 either way).
     """
     rel = relative_poses(poses)
     t = rel[..., :3, 3]
     s = t.norm(dim=-1).mean(-1)
-    t_norm = t / s.clamp_min(SCALE_FLOOR)[..., None, None]
+    t_norm = t / s.clamp_min(max(floor, MIN_SCALE))[..., None, None]
     q = matrix_to_quaternion(rel[..., :3, :3])
     return {"translation": t_norm, "quaternion": q,
             "fov": fov[..., None].expand(*t.shape[:-1]), "scale": s}
 
 
 def poses_from_prediction(translation: torch.Tensor, quaternion: torch.Tensor,
-                          scale: torch.Tensor) -> torch.Tensor:
-    """Invert :func:`pose_targets`: (B, T-1, 3), (B, T-1, 4), (B,) -> step motions (B, T-1, 4, 4) in metres."""
+                          scale: torch.Tensor, floor: float = SCALE_FLOOR) -> torch.Tensor:
+    """Invert :func:`pose_targets` (same ``floor``): (B, T-1, 3), (B, T-1, 4), (B,) -> step motions
+    (B, T-1, 4, 4) in metres."""
     rel = torch.zeros(*translation.shape[:-1], 4, 4, dtype=translation.dtype, device=translation.device)
     rel[..., :3, :3] = quaternion_to_matrix(quaternion)
-    rel[..., :3, 3] = translation * scale.clamp_min(SCALE_FLOOR)[..., None, None]
+    rel[..., :3, 3] = translation * scale.clamp_min(max(floor, MIN_SCALE))[..., None, None]
     rel[..., 3, 3] = 1.0
     return rel
 

@@ -295,7 +295,8 @@ class PoseEstimator:
             pairs = [self.pair_cache.get(a, b, self._pair_tokens) for a, b in zip(maps, maps[1:])]
             extra.append(torch.stack(pairs)[None])
         t, q, fov, scale = self.window_part(cached, ts, *extra)
-        rel = geometry.poses_from_prediction(t.double(), q.double(), scale.double())[0]
+        rel = geometry.poses_from_prediction(t.double(), q.double(), scale.double(),
+                                             self.config.model.translation_floor)[0]
         return WindowPrediction(relative=rel.cpu().numpy(),
                                 poses=geometry.compose_relative(rel).cpu().numpy(),
                                 scale=float(scale[0]), fov=float(fov.float().mean()))

@@ -158,22 +158,24 @@ def random_poses(T=16, seed=0, step=1.3):
     return torch.stack(poses)
 
 
+@pytest.mark.parametrize("floor", [1.0, 0.0])
 @pytest.mark.parametrize("step", [0.05, 0.8, 1.3, 3.0])
-def test_targets_round_trip(step):
-    """pose_targets then poses_from_prediction gives back the trajectory (any speed)."""
+def test_targets_round_trip(step, floor):
+    """pose_targets then poses_from_prediction gives back the trajectory (any speed, either floor)."""
     poses = random_poses(step=step)[None]
     fov = torch.tensor([1.2], dtype=torch.float64)
-    tgt = geometry.pose_targets(poses, fov)
+    tgt = geometry.pose_targets(poses, fov, floor)
     s = tgt["scale"]
     steps = (geometry.relative_poses(poses)[..., :3, 3]).norm(dim=-1)
     assert torch.allclose(s, steps.mean(-1))
-    # Translation divided by s, floored at 1 m: slow windows keep metres, fast ones are normalised.
-    if s.item() >= 1.0:
+    # Translation divided by s, floored at 1 m (the paper): slow windows keep metres, fast ones are
+    # normalised. Without the floor every window is normalised.
+    if s.item() >= floor:
         assert torch.allclose(tgt["translation"].norm(dim=-1).mean(), torch.tensor(1.0, dtype=torch.float64))
     else:
         assert torch.allclose(tgt["translation"].norm(dim=-1), steps)
     assert (tgt["quaternion"][..., 0] >= 0).all()
-    rel = geometry.poses_from_prediction(tgt["translation"], tgt["quaternion"], s)
+    rel = geometry.poses_from_prediction(tgt["translation"], tgt["quaternion"], s, floor)
     back = geometry.compose_relative(rel)
     assert torch.allclose(back, torch.linalg.inv(poses[:, :1]) @ poses, atol=1e-9)
 

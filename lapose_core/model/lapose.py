@@ -147,7 +147,8 @@ class LaPose(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not backbone_frozen):
             actions = self.window_actions(frames, ts)
         pred = self.pose(actions, ts)
-        tgt = geometry.pose_targets(batch["poses"].double(), batch["fov"].double())
+        tgt = geometry.pose_targets(batch["poses"].double(), batch["fov"].double(),
+                                    self.cfg.translation_floor)
         tgt = {k: v.float() for k, v in tgt.items()}
         losses = pose_losses(pred, tgt, self.rotation_loss)
         w = self.loss_weights

@@ -31,7 +31,7 @@ INHERITED = {
 RESTART_EVERY = 10  # steps between dead-code restarts of the VQ-VAE codebook
 # Model fields that only shape the pose head: post-training variants may change them freely.
 POSE_HEAD_FIELDS = {"pose_head_input", "pose_layers", "pose_width", "pose_heads",
-                    "pose_step_embedding", "scale_output"}
+                    "pose_step_embedding", "scale_output", "translation_floor"}
 # The frozen image tokenizer depends on these alone: one VQ-VAE serves pretraining runs that differ
 # in everything else (motion features, dynamics sizes).
 VQVAE_FIELDS = {"image_height", "image_width", "vq_codebook_size", "vq_code_dim", "vq_hidden",
