@@ -23,8 +23,11 @@ badly blurred frame has too few features and fails the first check.
 Step lengths: relative lengths chain the triangulated depth ratio of consecutive confident pairs (where
 one is missing, LA-Pose's own ratio of the two step lengths, else 1; standing steps have length 0),
 and the window is scaled so that its mean step is the metric scale: LA-Pose's
-(``scale_source="lapose"``), or, as the ablation, a constant speed times the keyframe interval
-(``"constant"``). ``relative_lengths=False`` gives uniform
+(``scale_source="lapose"``); with the camera's height above the road known, the road's
+(``"ground"``: each confident pair's road band is aligned densely between its two frames
+(:mod:`lapose_core.road_plane`), which gives that pair's length in metres, and their median relative
+to the chained lengths sets the window's scale; fewer than ``min_ground_pairs`` such pairs: LA-Pose's
+scale); or, as the ablation, a constant speed times the keyframe interval (``"constant"``). ``relative_lengths=False`` gives uniform
 steps (the ablation of triangulation).
 
 Intrinsics: the sequence's or the CameraInfo's when given and consistent with LA-Pose's field of view
@@ -49,6 +52,7 @@ import numpy as np
 
 from .eval.classical import ClassicalVO, Step
 from .eval.metrics import rotation_angle_deg
+from .road_plane import RoadFit, RoadPlaneConfig, fit_road, road_image
 
 SCALE_SOURCES = ("lapose", "ground", "constant")
 
@@ -69,11 +73,11 @@ class HybridConfig:
     relative_lengths: bool = True  # triangulated step-length ratios (False: uniform steps)
     constant_speed_mps: float = 7.0  # scale_source="constant": mean speed of the labelled 00/06/07 heads (6.97)
     # scale_source="ground": the camera's height above the road (metres; None = unknown, LA-Pose's
-    # scale is used). KITTI's camera is 1.65 m above the road.
+    # scale is used) and its pitch (degrees down), from the camera-to-base transform. KITTI's
+    # camera is 1.65 m above the road and level.
     camera_height_m: Optional[float] = None
-    # Road points: below the optical axis by this slope (y > slope * z), i.e. the near road.
-    ground_min_slope: float = 0.08
-    min_ground_pairs: int = 2  # fewer pairs with a road plane in the window: LA-Pose's scale
+    camera_pitch_deg: float = 0.0
+    min_ground_pairs: int = 2  # fewer pairs whose road was aligned in the window: LA-Pose's scale
     max_fov_ratio: float = 1.5  # given intrinsics whose field of view differs more are not trusted
     max_features: int = 2000
     cache_pairs: int = 64  # pair geometries kept (a stream needs the last 15)
@@ -104,7 +108,17 @@ class HybridFrame:
     keypoints: Any
     descriptors: Optional[np.ndarray]
     size: tuple[int, int]  # (height, width) of the camera image
+    road: Optional[np.ndarray] = None  # band-pass image for the road plane (scale_source "ground")
     serial: int = field(default_factory=lambda: next(_serials))
+
+
+@dataclass
+class PairGeometry:
+    """What the geometry says of one keyframe pair: its motion and, with a known camera height,
+    the metric length its road gives (None: not asked or no road visible)."""
+
+    step: Step
+    road: Optional[RoadFit] = None
 
 
 @dataclass
@@ -186,7 +200,10 @@ class HybridEstimator:
         self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
         self._vo = ClassicalVO((1.0, 1.0, 0.0, 0.0), max_features=self.config.max_features)
         self._vo_intrinsics: Optional[tuple] = None  # what self._vo.K holds
-        self._pairs: OrderedDict[tuple[int, int], Step] = OrderedDict()
+        self._pairs: OrderedDict[tuple[int, int], PairGeometry] = OrderedDict()
+        self._road = (RoadPlaneConfig(camera_height_m=self.config.camera_height_m,
+                                      pitch_deg=self.config.camera_pitch_deg)
+                      if self.config.scale_source == "ground" else None)
         m = lapose.config.model
         self._model_hw = (m.image_height, m.image_width)
         # One helper thread: the geometry (OpenCV) runs beside LA-Pose (torch), both release the GIL,
@@ -199,10 +216,11 @@ class HybridEstimator:
 
     # ------------------------------------------------------------------ per frame
     def encode_frame(self, image: np.ndarray) -> HybridFrame:
-        sift = self._helper.submit(self._vo.features, image)
+        sift = self._helper.submit(self._features, image)
         encoded = self.lapose.encode_frame(image)
-        keypoints, descriptors = sift.result()
-        frame = HybridFrame(encoded, keypoints, descriptors, tuple(int(v) for v in image.shape[:2]))
+        keypoints, descriptors, road = sift.result()
+        frame = HybridFrame(encoded, keypoints, descriptors, tuple(int(v) for v in image.shape[:2]),
+                            road)
         given = self._given_intrinsics(None)
         if given is not None and self._last_frame is not None:
             previous = self._last_frame
@@ -235,10 +253,11 @@ class HybridEstimator:
         if early is not None:
             matched = early.result()
             if K == given:
-                for (a, b), step in zip(new, matched):
-                    self._remember(a, b, step)
+                for (a, b), pair in zip(new, matched):
+                    self._remember(a, b, pair)
         self._use_intrinsics(K)
-        steps = [self._pair(a, b) for a, b in pairs]
+        geometry = [self._pair(a, b) for a, b in pairs]
+        steps = [g.step for g in geometry]
         checks = [self._check(step, lp_step[:3, :3]) for step, lp_step in zip(steps, lp_relative)]
 
         relative = np.tile(np.eye(4), (len(steps), 1, 1))
@@ -251,7 +270,7 @@ class HybridEstimator:
                 relative[k, :3, :3] = lp_relative[k, :3, :3]
                 relative[k, :3, 3] = _direction(lp_relative[k, :3, 3])
         lengths = self._relative_lengths(steps, checks, lp_relative)
-        scale, scale_source = self._window_scale(lp, timestamps, steps, checks, lengths)
+        scale, scale_source = self._window_scale(lp, timestamps, geometry, checks, lengths)
         if lengths.max() > 0:
             relative[:, :3, 3] *= (scale * lengths / lengths.mean())[:, None]
         else:  # every step standing: the window did not move, whatever LA-Pose's scale says
@@ -302,28 +321,36 @@ class HybridEstimator:
             self._vo.K = np.array([[K[0], 0.0, K[2]], [0.0, K[1], K[3]], [0.0, 0.0, 1.0]])
             self._vo_intrinsics = K
 
-    def _match(self, pairs: list[tuple[HybridFrame, HybridFrame]], K: tuple) -> list[Step]:
+    def _features(self, image: np.ndarray) -> tuple[Any, Optional[np.ndarray], Optional[np.ndarray]]:
+        keypoints, descriptors = self._vo.features(image)
+        return keypoints, descriptors, (road_image(image, self._road) if self._road else None)
+
+    def _match(self, pairs: list[tuple[HybridFrame, HybridFrame]], K: tuple) -> list[PairGeometry]:
         self._use_intrinsics(K)
-        steps = []
+        out = []
         for a, b in pairs:
             matched = self._vo.matches((a.keypoints, a.descriptors), (b.keypoints, b.descriptors))
             step = self._vo.pose_from_matches(matched)
             if not (step.ok and step.parallax_px >= self.config.min_parallax_px):
                 step = self._vo.rotation_only(matched) or step  # a standing or spinning camera
-            steps.append(step)
-        return steps
+            road = None
+            if self._road and step.ok and not step.standing and a.road is not None \
+                    and b.road is not None:
+                road = fit_road(a.road, b.road, self._vo.K, step.R, step.t, self._road)
+            out.append(PairGeometry(step, road))
+        return out
 
-    def _remember(self, a: HybridFrame, b: HybridFrame, step: Step) -> None:
-        self._pairs[(a.serial, b.serial)] = step
+    def _remember(self, a: HybridFrame, b: HybridFrame, pair: PairGeometry) -> None:
+        self._pairs[(a.serial, b.serial)] = pair
         while len(self._pairs) > self.config.cache_pairs:
             self._pairs.popitem(last=False)
 
-    def _pair(self, a: HybridFrame, b: HybridFrame) -> Step:
-        step = self._pairs.get((a.serial, b.serial))
-        if step is None:
-            step = self._match([(a, b)], self._vo_intrinsics)[0]
-            self._remember(a, b, step)
-        return step
+    def _pair(self, a: HybridFrame, b: HybridFrame) -> PairGeometry:
+        pair = self._pairs.get((a.serial, b.serial))
+        if pair is None:
+            pair = self._match([(a, b)], self._vo_intrinsics)[0]
+            self._remember(a, b, pair)
+        return pair
 
     def _check(self, step: Step, lapose_rotation: np.ndarray) -> StepCheck:
         cfg = self.config
@@ -345,7 +372,7 @@ class HybridEstimator:
             reason = ""
         return StepCheck(not reason, step.inliers, step.parallax_px, gap, reason)
 
-    def _window_scale(self, lp: Any, timestamps: Sequence[float], steps: list[Step],
+    def _window_scale(self, lp: Any, timestamps: Sequence[float], pairs: list[PairGeometry],
                       checks: list[StepCheck], lengths: np.ndarray) -> tuple[float, str]:
         """The window's mean metric step and where it came from."""
         cfg = self.config
@@ -353,59 +380,15 @@ class HybridEstimator:
             ts = np.asarray(timestamps, dtype=np.float64)
             return float(cfg.constant_speed_mps * np.diff(ts).mean()), "constant speed"
         if cfg.scale_source == "ground":
-            # Each pair with a road plane measures its own metric length: camera height over the
-            # plane's distance in units of that pair's baseline. Relative to the chained lengths,
-            # their median sets the window's scale.
-            per_length = [cfg.camera_height_m / h / lengths[k] for k, (step, check)
-                          in enumerate(zip(steps, checks))
-                          if check.ok and (h := self._ground_height(step)) is not None]
+            # Each pair whose road was aligned measures its own metric length (road_plane).
+            # Relative to the chained lengths, their median sets the window's scale.
+            per_length = [pair.road.baseline_m / lengths[k] for k, (pair, check)
+                          in enumerate(zip(pairs, checks))
+                          if check.ok and not check.standing and lengths[k] > 0
+                          and pair.road is not None and pair.road.ok]
             if len(per_length) >= cfg.min_ground_pairs:
                 return float(np.median(per_length) * lengths.mean()), "ground plane"
         return float(lp.scale), "lapose"
-
-    def _ground_height(self, step: Step) -> Optional[float]:
-        """Distance from frame k's camera to the road plane, in units of the pair's baseline.
-
-        The road is fitted by RANSAC to the triangulated inliers below the horizon, as a plane whose
-        normal is within 20 degrees of the camera's y (down) axis; None when no such plane has at
-        least 15 points.
-        """
-        X = step.points_a
-        if X is None or len(X) < 15:
-            return None
-        X = X[np.isfinite(X).all(axis=1)]
-        # Below the optical axis (y down), in front, within 40 baselines: where the road is.
-        X = X[(X[:, 1] > self.config.ground_min_slope * X[:, 2]) & (X[:, 2] > 0) & (X[:, 2] < 40.0)]
-        if len(X) < 15:
-            return None
-        rng = np.random.default_rng(0)  # deterministic: the node and the evaluation agree
-        best, best_count = None, 0
-        for _ in range(100):
-            p = X[rng.choice(len(X), 3, replace=False)]
-            n = np.cross(p[1] - p[0], p[2] - p[0])
-            norm = np.linalg.norm(n)
-            if norm < 1e-12:
-                continue
-            n = n / norm * (1.0 if n[1] >= 0 else -1.0)
-            if n[1] < math.cos(math.radians(20.0)):
-                continue
-            h = float(n @ p[0])
-            if h <= 0:
-                continue
-            count = int((np.abs(X @ n - h) < 0.05 * h).sum())
-            if count > best_count:
-                best, best_count = (n, h), count
-        if best is None or best_count < 15:
-            return None
-        n, h = best
-        inliers = X[np.abs(X @ n - h) < 0.05 * h]
-        # Least-squares refinement: the plane through the inliers' centroid with the normal of least
-        # variance.
-        centroid = inliers.mean(0)
-        normal = np.linalg.svd(inliers - centroid)[2][-1]
-        normal = normal * (1.0 if normal[1] >= 0 else -1.0)
-        height = float(normal @ centroid)
-        return height if height > 0 else None
 
     def _relative_lengths(self, steps: list[Step], checks: list[StepCheck],
                           lp_relative: np.ndarray) -> np.ndarray:
