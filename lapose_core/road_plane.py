@@ -23,6 +23,7 @@ Pure numpy and OpenCV; no ROS imports.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -76,8 +77,17 @@ def expected_normal(config: RoadPlaneConfig) -> np.ndarray:
 def _band(shape: tuple[int, int], K: np.ndarray, config: RoadPlaneConfig) -> np.ndarray:
     """(3, N) homogeneous pixels of frame b's road band (where a flat road at the camera's height
     would be, nearer than far_m and within half_width_m of the axis)."""
+    return _band_cached(tuple(shape), tuple(K[[0, 1, 0, 1], [0, 1, 2, 2]]), config.camera_height_m,
+                        config.pitch_deg, config.half_width_m, config.far_m)
+
+
+@functools.lru_cache(maxsize=8)  # one camera, two pyramid levels: the band is the same every pair
+def _band_cached(shape: tuple[int, int], intrinsics: tuple, height: float, pitch_deg: float,
+                 half_width_m: float, far_m: float) -> np.ndarray:
+    config = RoadPlaneConfig(camera_height_m=height, pitch_deg=pitch_deg, half_width_m=half_width_m,
+                             far_m=far_m)
     h, w = shape
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    fx, fy, cx, cy = intrinsics
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     rays = np.stack([(xs - cx) / fx, (ys - cy) / fy, np.ones_like(xs)], -1)
     down = rays @ expected_normal(config)  # distance along the ray to the road: height / down
@@ -85,7 +95,17 @@ def _band(shape: tuple[int, int], K: np.ndarray, config: RoadPlaneConfig) -> np.
         depth = np.where(down > 1e-6, config.camera_height_m / down, np.inf)
     lateral = np.abs(rays[..., 0] * depth)
     keep = (depth < config.far_m) & (lateral < config.half_width_m)
-    return np.stack([xs[keep], ys[keep], np.ones(keep.sum())])
+    band = np.stack([xs[keep], ys[keep], np.ones(keep.sum())])
+    band.setflags(write=False)  # shared by every pair through the cache
+    return band
+
+
+def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares gain and offset of y ~ gain * x + offset."""
+    xm, ym = x.mean(), y.mean()
+    var = float(((x - xm) ** 2).mean())
+    gain = float(((x - xm) * (y - ym)).mean()) / var if var > 1e-12 else 1.0
+    return gain, float(ym - gain * xm)
 
 
 def _sample(image: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +123,7 @@ def _warp(m: np.ndarray, A: np.ndarray, B: tuple[np.ndarray, np.ndarray],
     H = K (R + t m^T) K^-1 = A + (K t)(K^-T m)^T with A = K R K^-1 and B = (K t, K^-1)."""
     Kt, Kinv = B
     H = A + np.outer(Kt, Kinv.T @ m)
-    pa = np.linalg.solve(H, band_b)
+    pa = np.linalg.inv(H) @ band_b
     return pa[:2] / pa[2]
 
 
@@ -186,7 +206,7 @@ def _gauss_newton(m: np.ndarray, n0: np.ndarray, lv: _Level, min_pixels: float,
         if sel.sum() < min_pixels:
             return None
         # Exposure: target ~ gain * va + offset, fitted in closed form each step.
-        gain, offset = np.polyfit(va[sel], lv.target[sel], 1)
+        gain, offset = _line_fit(va[sel], lv.target[sel])
         r = gain * va[sel] + offset - lv.target[sel]
         # d(pa)/dm by finite differences of the point map (cheap), chained with a's gradient.
         gx, _ = _sample(lv.grad_a[0], pa)

@@ -223,6 +223,12 @@ def run_bench(args: argparse.Namespace) -> int:
     intrinsics = np.loadtxt(calib)[:4] if calib.is_file() else None
     models.append((f"hybrid:{lapose_name}"[:13], lambda device, backend: HybridEstimator(
         make_lapose(device, backend), intrinsics=intrinsics)))
+    if args.camera_height_m > 0:  # the road-scale path: one dense road alignment per new pair
+        from lapose_core.hybrid import HybridConfig
+
+        road = HybridConfig(scale_source="ground", camera_height_m=args.camera_height_m)
+        models.append(("hybrid-road", lambda device, backend: HybridEstimator(
+            make_lapose(device, backend), road, intrinsics=intrinsics)))
     if args.quick:
         print("paper-size model skipped: --quick")
     else:
@@ -296,6 +302,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--backends", default="", help="comma-separated subset of tensorrt,compile,eager")
     p.add_argument("--sequence", default=str(DEFAULT_SEQUENCE),
                    help="KITTI-format sequence folder whose frames are sent")
+    p.add_argument("--camera-height-m", type=float, default=1.65,
+                   help="also measure the hybrid with the road scale, for a camera this high above "
+                        "the road (default 1.65, the sample's KITTI camera; 0 skips it)")
     p.add_argument("--domain-id", type=int, default=200 + os.getpid() % 30,
                    help="private ROS_DOMAIN_ID of the in-process node (discovery stays on loopback)")
     soak = p.add_argument_group("soak (--soak MINUTES): the node as its own process under a live camera")

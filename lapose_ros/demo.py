@@ -22,11 +22,12 @@ import numpy as np
 from lapose_core import ASSETS_DIR
 
 SAMPLE_SEQUENCE = ASSETS_DIR / "sample_sequence"
+SAMPLE_CAMERA_HEIGHT_M = 1.65  # the KITTI rig's camera above the road (its published set-up)
 
 
 def run(args: argparse.Namespace) -> int:
     from lapose_core.eval.evaluate import evaluate_sequence
-    from lapose_core.hybrid import HybridEstimator
+    from lapose_core.hybrid import HybridConfig, HybridEstimator
     from lapose_core.inference import PoseEstimator
 
     from .bag_from_sequence import write_bag_from_sequence
@@ -42,13 +43,17 @@ def run(args: argparse.Namespace) -> int:
     print(write_bag_from_sequence(sequence, bag, storage="mcap"))
 
     how = "in lockstep" if args.mode == "lockstep" else f"in real time at {args.rate:g}x"
-    print(f"[2/4] replaying the bag through lapose_node {how}, estimator {args.estimator}")
+    height = max(float(args.camera_height_m), 0.0)
+    scale = f"road plane, camera {height:g} m up" if height else "LA-Pose's"
+    print(f"[2/4] replaying the bag through lapose_node {how}, estimator {args.estimator} "
+          f"(hybrid metric scale: {scale})")
     replay = replay_bag(bag, out / "replay", rate=args.rate, checkpoint=args.checkpoint, mode=args.mode,
-                        node_params={"estimator": args.estimator})
+                        node_params={"estimator": args.estimator, "camera_height_m": height})
 
     print("[3/4] offline evaluation of the same frames (lapose eval)")
     lapose = PoseEstimator.load(args.checkpoint)
-    estimators = {"lapose": lapose, "classical": None, "hybrid": HybridEstimator(lapose)}
+    hybrid = HybridConfig(scale_source="ground" if height else "lapose", camera_height_m=height or None)
+    estimators = {"lapose": lapose, "classical": None, "hybrid": HybridEstimator(lapose, hybrid)}
     results = {}
     for method, estimator in estimators.items():
         r = evaluate_sequence(sequence, method=method, estimator=estimator, fps=lapose.fps)
@@ -148,4 +153,8 @@ def register(subparsers) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="realtime playback speed factor (default 1)")
     p.add_argument("--estimator", default="hybrid", choices=("hybrid", "lapose"),
                    help="the node's estimator (default hybrid)")
+    p.add_argument("--camera-height-m", type=float, default=SAMPLE_CAMERA_HEIGHT_M,
+                   help="the camera's height above the road: the hybrid's metric scale from the road "
+                        f"plane (default {SAMPLE_CAMERA_HEIGHT_M:g}, the sample's KITTI camera; 0: "
+                        "LA-Pose's scale)")
     p.set_defaults(func=run)

@@ -86,9 +86,11 @@ PARAMETERS: dict[str, Any] = {
     # scale, LA-Pose's own step where geometry is not confident (lapose_core/hybrid.py); lapose: the
     # model alone. hybrid is the default: it validates better (docs/results.md).
     "estimator": "hybrid",
-    # hybrid: camera height above the road in metres; > 0 takes the metric scale from the road plane
-    # (LA-Pose's where no road is seen), 0 = LA-Pose's scale.
+    # hybrid: camera height above the road in metres; > 0 takes the metric scale from the road,
+    # aligned between keyframes (LA-Pose's where no road is seen), 0 = LA-Pose's scale. The pitch
+    # is the optical axis's angle below the road plane (degrees; KITTI's camera is level).
     "camera_height_m": 0.0,
+    "camera_pitch_deg": 0.0,
     # Pose and twist covariances are multiplied by this while the newest step is a fallback.
     "fallback_covariance_scale": 10.0,
     # auto = eager on cpu (torch.compile takes minutes to warm up on a small CPU for little gain),
@@ -185,7 +187,8 @@ def wrap_estimator(lapose: Any, params: dict[str, Any]):
 
     height = float(params["camera_height_m"])
     config = HybridConfig(scale_source="ground" if height > 0 else "lapose",
-                          camera_height_m=height if height > 0 else None)
+                          camera_height_m=height if height > 0 else None,
+                          camera_pitch_deg=float(params["camera_pitch_deg"]))
     intrinsics = [params[k] for k in ("fx", "fy", "cx", "cy")] if params["fx"] > 0 else None
     try:
         return HybridEstimator(lapose, config, intrinsics=intrinsics)

@@ -68,7 +68,9 @@ def register(subparsers) -> None:
 def _add_hybrid_options(p) -> None:
     p.add_argument("--camera-height-m", type=float,
                    help="hybrid: camera height above the road; the metric scale then comes from the "
-                        "road plane where one is seen (KITTI: 1.65)")
+                        "road, aligned between keyframes where it is seen (KITTI: 1.65)")
+    p.add_argument("--camera-pitch-deg", type=float, default=0.0,
+                   help="hybrid: the optical axis's angle below the road plane (default 0, KITTI)")
     p.add_argument("--scale-source", choices=("lapose", "ground", "constant"),
                    help="hybrid: metric scale from LA-Pose (default), the road plane (needs "
                         "--camera-height-m) or a constant speed (ablation)")
@@ -79,7 +81,8 @@ def _hybrid_config(args: argparse.Namespace):
 
     height = getattr(args, "camera_height_m", None)
     source = getattr(args, "scale_source", None) or ("ground" if height else "lapose")
-    return HybridConfig(scale_source=source, camera_height_m=height)
+    return HybridConfig(scale_source=source, camera_height_m=height,
+                        camera_pitch_deg=getattr(args, "camera_pitch_deg", 0.0))
 
 
 class _Refused(Exception):
