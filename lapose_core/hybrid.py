@@ -65,10 +65,13 @@ class HybridError(ValueError):
 class HybridConfig:
     min_inliers: int = 30  # fewer essential-matrix inliers: geometry not confident
     min_parallax_px: float = 1.0  # less rotation-compensated median image motion: no baseline
-    # Geometry and LA-Pose rotations further apart: not confident. Loose on purpose: LA-Pose's own
-    # rotations miss up to ~30 degrees in sharp turns at 1 fps, and the bound is there to catch a
-    # wrong essential-matrix solution (tens of degrees off), not to overrule good geometry.
-    max_rotation_gap_deg: float = 45.0
+    # Geometry and LA-Pose rotations further apart: not confident. Loose on purpose: the bound is
+    # there to catch a wrong essential-matrix solution (a decomposition twisted by 180 degrees),
+    # not to overrule good geometry. On 07_head, 00_head and 06_head at 1-4 fps, with the
+    # validation model, LA-Pose's rotation missed steps whose geometry was right (0.3 degrees) by
+    # up to 45.5 degrees in sharp 1 fps turns, while no accepted geometry was off by more than 1.5
+    # degrees; a 45-degree bound threw away that good geometry for LA-Pose's.
+    max_rotation_gap_deg: float = 90.0
     scale_source: str = "lapose"
     relative_lengths: bool = True  # triangulated step-length ratios (False: uniform steps)
     constant_speed_mps: float = 7.0  # scale_source="constant": mean speed of the labelled 00/06/07 heads (6.97)

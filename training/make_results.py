@@ -35,6 +35,9 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_no_reverse_static": "without reversed and static windows",
     "val_pretrained": "post-trained on the recipe's latent action pretraining (fine-tuned)",
     "val_scale_w5": "log-scale loss weight 5 (recipe 0.5) and static windows 0.1 (recipe 0.05)",
+    "val_floor0": "val_speed with translation_floor 0 (translation normalised by the window's own s)",
+    "val_static": "val_speed with static windows 0.15 (recipe 0.05)",
+    "val_floor0_static": "val_speed with translation_floor 0 and static windows 0.15",
 }
 VALIDATION = "07_head"
 TABLE3_FPS = (1.0, 1.3, 2.0, 4.0)
@@ -229,6 +232,17 @@ def main() -> int:
     evaluate("01_head", "classical", 4.0)
     evaluate("01_head", "lapose", 4.0, SHIPPED)
     val_diagnoses = {}
+    # A variant whose run folder is absent (trained on another machine, not retrained here) keeps
+    # the figures its own run stored; the table marks it. LA-Pose's inference path has not changed
+    # since those were written (a new switch has a default that keeps the old behaviour).
+    stored = []
+    for variant in ABLATIONS:
+        files = [assets / f"{VALIDATION}_{variant}_2fps.json",
+                 assets / f"{VALIDATION}_{variant}_diagnose_2fps.json"]
+        if variant not in estimators and all(f.is_file() for f in files):
+            results[(VALIDATION, variant, 2.0)] = json.loads(files[0].read_text())
+            val_diagnoses[variant] = json.loads(files[1].read_text())
+            stored.append(variant)
     for variant in estimators:
         if variant != SHIPPED:
             evaluate(VALIDATION, "lapose", 2.0, variant)
@@ -319,7 +333,8 @@ def main() -> int:
     for variant, desc in ABLATIONS.items():
         r, d = results.get((VALIDATION, variant, 2.0)), val_diagnoses.get(variant)
         if r and d:
-            lines.append(f"| {variant} | {desc} | {fmt(r['auc5'])} | {fmt(r['auc30'])} | "
+            mark = " (stored)" if variant in stored else ""
+            lines.append(f"| {variant}{mark} | {desc} | {fmt(r['auc5'])} | {fmt(r['auc30'])} | "
                          f"{fmt(r['ate_s'], '.4f')} | {fmt(r['ate_m'])} | {fmt(d['yaw_corr'])} | "
                          f"{fmt(d['static_step_ratio'])} | {fmt(d['reversed_yaw_corr'])} | "
                          f"{fmt(d['scale_ratio'])} |")
@@ -327,6 +342,11 @@ def main() -> int:
             missing.append(variant)
     if missing:
         lines += ["", f"Not trained in this run (no folder under `{runs}`): {', '.join(missing)}."]
+    if stored:
+        lines += ["", f"Rows marked (stored) were not retrained in this run: their figures are those "
+                  f"their own training run wrote (`{assets.relative_to(out.parent)}/{VALIDATION}_"
+                  "<variant>_2fps.json` and `..._diagnose_2fps.json`); `training/reproduce.sh` "
+                  "retrains and re-measures them."]
     lines += ["", "Scale ratio: predicted / true mean step length (1 = metric scale right). Each variant "
               "changes one switch of `val_recipe`, the recipe before its newest switch; `val_speed` adds "
               "that switch (the scale token predicts the mean speed), which the shipped model has. "

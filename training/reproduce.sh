@@ -61,6 +61,10 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_pretrained --init-from $RUNS/pretrain_motion --finetune"
     "val_scale_w5 --set train.w_scale=5.0 --set data.static_prob=0.1"
     "val_speed --set model.scale_output=speed"
+    # Can a standing camera be learned without costing motion? (the static test, issue 8)
+    "val_floor0 --set model.scale_output=speed --set model.translation_floor=0"
+    "val_static --set model.scale_output=speed --set data.static_prob=0.15"
+    "val_floor0_static --set model.scale_output=speed --set model.translation_floor=0 --set data.static_prob=0.15"
   )
   pids=()
   for v in "${variants[@]}"; do
