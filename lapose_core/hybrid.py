@@ -95,6 +95,9 @@ class HybridConfig:
         if self.scale_source == "ground" and not (self.camera_height_m or 0) > 0:
             raise HybridError("hybrid scale_source 'ground' needs camera_height_m > 0 (the camera's "
                               f"height above the road), got {self.camera_height_m}")
+        if not abs(self.camera_pitch_deg) < 45:
+            raise HybridError(f"hybrid camera_pitch_deg must be within +-45 degrees (the road below the "
+                              f"camera), got {self.camera_pitch_deg}")
         if not self.max_fov_ratio > 1:
             raise HybridError(f"hybrid max_fov_ratio must be > 1, got {self.max_fov_ratio}")
         return self

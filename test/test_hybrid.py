@@ -75,6 +75,8 @@ def test_constant_speed_and_ground_plane_scales(lapose, sample):
     assert metrics.mean_step_length(g.poses) == pytest.approx(g.scale, rel=1e-9)
     with pytest.raises(HybridError, match="camera_height_m"):
         HybridConfig(scale_source="ground").validate()
+    with pytest.raises(HybridError, match="camera_pitch_deg"):
+        HybridConfig(scale_source="ground", camera_height_m=1.65, camera_pitch_deg=80.0).validate()
 
 
 @pytest.mark.parametrize("kind", ["black", "uniform", "blurred", "duplicated"])
