@@ -27,8 +27,8 @@ and the window is scaled so that its mean step is the metric scale: LA-Pose's
 (``"ground"``: each confident pair's road band is aligned densely between its two frames
 (:mod:`lapose_core.road_plane`), which gives that pair's length in metres, and their median relative
 to the chained lengths sets the window's scale; fewer than ``min_ground_pairs`` such pairs: LA-Pose's
-scale); or, as the ablation, a constant speed times the keyframe interval (``"constant"``). ``relative_lengths=False`` gives uniform
-steps (the ablation of triangulation).
+scale); or, as the ablation, a constant speed times the keyframe interval (``"constant"``).
+``relative_lengths=False`` gives uniform steps (the ablation of triangulation).
 
 Intrinsics: the sequence's or the CameraInfo's when given and consistent with LA-Pose's field of view
 (within ``max_fov_ratio``); otherwise a pinhole camera with LA-Pose's field of view, centred. Which one
@@ -76,8 +76,8 @@ class HybridConfig:
     relative_lengths: bool = True  # triangulated step-length ratios (False: uniform steps)
     constant_speed_mps: float = 7.0  # scale_source="constant": mean speed of the labelled 00/06/07 heads (6.97)
     # scale_source="ground": the camera's height above the road (metres; None = unknown, LA-Pose's
-    # scale is used) and its pitch (degrees down), from the camera-to-base transform. KITTI's
-    # camera is 1.65 m above the road and level.
+    # scale is used) and its pitch (degrees down): how the camera is mounted. KITTI's camera is
+    # 1.65 m above the road and level.
     camera_height_m: Optional[float] = None
     camera_pitch_deg: float = 0.0
     min_ground_pairs: int = 2  # fewer pairs whose road was aligned in the window: LA-Pose's scale
@@ -114,7 +114,7 @@ class HybridFrame:
     keypoints: Any
     descriptors: Optional[np.ndarray]
     size: tuple[int, int]  # (height, width) of the camera image
-    road: Optional[np.ndarray] = None  # band-pass image for the road plane (scale_source "ground")
+    road: Optional[np.ndarray] = None  # grey image the road is aligned on (scale_source "ground")
     serial: int = field(default_factory=lambda: next(_serials))
 
 
