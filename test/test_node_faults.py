@@ -340,3 +340,36 @@ def test_slow_inference_keeps_the_newest_frame_and_the_keyframe_rate(live, estim
     stamps, _ = published(harness)
     np.testing.assert_array_equal(np.round((stamps - BASE_STAMP) * camera_hz).astype(int),
                                   [i for i in processed if i >= tracking_from])
+
+
+def test_a_message_rclpy_cannot_take_is_counted_and_the_node_goes_on(ros_context, estimator):
+    """rclpy sometimes cannot hand a received message to Python (ros2/rclpy#848, seen under load):
+    the node's spin counts and logs it, and keeps spinning; any other error still stops it."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    from lapose_ros.node import UNTAKEN_MESSAGE, LaPoseNode, spin
+
+    class FlakyExecutor(SingleThreadedExecutor):
+        def __init__(self, context):
+            super().__init__(context=context)
+            self.calls = 0
+
+        def spin_once(self, timeout_sec=None):
+            self.calls += 1
+            if self.calls <= 2:
+                raise RuntimeError(f"{UNTAKEN_MESSAGE} '0' to Python object")
+            if self.calls == 3:
+                return super().spin_once(timeout_sec=0.01)
+            raise RuntimeError("something else")
+
+    node = LaPoseNode(estimator=estimator, context=ros_context,
+                      parameter_overrides=[Parameter("publish_tf", value=False)])
+    try:
+        executor = FlakyExecutor(ros_context)
+        with pytest.raises(RuntimeError, match="something else"):
+            spin(node, executor)
+        assert executor.calls == 4
+        assert node.counters["untaken_messages"] == 2
+        assert node.diagnostic_values()["untaken_messages"] == "2"
+    finally:
+        node.destroy_node()
