@@ -85,6 +85,15 @@ class HybridConfig:
     max_features: int = 2000
     cache_pairs: int = 64  # pair geometries kept (a stream needs the last 15)
 
+    @classmethod
+    def for_camera(cls, height_m: Optional[float], pitch_deg: float = 0.0) -> "HybridConfig":
+        """The hybrid for a camera mounted ``height_m`` above the road (the road's scale), or at an
+        unknown height (None or <= 0: LA-Pose's scale). The node, the demo and the benchmark all
+        build it here, so their hybrids are the same one."""
+        known = height_m is not None and height_m > 0
+        return cls(scale_source="ground" if known else "lapose",
+                   camera_height_m=float(height_m) if known else None, camera_pitch_deg=pitch_deg)
+
     def validate(self) -> "HybridConfig":
         if self.scale_source not in SCALE_SOURCES:
             raise HybridError(f"hybrid scale_source must be one of {', '.join(SCALE_SOURCES)}, "

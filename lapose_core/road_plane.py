@@ -32,10 +32,12 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from . import KITTI_CAMERA_HEIGHT_M
+
 
 @dataclass
 class RoadPlaneConfig:
-    camera_height_m: float = 1.65  # camera above the road (KITTI's rig)
+    camera_height_m: float = KITTI_CAMERA_HEIGHT_M  # camera above the road
     # The road's normal in the camera frame (y down): (0, cos p, sin p) for a camera pitched down by
     # p degrees about its x axis.
     pitch_deg: float = 0.0
@@ -118,30 +120,28 @@ def _sample(image: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return values, inside
 
 
-def _warp(m: np.ndarray, A: np.ndarray, B: tuple[np.ndarray, np.ndarray],
-          band_b: np.ndarray) -> np.ndarray:
-    """Frame a's pixels of frame b's band pixels under the road homography of m:
-    H = K (R + t m^T) K^-1 = A + (K t)(K^-T m)^T with A = K R K^-1 and B = (K t, K^-1)."""
-    Kt, Kinv = B
-    H = A + np.outer(Kt, Kinv.T @ m)
-    pa = np.linalg.inv(H) @ band_b
-    return pa[:2] / pa[2]
-
-
 @dataclass
 class _Level:
     """One pyramid level of a pair: frame a's image and gradients, frame b's band and its values,
-    and the homography's parts (:func:`_warp`)."""
+    and the parts of the road homography."""
 
     image_a: np.ndarray
     grad_a: tuple[np.ndarray, np.ndarray]
     band: np.ndarray
     target: np.ndarray
-    A: np.ndarray
-    B: tuple[np.ndarray, np.ndarray]
+    KRK_inv: np.ndarray  # K R K^-1
+    Kt: np.ndarray  # K t_unit
+    K_inv: np.ndarray
+
+    def warp(self, m: np.ndarray) -> np.ndarray:
+        """Frame a's pixels of the band under the road homography of m:
+        H = K (R + t m^T) K^-1 = K R K^-1 + (K t)(K^-T m)^T."""
+        H = self.KRK_inv + np.outer(self.Kt, self.K_inv.T @ m)
+        pa = np.linalg.inv(H) @ self.band
+        return pa[:2] / pa[2]
 
     def sample(self, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pa = _warp(m, self.A, self.B, self.band)
+        pa = self.warp(m)
         values, inside = _sample(self.image_a, pa)
         return pa, values, inside
 
@@ -164,7 +164,7 @@ def _level(road_a: np.ndarray, road_b: np.ndarray, K: np.ndarray, R: np.ndarray,
     grad = (cv2.Sobel(road_a, cv2.CV_32F, 1, 0, ksize=3) / 8.0,
             cv2.Sobel(road_a, cv2.CV_32F, 0, 1, ksize=3) / 8.0)
     Kl_inv = np.linalg.inv(Kl)
-    return _Level(road_a, grad, band, target, Kl @ R @ Kl_inv, (Kl @ t_unit, Kl_inv))
+    return _Level(road_a, grad, band, target, Kl @ R @ Kl_inv, Kl @ t_unit, Kl_inv)
 
 
 def fit_road(road_a: np.ndarray, road_b: np.ndarray, K: np.ndarray, R: np.ndarray,
@@ -216,7 +216,7 @@ def _gauss_newton(m: np.ndarray, n0: np.ndarray, lv: _Level, min_pixels: float,
         for j in range(3):
             dm = np.zeros(3)
             dm[j] = 1e-4 * max(np.linalg.norm(m), 1e-3)
-            dp = (_warp(m + dm, lv.A, lv.B, lv.band) - pa)[:, sel] / dm[j]
+            dp = (lv.warp(m + dm) - pa)[:, sel] / dm[j]
             J[:, j] = gain * (gx[sel] * dp[0] + gy[sel] * dp[1])
         scale = 1.4826 * np.median(np.abs(r)) + 1e-6  # Huber on the robust spread
         w = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(r), 1e-12)) / (scale ** 2 * len(r))

@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from lapose_core import KITTI_CAMERA_HEIGHT_M
+
 DEFAULT_SEQUENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti" / "03_head"
 CAMERA_RATES_HZ = (10.0, 30.0)
 
@@ -226,7 +228,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.camera_height_m > 0:  # the road-scale path: one dense road alignment per new pair
         from lapose_core.hybrid import HybridConfig
 
-        road = HybridConfig(scale_source="ground", camera_height_m=args.camera_height_m)
+        road = HybridConfig.for_camera(args.camera_height_m)
         models.append(("hybrid-road", lambda device, backend: HybridEstimator(
             make_lapose(device, backend), road, intrinsics=intrinsics)))
     if args.quick:
@@ -302,7 +304,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--backends", default="", help="comma-separated subset of tensorrt,compile,eager")
     p.add_argument("--sequence", default=str(DEFAULT_SEQUENCE),
                    help="KITTI-format sequence folder whose frames are sent")
-    p.add_argument("--camera-height-m", type=float, default=1.65,
+    p.add_argument("--camera-height-m", type=float, default=KITTI_CAMERA_HEIGHT_M,
                    help="also measure the hybrid with the road scale, for a camera this high above "
                         "the road (default 1.65, the sample's KITTI camera; 0 skips it)")
     p.add_argument("--domain-id", type=int, default=200 + os.getpid() % 30,

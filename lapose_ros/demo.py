@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lapose_core import ASSETS_DIR
+from lapose_core import ASSETS_DIR, KITTI_CAMERA_HEIGHT_M
 
 SAMPLE_SEQUENCE = ASSETS_DIR / "sample_sequence"
-SAMPLE_CAMERA_HEIGHT_M = 1.65  # the KITTI rig's camera above the road (its published set-up)
+SAMPLE_CAMERA_HEIGHT_M = KITTI_CAMERA_HEIGHT_M  # the sample is KITTI's
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("[3/4] offline evaluation of the same frames (lapose eval)")
     lapose = PoseEstimator.load(args.checkpoint)
-    hybrid = HybridConfig(scale_source="ground" if height else "lapose", camera_height_m=height or None)
+    hybrid = HybridConfig.for_camera(height)  # what the node built from camera_height_m
     estimators = {"lapose": lapose, "classical": None, "hybrid": HybridEstimator(lapose, hybrid)}
     results = {}
     for method, estimator in estimators.items():

@@ -185,10 +185,8 @@ def wrap_estimator(lapose: Any, params: dict[str, Any]):
         return lapose
     from lapose_core.hybrid import HybridConfig, HybridError, HybridEstimator
 
-    height = float(params["camera_height_m"])
-    config = HybridConfig(scale_source="ground" if height > 0 else "lapose",
-                          camera_height_m=height if height > 0 else None,
-                          camera_pitch_deg=float(params["camera_pitch_deg"]))
+    config = HybridConfig.for_camera(float(params["camera_height_m"]),
+                                     float(params["camera_pitch_deg"]))
     intrinsics = [params[k] for k in ("fx", "fy", "cx", "cy")] if params["fx"] > 0 else None
     try:
         return HybridEstimator(lapose, config, intrinsics=intrinsics)

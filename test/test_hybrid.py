@@ -75,6 +75,11 @@ def test_constant_speed_and_ground_plane_scales(lapose, sample):
     assert metrics.mean_step_length(g.poses) == pytest.approx(g.scale, rel=1e-9)
     with pytest.raises(HybridError, match="camera_height_m"):
         HybridConfig(scale_source="ground").validate()
+    # The node, the demo and the benchmark build their hybrid from the camera's mounting here.
+    assert HybridConfig.for_camera(0.0).scale_source == "lapose"
+    assert HybridConfig.for_camera(None).camera_height_m is None
+    mounted = HybridConfig.for_camera(1.65, 2.0).validate()
+    assert (mounted.scale_source, mounted.camera_height_m, mounted.camera_pitch_deg) == ("ground", 1.65, 2.0)
     with pytest.raises(HybridError, match="camera_pitch_deg"):
         HybridConfig(scale_source="ground", camera_height_m=1.65, camera_pitch_deg=80.0).validate()
 

@@ -17,6 +17,7 @@ import torch
 
 from lapose_core.eval.diagnose import diagnose_sequence
 from lapose_core.eval.evaluate import evaluate_sequence
+from lapose_core import KITTI_CAMERA_HEIGHT_M
 from lapose_core.eval.plots import plot_auc_distribution, plot_window_trajectories
 from lapose_core.inference import PoseEstimator
 from lapose_core.train.trainer import last_metrics
@@ -41,7 +42,6 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
 }
 VALIDATION = "07_head"
 TABLE3_FPS = (1.0, 1.3, 2.0, 4.0)
-KITTI_CAMERA_HEIGHT_M = 1.65  # the KITTI rig's camera height above the road (its published set-up)
 HYBRID_START, HYBRID_END = "<!-- hybrid section: start -->", "<!-- hybrid section: end -->"
 
 
