@@ -65,9 +65,9 @@ def road_image(image: np.ndarray, config: RoadPlaneConfig) -> np.ndarray:
     """The grey image (float32, slightly blurred) that :func:`fit_road` aligns.
 
     Not band-passed: a filter applied before the warp is not the same filter after it (the far
-    road is seen smaller in the earlier frame), and removing the shading did not help on the
-    validation sequences (mean window scale error over 07_head and 00_head at 2 fps: 4.0 % as it
-    is, 4.2-4.7 % with the shading removed at 5-20 px)."""
+    road is seen smaller in the earlier frame), and removing the shading (a second blur of 5-20
+    px subtracted) did not make the lengths better on the validation sequences 07_head and
+    00_head."""
     image = np.asarray(image)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     return cv2.GaussianBlur(grey.astype(np.float32), (0, 0), config.blur_sigma)
