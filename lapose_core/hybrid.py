@@ -147,6 +147,15 @@ class StepCheck:
     reason: str = ""  # empty when ok
     standing: bool = False  # ok, and the matches show a rotation alone: no translation
 
+    @property
+    def failed_check(self) -> str:
+        """Which check the pair failed, without its figures ("" when ok): what evaluations count."""
+        for prefix, name in (("no essential", "no geometry"), ("parallax", "parallax"),
+                             ("rotation", "rotation gap")):
+            if self.reason.startswith(prefix):
+                return name
+        return "inliers" if self.reason else ""
+
 
 @dataclass
 class HybridPrediction:

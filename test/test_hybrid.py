@@ -107,6 +107,7 @@ def test_bad_frames_fall_back_and_say_why(lapose, sample, kind):
     else:  # both steps touching the bad frame, and only those
         assert set(reasons) == {k - 1, k}
         assert all("inliers" in r or "no essential matrix" in r for r in reasons.values())
+        assert {p.checks[j].failed_check for j in reasons} <= {"inliers", "no geometry"}
     for j in reasons:  # a fallback step is LA-Pose's own rotation
         np.testing.assert_allclose(p.relative[j, :3, :3], p.lapose.relative[j, :3, :3], atol=1e-9)
 
@@ -197,7 +198,8 @@ def test_eval_command_hybrid_with_streamed_trajectory(shared_data, tmp_path, cap
     assert args.func(args) == 0
     result = json.loads(out.read_text())
     assert result["method"] == "hybrid" and result["windows"] == 1 and result["ate_m"] > 0
-    assert result["failed_steps"] == 0 and result["prior"]["auc5"] < result["auc5"]
+    assert result["failed_steps"] == 0 and result["failed_checks"] == {}
+    assert result["prior"]["auc5"] < result["auc5"]
     rows = np.loadtxt(tum)
     assert rows.shape[1] == 8 and len(rows) >= 16 and np.all(np.diff(rows[:, 0]) > 0)
     assert "streamed trajectory" in capsys.readouterr().out

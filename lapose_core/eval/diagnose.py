@@ -147,7 +147,7 @@ def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
     for idx, gt, images in WindowScan(seq, windows, min_mean_step_m, max_windows):
         stamps = seq.timestamps[idx]
         pred, failed = predictor(images, stamps)
-        fallbacks += failed
+        fallbacks += sum(failed.values())
         gts.append(gt)
         pooled.append(metrics.pose_pair_errors(pred, gt))
         ate_s.append(metrics.ate_s(pred, gt))

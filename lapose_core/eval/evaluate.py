@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -53,6 +54,7 @@ class WindowResult:
     mean_step_m: float  # ground truth
     pred_mean_step: float = float("nan")  # the prediction's (metres for metric methods)
     failed_steps: int = 0  # classical: no essential matrix; hybrid: LA-Pose fallbacks
+    failed_checks: dict[str, int] = field(default_factory=dict)  # hybrid: fallbacks by failed check
 
     def summary(self) -> dict[str, Any]:
         return {"start": self.start, "start_time": round(float(self.timestamps[0]), 4),
@@ -87,8 +89,16 @@ class EvalResult:
                 "skipped_unreadable": self.skipped_unreadable, "auc5": self.auc5,
                 "auc30": self.auc30, "ate_s": self.ate_s, "ate_m": self.ate_m,
                 "failed_steps": sum(w.failed_steps for w in self.per_window),
+                "failed_checks": self.failed_checks(),
                 "seconds": round(self.seconds, 3), "prior": self.prior,
                 "per_window": [w.summary() for w in self.per_window]}
+
+    def failed_checks(self) -> dict[str, int]:
+        """The hybrid's fallback steps by the check their geometry failed (inliers, parallax, ...)."""
+        total: Counter[str] = Counter()
+        for w in self.per_window:
+            total.update(w.failed_checks)
+        return dict(sorted(total.items()))
 
     def table(self) -> str:
         """A readable two-column summary for the terminal."""
@@ -99,6 +109,10 @@ class EvalResult:
                 ("AUC@5", fmt(self.auc5, ".4f")), ("AUC@30", fmt(self.auc30, ".4f")),
                 ("ATE-S", fmt(self.ate_s, ".4f")), ("ATE-M", fmt(self.ate_m, ".3f") +
                                                     ("" if self.ate_m is None else " m"))]
+        if self.method != "lapose":
+            failed = self.failed_checks()
+            rows.append(("failed steps", str(sum(failed.values())) + (" (" + ", ".join(
+                f"{check} {n}" for check, n in failed.items()) + ")" if failed else "")))
         if self.prior:
             rows.append(("prior", prior.describe(self.prior)))
         width = max(len(k) for k, _ in rows)
@@ -167,7 +181,7 @@ def evaluate_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
             ate_s=metrics.ate_s(pred, gt),
             ate_m=metrics.ate_m(pred, gt) if method in METRIC_METHODS else None,
             mean_step_m=metrics.mean_step_length(gt), pred_mean_step=metrics.mean_step_length(pred),
-            failed_steps=failed))
+            failed_steps=sum(failed.values()), failed_checks=failed))
         bar.update(1)
     bar.close()
     stationary, unreadable = scan.stationary, scan.unreadable
@@ -188,7 +202,7 @@ def evaluate_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
         prior=prior.score_prior([w.gt_poses for w in results]))
 
 
-Predictor = Callable[[list, np.ndarray], tuple[np.ndarray, int]]
+Predictor = Callable[[list, np.ndarray], tuple[np.ndarray, dict[str, int]]]
 
 
 def load_method_estimator(method: str, checkpoint: str | Path | None = None, device: str = "cpu",
@@ -235,19 +249,21 @@ def write_tum(path: str | Path, stamps: np.ndarray, poses: np.ndarray) -> None:
 def window_predictor(method: str, seq: KittiSequence, estimator=None) -> Predictor:
     """``predict(images, stamps) -> (poses (T, 4, 4) relative to the first frame, failed steps)``.
 
-    ``failed steps`` counts the steps the method could not estimate from the images themselves
-    (classical: no essential matrix; hybrid: geometry not confident, LA-Pose's step used).
+    ``failed steps`` counts, by the check that failed, the steps the method could not estimate from
+    the images themselves (classical: no essential matrix; hybrid: geometry not confident, LA-Pose's
+    step used; see :attr:`lapose_core.hybrid.StepCheck.failed_check`).
     """
     if method == "classical":
         classical = ClassicalVO(seq.intrinsics)
 
         def predict(images, stamps):
             window = classical.estimate(images)
-            return _compose(window.relative), window.failures
+            return _compose(window.relative), ({"no geometry": window.failures} if window.failures else {})
     elif method == "hybrid":
         def predict(images, stamps):
             prediction = estimator.predict_window(images, stamps, intrinsics=seq.intrinsics)
-            return np.asarray(prediction.poses, dtype=np.float64), prediction.fallbacks
+            failed = Counter(c.failed_check for c in prediction.checks if not c.ok)
+            return np.asarray(prediction.poses, dtype=np.float64), dict(failed)
     else:
         def predict(images, stamps):
             # A frame repeated in the window (the static test of lapose diagnose) is encoded once.
@@ -256,7 +272,7 @@ def window_predictor(method: str, seq: KittiSequence, estimator=None) -> Predict
                 if id(im) not in encoded:
                     encoded[id(im)] = estimator.encode_frame(im)
             prediction = estimator.predict_features([encoded[id(im)] for im in images], stamps)
-            return np.asarray(prediction.poses, dtype=np.float64), 0
+            return np.asarray(prediction.poses, dtype=np.float64), {}
     return predict
 
 
