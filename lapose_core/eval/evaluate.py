@@ -54,7 +54,7 @@ class WindowResult:
     mean_step_m: float  # ground truth
     pred_mean_step: float = float("nan")  # the prediction's (metres for metric methods)
     failed_steps: int = 0  # classical: no essential matrix; hybrid: LA-Pose fallbacks
-    failed_checks: dict[str, int] = field(default_factory=dict)  # hybrid: fallbacks by failed check
+    failed_checks: dict[str, int] = field(default_factory=dict)  # failed_steps by the check that failed
 
     def summary(self) -> dict[str, Any]:
         return {"start": self.start, "start_time": round(float(self.timestamps[0]), 4),
@@ -94,7 +94,7 @@ class EvalResult:
                 "per_window": [w.summary() for w in self.per_window]}
 
     def failed_checks(self) -> dict[str, int]:
-        """The hybrid's fallback steps by the check their geometry failed (inliers, parallax, ...)."""
+        """Failed steps by the check that failed (hybrid: inliers, parallax, ...; classical: no geometry)."""
         total: Counter[str] = Counter()
         for w in self.per_window:
             total.update(w.failed_checks)
