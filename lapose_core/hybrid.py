@@ -146,15 +146,9 @@ class StepCheck:
     rotation_gap_deg: float  # angle between the geometry's and LA-Pose's rotation (NaN: no geometry)
     reason: str = ""  # empty when ok
     standing: bool = False  # ok, and the matches show a rotation alone: no translation
-
-    @property
-    def failed_check(self) -> str:
-        """Which check the pair failed, without its figures ("" when ok): what evaluations count."""
-        for prefix, name in (("no essential", "no geometry"), ("parallax", "parallax"),
-                             ("rotation", "rotation gap")):
-            if self.reason.startswith(prefix):
-                return name
-        return "inliers" if self.reason else ""
+    # The check that failed, without its figures ("" when ok; "no geometry", "inliers", "parallax"
+    # or "rotation gap"): what evaluations count.
+    failed_check: str = ""
 
 
 @dataclass
@@ -380,21 +374,24 @@ class HybridEstimator:
         cfg = self.config
         if not step.ok:
             return StepCheck(False, step.inliers, 0.0, math.nan,
-                             "no essential matrix (too few features or matches)")
+                             "no essential matrix (too few features or matches)",
+                             failed_check="no geometry")
         gap = float(rotation_angle_deg(step.R @ lapose_rotation))  # R_geo^T vs R_lapose: R_geo R_lp
+        few_inliers = f"{step.inliers} inliers < {cfg.min_inliers}"
         if step.standing:  # nearly every match agrees with a rotation alone: trusted as it is
             ok = step.inliers >= cfg.min_inliers
-            return StepCheck(ok, step.inliers, step.parallax_px, gap,
-                             "" if ok else f"{step.inliers} inliers < {cfg.min_inliers}", standing=ok)
+            return StepCheck(ok, step.inliers, step.parallax_px, gap, "" if ok else few_inliers,
+                             standing=ok, failed_check="" if ok else "inliers")
         if step.inliers < cfg.min_inliers:
-            reason = f"{step.inliers} inliers < {cfg.min_inliers}"
+            failed, reason = "inliers", few_inliers
         elif not step.parallax_px >= cfg.min_parallax_px:
-            reason = f"parallax {step.parallax_px:.2f} px < {cfg.min_parallax_px:g}"
+            failed, reason = "parallax", f"parallax {step.parallax_px:.2f} px < {cfg.min_parallax_px:g}"
         elif not gap <= cfg.max_rotation_gap_deg:
-            reason = f"rotation {gap:.1f} deg from LA-Pose's > {cfg.max_rotation_gap_deg:g}"
+            failed, reason = "rotation gap", (f"rotation {gap:.1f} deg from LA-Pose's > "
+                                              f"{cfg.max_rotation_gap_deg:g}")
         else:
-            reason = ""
-        return StepCheck(not reason, step.inliers, step.parallax_px, gap, reason)
+            failed, reason = "", ""
+        return StepCheck(not reason, step.inliers, step.parallax_px, gap, reason, failed_check=failed)
 
     def _window_scale(self, lp: Any, timestamps: Sequence[float], pairs: list[PairGeometry],
                       checks: list[StepCheck], lengths: np.ndarray) -> tuple[float, str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lapose_core import KITTI_CAMERA_HEIGHT_M
 from lapose_core.eval.diagnose import diagnose_sequence
 from lapose_core.eval.evaluate import evaluate_sequence
-from lapose_core import KITTI_CAMERA_HEIGHT_M
 from lapose_core.eval.plots import plot_auc_distribution, plot_window_trajectories
 from lapose_core.inference import PoseEstimator
 from lapose_core.train.trainer import last_metrics
