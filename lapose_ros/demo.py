@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lapose_core import ASSETS_DIR, KITTI_CAMERA_HEIGHT_M
+from lapose_core import ASSETS_DIR, KITTI_CAMERA_HEIGHT_M, KITTI_CAMERA_PITCH_DEG
 
 SAMPLE_SEQUENCE = ASSETS_DIR / "sample_sequence"
 SAMPLE_CAMERA_HEIGHT_M = KITTI_CAMERA_HEIGHT_M  # the sample is KITTI's
+SAMPLE_CAMERA_PITCH_DEG = KITTI_CAMERA_PITCH_DEG
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,15 +45,17 @@ def run(args: argparse.Namespace) -> int:
 
     how = "in lockstep" if args.mode == "lockstep" else f"in real time at {args.rate:g}x"
     height = max(float(args.camera_height_m), 0.0)
-    scale = f"road plane, camera {height:g} m up" if height else "LA-Pose's"
+    pitch = float(args.camera_pitch_deg)
+    scale = f"road plane, camera {height:g} m up, {pitch:g} deg down" if height else "LA-Pose's"
     print(f"[2/4] replaying the bag through lapose_node {how}, estimator {args.estimator} "
           f"(hybrid metric scale: {scale})")
     replay = replay_bag(bag, out / "replay", rate=args.rate, checkpoint=args.checkpoint, mode=args.mode,
-                        node_params={"estimator": args.estimator, "camera_height_m": height})
+                        node_params={"estimator": args.estimator, "camera_height_m": height,
+                                     "camera_pitch_deg": pitch})
 
     print("[3/4] offline evaluation of the same frames (lapose eval)")
     lapose = PoseEstimator.load(args.checkpoint)
-    hybrid = HybridConfig.for_camera(height)  # what the node built from camera_height_m
+    hybrid = HybridConfig.for_camera(height, pitch)  # what the node built from its parameters
     estimators = {"lapose": lapose, "classical": None, "hybrid": HybridEstimator(lapose, hybrid)}
     results = {}
     for method, estimator in estimators.items():
@@ -157,4 +160,7 @@ def register(subparsers) -> None:
                    help="the camera's height above the road: the hybrid's metric scale from the road "
                         f"plane (default {SAMPLE_CAMERA_HEIGHT_M:g}, the sample's KITTI camera; 0: "
                         "LA-Pose's scale)")
+    p.add_argument("--camera-pitch-deg", type=float, default=SAMPLE_CAMERA_PITCH_DEG,
+                   help="the camera's optical axis below the road plane, degrees (default "
+                        f"{SAMPLE_CAMERA_PITCH_DEG:g}, the sample's KITTI camera)")
     p.set_defaults(func=run)

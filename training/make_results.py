@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lapose_core import KITTI_CAMERA_HEIGHT_M
+from lapose_core import KITTI_CAMERA_HEIGHT_M, KITTI_CAMERA_PITCH_DEG
 from lapose_core.eval.diagnose import diagnose_sequence
 from lapose_core.eval.evaluate import evaluate_sequence
 from lapose_core.eval.plots import plot_auc_distribution, plot_window_trajectories
@@ -84,13 +84,14 @@ def hybrid_section(lapose: PoseEstimator, model_name: str, stride_s: float, asse
 
     variants = {
         "hybrid": HybridConfig(),
-        "hybrid_ground": HybridConfig(scale_source="ground", camera_height_m=KITTI_CAMERA_HEIGHT_M),
+        "hybrid_ground": HybridConfig.for_camera(KITTI_CAMERA_HEIGHT_M, KITTI_CAMERA_PITCH_DEG),
         "hybrid_constant": HybridConfig(scale_source="constant"),
         "hybrid_uniform": HybridConfig(relative_lengths=False),
     }
     names = {"classical": "classical", "lapose": f"LA-Pose alone ({model_name})",
              "hybrid": "hybrid: geometry + LA-Pose scale (node default)",
-             "hybrid_ground": f"hybrid, road scale (camera {KITTI_CAMERA_HEIGHT_M} m above the road)",
+             "hybrid_ground": (f"hybrid, road scale (camera {KITTI_CAMERA_HEIGHT_M} m above the road, "
+                               f"{KITTI_CAMERA_PITCH_DEG} deg down)"),
              "hybrid_constant": "ablation: geometry + constant speed (7 m/s)",
              "hybrid_uniform": "ablation: geometry + LA-Pose scale, uniform steps"}
     results: dict[tuple[str, str, float], dict] = {}

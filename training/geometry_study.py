@@ -1,0 +1,149 @@
+"""The studies behind two of the hybrid's settings, on the labelled training sequences only.
+
+``pairs``: how accurate feature geometry is against its essential-matrix inlier count. Every pair of
+frames ``gap`` frames apart (every second start frame) is estimated by the classical pipeline
+(:class:`lapose_core.eval.classical.ClassicalVO`, accepting down to 5 inliers) and scored against the
+ground truth (the larger of the rotation and translation-direction errors, degrees), binned by
+inliers. Frame gaps beyond 10 (slower than 1 fps at KITTI's 10 Hz) are where pairs with few inliers
+are found. Beside it, LA-Pose's own per-step error on 16-frame windows at ``--fps`` of the same
+sequences: what a pair that falls back gets instead. The bundled model was trained on these
+sequences, so its figures here flatter it. This chose ``HybridConfig.min_inliers``.
+
+``road``: the road's metric step length (:func:`lapose_core.road_plane.fit_road`) for pairs ``gap``
+frames apart, given the ground-truth motion, against the true length, for each camera pitch: a
+wrong pitch biases the length in proportion to the step. The pitch with no bias is the camera's
+(``lapose_core.KITTI_CAMERA_PITCH_DEG``).
+
+    python training/geometry_study.py pairs --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head
+    python training/geometry_study.py road --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from lapose_core import KITTI_CAMERA_HEIGHT_M
+from lapose_core.data.sources import KittiSequence
+from lapose_core.eval.classical import ClassicalVO
+from lapose_core.eval.evaluate import WindowScan, eval_windows
+from lapose_core.eval.metrics import pair_errors, rotation_angle_deg
+from lapose_core.road_plane import RoadPlaneConfig, fit_road, road_image
+
+INLIER_BINS = (5, 10, 15, 20, 25, 30, 50, 100, 10**6)
+
+
+def motion(seq: KittiSequence, i: int, j: int) -> np.ndarray:
+    """Frame j in frame i (4x4), from the ground truth."""
+    return np.linalg.inv(seq.poses[i]) @ seq.poses[j]
+
+
+def step_errors(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """max(rotation, direction) error in degrees of each step (frame k+1 in frame k, (N, 4, 4))."""
+    return np.array([np.max(pair_errors(np.stack([np.eye(4), p]), np.stack([np.eye(4), g])))
+                     for p, g in zip(pred, gt)])
+
+
+def error_row(label: str, errors: np.ndarray) -> str:
+    if not len(errors):
+        return f"| {label} | 0 | | | | |"
+    return (f"| {label} | {len(errors)} | {np.median(errors):.2f} | {np.percentile(errors, 90):.2f} | "
+            f"{np.mean(errors > 5):.2f} | {np.mean(errors > 20):.2f} |")
+
+
+def study_pairs(args: argparse.Namespace) -> None:
+    found: list[tuple[int, float]] = []  # (inliers, error); 0 inliers: no essential matrix
+    for path in args.data:
+        seq = KittiSequence(path)
+        vo = ClassicalVO(seq.intrinsics, min_inliers=5)
+        features = [vo.features(seq.read(i)) for i in range(len(seq))]
+        for gap in args.gaps:
+            for i in range(0, len(seq) - gap, 2):
+                step = vo.two_view(features[i], features[i + gap])
+                if not step.ok:
+                    found.append((0, 180.0))
+                    continue
+                # x_j = R x_i + t  <=>  frame j in frame i is (R^T, -R^T t).
+                pred = np.eye(4)
+                pred[:3, :3], pred[:3, 3] = step.R.T, -step.R.T @ step.t
+                found.append((step.inliers, float(step_errors(pred[None], motion(seq, i, i + gap)[None])[0])))
+    inliers = np.array([f[0] for f in found])
+    errors = np.array([f[1] for f in found])
+    print(f"Feature geometry, frame gaps {', '.join(map(str, args.gaps))}, {len(found)} pairs "
+          f"({np.sum(inliers == 0)} without an essential matrix)\n")
+    print("| inliers | pairs | median error (deg) | 90th percentile | > 5 deg | > 20 deg |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for lo, hi in zip(INLIER_BINS[:-1], INLIER_BINS[1:]):
+        sel = (inliers >= lo) & (inliers < hi)
+        print(error_row(f"{lo}-{hi - 1}" if hi < 10**6 else f">= {lo}", errors[sel]))
+
+    from lapose_core.inference import PoseEstimator
+
+    estimator = PoseEstimator.load(args.checkpoint)
+    lapose: list[np.ndarray] = []
+    for path in args.data:
+        seq = KittiSequence(path)
+        if seq.duration < (estimator.num_frames - 1) / args.fps:
+            continue
+        windows = eval_windows(seq, args.fps, estimator.num_frames, stride_s=0.5)
+        for idx, gt, images in WindowScan(seq, windows):
+            pred = estimator.predict_window(images, seq.timestamps[idx]).relative
+            lapose.append(step_errors(np.asarray(pred), np.linalg.inv(gt[:-1]) @ gt[1:]))
+    print(f"\nLA-Pose ({estimator.checkpoint_name}) per step, 16-frame windows at {args.fps:g} fps:\n")
+    print("| method | steps | median error (deg) | 90th percentile | > 5 deg | > 20 deg |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(error_row("LA-Pose", np.concatenate(lapose) if lapose else np.zeros(0)))
+
+
+def study_road(args: argparse.Namespace) -> None:
+    sequences = [KittiSequence(path) for path in args.data]
+    greys = {}
+    print(f"Road length error (fitted / true - 1) with the ground-truth motion, camera "
+          f"{args.camera_height_m} m above the road\n")
+    print("| pitch (deg) | gap | pairs | voting | median error | mean abs error |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for pitch in args.pitches:
+        config = RoadPlaneConfig(camera_height_m=args.camera_height_m, pitch_deg=pitch)
+        for gap in args.gaps:
+            errors, pairs = [], 0
+            for seq in sequences:
+                K = np.array([[seq.intrinsics[0], 0, seq.intrinsics[2]],
+                              [0, seq.intrinsics[1], seq.intrinsics[3]], [0, 0, 1.0]])
+                for i in range(0, len(seq) - gap, 3):
+                    for k in (i, i + gap):
+                        if (seq.name, k) not in greys:
+                            greys[seq.name, k] = road_image(seq.read(k), config)
+                    true = motion(seq, i, i + gap)
+                    inverse = np.linalg.inv(true)  # x_j = R x_i + t
+                    length = float(np.linalg.norm(true[:3, 3]))
+                    fit = fit_road(greys[seq.name, i], greys[seq.name, i + gap], K, inverse[:3, :3],
+                                   inverse[:3, 3] / length, config)
+                    pairs += 1
+                    if fit is not None and fit.ok:
+                        errors.append(fit.baseline_m / length - 1.0)
+            e = np.array(errors)
+            print(f"| {pitch:g} | {gap} | {pairs} | {len(e)} | {np.median(e):+.3f} | {np.abs(e).mean():.3f} |"
+                  if len(e) else f"| {pitch:g} | {gap} | {pairs} | 0 | | |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="study", required=True)
+    pairs = sub.add_parser("pairs", help="geometry error against inlier count; LA-Pose's step error")
+    pairs.add_argument("--data", nargs="+", required=True, help="labelled KITTI-format folders")
+    pairs.add_argument("--gaps", type=int, nargs="+", default=[10, 13, 15, 17, 20, 25])
+    pairs.add_argument("--fps", type=float, default=1.0, help="LA-Pose's window rate")
+    pairs.add_argument("--checkpoint", help="LA-Pose checkpoint (default: bundled model)")
+    pairs.set_defaults(func=study_pairs)
+    road = sub.add_parser("road", help="road length bias against camera pitch")
+    road.add_argument("--data", nargs="+", required=True, help="labelled KITTI-format folders")
+    road.add_argument("--gaps", type=int, nargs="+", default=[5, 10])
+    road.add_argument("--pitches", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    road.add_argument("--camera-height-m", type=float, default=KITTI_CAMERA_HEIGHT_M)
+    road.set_defaults(func=study_road)
+    args = p.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
