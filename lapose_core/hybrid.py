@@ -63,7 +63,11 @@ class HybridError(ValueError):
 
 @dataclass
 class HybridConfig:
-    min_inliers: int = 30  # fewer essential-matrix inliers: geometry not confident
+    # Fewer essential-matrix inliers: geometry not confident (the classical pipeline's own floor).
+    # On the labelled 00/07/06 heads at 1-2.5 s steps (`python training/geometry_study.py pairs`),
+    # geometry with 15-29 inliers has a median error of 1.3-1.9 degrees, about LA-Pose's at 1 fps
+    # on those same (its training) windows; below 15 it is mostly wrong.
+    min_inliers: int = 15
     min_parallax_px: float = 1.0  # less rotation-compensated median image motion: no baseline
     # Geometry and LA-Pose rotations further apart: not confident. Loose on purpose: the bound is
     # there to catch a wrong essential-matrix solution (a decomposition twisted by 180 degrees),

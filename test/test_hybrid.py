@@ -106,8 +106,12 @@ def test_bad_frames_fall_back_and_say_why(lapose, sample, kind):
         assert np.linalg.norm(p.relative[k, :3, 3]) > 0  # and the step out of it moves again
     else:  # both steps touching the bad frame, and only those
         assert set(reasons) == {k - 1, k}
-        assert all("inliers" in r or "no essential matrix" in r for r in reasons.values())
-        assert {p.checks[j].failed_check for j in reasons} <= {"inliers", "no geometry"}
+        # A black or uniform frame has no features; a blurred one keeps a few, whose spurious
+        # essential matrix (18 inliers into it here) is caught by its rotation, far from LA-Pose's.
+        failed = {"inliers", "no geometry"} | ({"rotation gap"} if kind == "blurred" else set())
+        assert {p.checks[j].failed_check for j in reasons} <= failed
+        assert all(("inliers" in r or "no essential matrix" in r or "from LA-Pose's" in r)
+                   for r in reasons.values())
     for j in reasons:  # a fallback step is LA-Pose's own rotation
         np.testing.assert_allclose(p.relative[j, :3, :3], p.lapose.relative[j, :3, :3], atol=1e-9)
 

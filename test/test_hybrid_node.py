@@ -48,7 +48,7 @@ def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id, last):
     from builtin_interfaces.msg import Time
 
     from lapose_core.data.sources import KittiSequence
-    from lapose_core.hybrid import HybridEstimator
+    from lapose_core.hybrid import HybridConfig, HybridEstimator
     from lapose_core.inference import PoseEstimator
     from sensor_msgs.msg import Image
 
@@ -81,7 +81,7 @@ def test_node_diagnostics_and_covariance_report_fallbacks(ros_domain_id, last):
     assert published[-1].is_keyframe and published[-2].covariance_scale == 1.0
     if last == "black":
         assert int(values["fallback_steps"]) == 1 and values["newest_step"].startswith("fallback to LA-Pose")
-        assert int(values["inliers"]) < 30 and int(values["standing_steps"]) == 0
+        assert int(values["inliers"]) < HybridConfig().min_inliers and int(values["standing_steps"]) == 0
         assert published[-1].covariance_scale == 10.0
     else:
         assert int(values["fallback_steps"]) == 0 and int(values["standing_steps"]) == 1
