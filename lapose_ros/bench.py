@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from lapose_core import KITTI_CAMERA_HEIGHT_M, KITTI_CAMERA_PITCH_DEG
+from lapose_core import KITTI_CAMERA_HEIGHT_M
 
 DEFAULT_SEQUENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti" / "03_head"
 CAMERA_RATES_HZ = (10.0, 30.0)
@@ -307,8 +307,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--camera-height-m", type=float, default=KITTI_CAMERA_HEIGHT_M,
                    help="also measure the hybrid with the road scale, for a camera this high above "
                         "the road (default 1.65, the sample's KITTI camera; 0 skips it)")
-    p.add_argument("--camera-pitch-deg", type=float, default=KITTI_CAMERA_PITCH_DEG,
-                   help=f"that camera's pitch below the road plane (default {KITTI_CAMERA_PITCH_DEG:g}, KITTI's)")
+    p.add_argument("--camera-pitch-deg", type=float, default=0.0,
+                   help="that camera's pitch below the road plane, degrees (default 0, level)")
     p.add_argument("--domain-id", type=int, default=200 + os.getpid() % 30,
                    help="private ROS_DOMAIN_ID of the in-process node (discovery stays on loopback)")
     soak = p.add_argument_group("soak (--soak MINUTES): the node as its own process under a live camera")

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lapose_core import ASSETS_DIR, KITTI_CAMERA_HEIGHT_M, KITTI_CAMERA_PITCH_DEG
+from lapose_core import ASSETS_DIR, KITTI_CAMERA_HEIGHT_M
 
 SAMPLE_SEQUENCE = ASSETS_DIR / "sample_sequence"
 SAMPLE_CAMERA_HEIGHT_M = KITTI_CAMERA_HEIGHT_M  # the sample is KITTI's
-SAMPLE_CAMERA_PITCH_DEG = KITTI_CAMERA_PITCH_DEG
+SAMPLE_CAMERA_PITCH_DEG = 0.0  # level, the nominal mount: no labelled data of its recording day
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ sequences, so its figures here flatter it. This chose ``HybridConfig.min_inliers
 ``road``: the road's metric step length (:func:`lapose_core.road_plane.fit_road`) for pairs ``gap``
 frames apart, given the ground-truth motion, against the true length, for each camera pitch: a
 wrong pitch biases the length in proportion to the step. The pitch with no bias is the camera's
-(``lapose_core.KITTI_CAMERA_PITCH_DEG``).
+(``lapose_core.LABELLED_KITTI_PITCH_DEG`` for the labelled heads' recordings).
 
     python training/geometry_study.py pairs --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head
     python training/geometry_study.py road --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head
