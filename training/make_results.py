@@ -49,6 +49,12 @@ def fmt(v, spec=".3f"):
     return "n/a" if v is None else format(v, spec)
 
 
+def relation(a: float, b: float) -> str:
+    """'=' where two figures differ by summation order only (the same steps, added up in another
+    order: 1e-17 apart), else '<' or '>'."""
+    return "=" if abs(a - b) <= 1e-12 * max(1.0, abs(b)) else "<" if a < b else ">"
+
+
 def row(name: str, r: dict) -> str:
     return (f"| {name} | {r['fps']:g} | {r['windows']} | {fmt(r['auc5'])} | {fmt(r['auc30'])} | "
             f"{fmt(r['ate_s'], '.4f')} | {fmt(r['ate_m'], '.3f')} |")
@@ -165,8 +171,8 @@ def hybrid_section(lapose: PoseEstimator, model_name: str, stride_s: float, asse
         g = results[(seq, "hybrid_ground", fps)]
         lines.append(
             f"- {seq} {fps:g} fps: hybrid AUC@5 {fmt(h['auc5'])} vs classical {fmt(c['auc5'])} "
-            f"({'>=' if h['auc5'] >= c['auc5'] else '<'}), ATE-S {fmt(h['ate_s'], '.4f')} vs "
-            f"{fmt(c['ate_s'], '.4f')} ({'<=' if h['ate_s'] <= c['ate_s'] else '>'}), ATE-M "
+            f"({relation(h['auc5'], c['auc5'])}), ATE-S {fmt(h['ate_s'], '.4f')} vs "
+            f"{fmt(c['ate_s'], '.4f')} ({relation(h['ate_s'], c['ate_s'])}), ATE-M "
             f"{fmt(h['ate_m'])} m with LA-Pose's scale, {fmt(g['ate_m'])} m with the road's "
             f"(target 1.5 m: {'met' if min(h['ate_m'], g['ate_m']) <= 1.5 else 'not met'}).")
     return lines + [HYBRID_END]
