@@ -141,7 +141,11 @@ def hybrid_section(lapose: PoseEstimator, model_name: str, stride_s: float, asse
              f"height (`lapose_core/road_plane.py`). Model: {model_name}. Settings were chosen on 07_head, 06_head and "
              "00_head, never on these sequences (`lapose_core/hybrid.py`). 'fallback steps' of the "
              "classical rows are its steps without an essential matrix. The prior row is the "
-             "straight-ahead prior on the same windows.", "", header]
+             "straight-ahead prior on the same windows. The road rows take the camera as level (the "
+             f"nominal mount) or {LABELLED_KITTI_PITCH_DEG} degrees down, the pitch that leaves the road's "
+             "lengths unbiased on the labelled heads' recordings (`python training/geometry_study.py "
+             "road`); KITTI calibrated its rig each recording day, and 01_head shares 00_head's day, "
+             "03_head has a day of its own.", "", header]
     for seq, fps in runs:
         for method in ("classical", "lapose", "hybrid", "hybrid_ground", "hybrid_ground_pitch"):
             lines.append(line(seq, fps, method))
