@@ -131,15 +131,14 @@ def test_kitti_road_gives_the_step_length_within_a_tenth():
     assert abs(np.median(errors)) < 0.1
 
 
-@pytest.mark.skipif(not (KITTI / "07_head").is_dir(), reason="needs ../shared/data/kitti/07_head")
-def test_kitti_camera_pitch_removes_the_road_length_bias():
+def test_kitti_camera_pitch_removes_the_road_length_bias(shared_data):
     """The labelled heads' camera looks LABELLED_KITTI_PITCH_DEG below the road plane. With the
     ground-truth motion of 1 s steps on 07_head (a labelled training sequence), a level camera makes
     the road's lengths too long by several percent (the bias grows with the step), and that pitch
     leaves none: the camera_pitch_deg parameter does what it says."""
     from lapose_core import KITTI_CAMERA_HEIGHT_M, LABELLED_KITTI_PITCH_DEG
 
-    seq = KITTI / "07_head"
+    seq = shared_data / "kitti" / "07_head"
     fx, fy, cx, cy = np.loadtxt(seq / "calib.txt", max_rows=1)[:4]
     Kk = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
     poses = np.tile(np.eye(4), (160, 1, 1))

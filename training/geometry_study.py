@@ -25,9 +25,9 @@ import numpy as np
 
 from lapose_core import KITTI_CAMERA_HEIGHT_M
 from lapose_core.data.sources import KittiSequence
-from lapose_core.eval.classical import ClassicalVO
+from lapose_core.eval.classical import ClassicalVO, intrinsics_matrix
 from lapose_core.eval.evaluate import WindowScan, eval_windows
-from lapose_core.eval.metrics import pair_errors, rotation_angle_deg
+from lapose_core.eval.metrics import pair_errors
 from lapose_core.road_plane import RoadPlaneConfig, fit_road, road_image
 
 INLIER_BINS = (5, 10, 15, 20, 25, 30, 50, 100, 10**6)
@@ -107,8 +107,7 @@ def study_road(args: argparse.Namespace) -> None:
         for gap in args.gaps:
             errors, pairs = [], 0
             for seq in sequences:
-                K = np.array([[seq.intrinsics[0], 0, seq.intrinsics[2]],
-                              [0, seq.intrinsics[1], seq.intrinsics[3]], [0, 0, 1.0]])
+                K = intrinsics_matrix(seq.intrinsics)
                 for i in range(0, len(seq) - gap, 3):
                     for k in (i, i + gap):
                         if (seq.name, k) not in greys:

@@ -1,0 +1,45 @@
+"""training/geometry_study.py, the studies behind the hybrid's inlier floor and the road's camera
+pitch, on a labelled training sequence."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("geometry_study", REPO / "training" / "geometry_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(study, monkeypatch, capsys, *argv: str) -> str:
+    monkeypatch.setattr(sys, "argv", ["geometry_study.py", *argv])
+    study.main()
+    return capsys.readouterr().out
+
+
+def test_pairs_bins_every_pair_and_scores_lapose(study, shared_data, monkeypatch, capsys):
+    out = run(study, monkeypatch, capsys, "pairs", "--data", str(shared_data / "kitti" / "06_head"),
+              "--gaps", "10", "--fps", "4")
+    total = int(re.search(r"(\d+) pairs \((\d+) without", out).group(1))
+    assert total == len(range(0, 51 - 10, 2))
+    binned = [int(m) for m in re.findall(r"^\| (?:\d+-\d+|>= \d+) \| (\d+) \|", out, re.M)]
+    without = int(re.search(r"\((\d+) without an essential matrix\)", out).group(1))
+    assert sum(binned) + without == total
+    lapose = re.search(r"^\| LA-Pose \| (\d+) \| ([\d.]+) \|", out, re.M)
+    assert lapose and int(lapose.group(1)) % 15 == 0 and int(lapose.group(1)) > 0
+
+
+def test_road_bias_changes_sign_between_level_and_a_pitch_down(study, shared_data, monkeypatch, capsys):
+    out = run(study, monkeypatch, capsys, "road", "--data", str(shared_data / "kitti" / "07_head"),
+              "--gaps", "10", "--pitches", "0", "1")
+    medians = {float(p): float(m) for p, m in re.findall(r"^\| ([\d.]+) \| 10 \| \d+ \| \d+ \| ([+-][\d.]+) \|", out, re.M)}
+    assert medians[0.0] > 0.02 and medians[1.0] < -0.02  # the unbiased pitch lies between
