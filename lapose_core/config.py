@@ -113,6 +113,12 @@ class DataConfig:
     reverse_prob: float = 0.0  # the window played backwards (every step inverted)
     static_prob: float = 0.0  # 16 copies of one frame: a standing camera, zero motion
     photometric_prob: float = 0.0  # brightness / contrast / gamma jitter (labels unchanged)
+    # The window's timestamps stretched by a factor log-uniform in [1/time_scale_max, time_scale_max]:
+    # the same frames at another speed. With scale_output "speed" the speed target changes and the step
+    # does not, so speed can no longer be read off the scene (which predicts it on a few sequences)
+    # and must come from the motion between frames.
+    time_scale_prob: float = 0.0
+    time_scale_max: float = 2.0
     # Cut / frozen-frame detection on the decoded low-resolution frames.
     cut_threshold: float = 4.0  # a pair is a cut when this many times more different than its neighbours
     frozen_threshold: float = 0.004  # a frame is a copy when < this fraction of thumbnail pixels changed
@@ -239,6 +245,8 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: train.stage must be vqvae, pretrain or posttrain")
         if not 0 < self.data.fps_min <= self.data.fps_max:
             raise ConfigError(f"{source}: need 0 < data.fps_min <= data.fps_max")
+        if not (0 <= self.data.time_scale_prob <= 1 and self.data.time_scale_max >= 1):
+            raise ConfigError(f"{source}: need 0 <= data.time_scale_prob <= 1 and data.time_scale_max >= 1")
 
 
 def apply_fields(obj: Any, values: dict[str, Any], where: str) -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lapose_core.config import LaPoseConfig
-from lapose_core.data.augment import (mirror_clip, photometric_clip, reverse_clip, rotate_clip,
-                                      smooth_rotations, static_clip)
+from lapose_core.data.augment import (augment_clip, mirror_clip, photometric_clip, reverse_clip,
+                                      rotate_clip, smooth_rotations, static_clip, time_scaled_clip)
 from lapose_core.geometry import pose_targets, relative_poses
 
 
@@ -117,3 +117,26 @@ def test_static_window_has_no_motion_and_photometric_jitter_keeps_labels(real_cl
     assert torch.equal(jittered["poses"], clip["poses"])
     assert 0 <= float(jittered["frames"].min()) and float(jittered["frames"].max()) <= 1
     assert (jittered["frames"] - clip["frames"]).abs().mean() > 0.01
+
+
+def test_time_scaled_window_keeps_its_steps_and_changes_its_speed(real_clip):
+    """Stretched timestamps: the frames and steps stay, the speed (step / interval) is 1 / factor
+    as large, so the model's speed output must come from the motion, and its step is unchanged."""
+    clip, K = real_clip
+    slow = time_scaled_clip(clip, 2.0)
+    assert torch.equal(slow["frames"], clip["frames"]) and torch.equal(slow["poses"], clip["poses"])
+    assert torch.allclose(slow["timestamps"], 2.0 * clip["timestamps"])
+    steps = pose_targets(clip["poses"][None].double(), torch.tensor([1.0], dtype=torch.float64))["scale"]
+    interval = lambda c: float(c["timestamps"][-1] - c["timestamps"][0]) / (len(c["timestamps"]) - 1)
+    assert float(steps) / interval(slow) == pytest.approx(0.5 * float(steps) / interval(clip))
+    # Off (the default): no random number is drawn for it, so every other augmentation is as before.
+    cfg = LaPoseConfig.from_dict({"data": {"photometric_prob": 1.0, "reverse_prob": 0.5}}).data
+    on = LaPoseConfig.from_dict({"data": {"photometric_prob": 1.0, "reverse_prob": 0.5,
+                                          "time_scale_prob": 1.0, "time_scale_max": 2.0}}).data
+    for seed in range(4):
+        rng_off, rng_on = np.random.default_rng(seed), np.random.default_rng(seed)
+        a, b = augment_clip(clip, K, rng_off, cfg), augment_clip(clip, K, rng_on, on)
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["poses"], b["poses"])
+        ratio = (b["timestamps"][-1] / a["timestamps"][-1]).item()
+        assert 0.5 <= ratio <= 2.0 and ratio != 1.0
+        assert rng_off.uniform() != rng_on.uniform()  # the enabled one drew its factor last

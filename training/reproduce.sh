@@ -65,6 +65,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_floor0 --set model.scale_output=speed --set model.translation_floor=0"
     "val_static --set model.scale_output=speed --set data.static_prob=0.15"
     "val_floor0_static --set model.scale_output=speed --set model.translation_floor=0 --set data.static_prob=0.15"
+    # Speed read from the motion, not the scene: half the windows' timestamps stretched 0.5-2x
+    "val_time_scale --set model.scale_output=speed --set data.time_scale_prob=0.5"
   )
   pids=()
   for v in "${variants[@]}"; do

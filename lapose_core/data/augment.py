@@ -11,6 +11,7 @@ the exact motion of the camera that would have seen the new frames:
 - reverse: the window played backwards, every step inverted.
 - static: sixteen copies of one frame, a camera that stands still.
 - photometric: gain, bias and gamma jitter; geometry untouched.
+- time scale: the timestamps stretched or shrunk; frames and steps untouched, so the speed changes.
 
 Frames are (T, 3, H, W) float tensors in [0, 1]; ``intrinsics`` are (fx, fy, cx, cy) of those frames
 (pixel centres at integer coordinates, as :func:`lapose_core.data.transforms.fit_to_model` returns).
@@ -133,6 +134,12 @@ def static_clip(clip: Clip) -> Clip:
     return out
 
 
+def time_scaled_clip(clip: Clip, factor: float) -> Clip:
+    """The same frames and poses with every interval ``factor`` times as long: a camera ``factor``
+    times slower. The steps (poses) are unchanged; only the speed they imply is."""
+    return dict(clip, timestamps=clip["timestamps"] * factor)
+
+
 def photometric_clip(clip: Clip, rng: np.random.Generator) -> Clip:
     """Exposure changes: one gain / bias / gamma per window, a few percent of gain per frame."""
     T = len(clip["frames"])
@@ -158,4 +165,8 @@ def augment_clip(clip: Clip, intrinsics: np.ndarray | None, rng: np.random.Gener
         clip = static_clip(clip)
     if rng.uniform() < data.photometric_prob:
         clip = photometric_clip(clip, rng)
+    # Drawn only when enabled, so that runs without it keep their random stream (and results).
+    if data.time_scale_prob > 0 and rng.uniform() < data.time_scale_prob:
+        bound = math.log(data.time_scale_max)
+        clip = time_scaled_clip(clip, math.exp(rng.uniform(-bound, bound)))
     return clip
