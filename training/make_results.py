@@ -40,6 +40,8 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_static": "val_speed with static windows 0.15 (recipe 0.05)",
     "val_floor0_static": "val_speed with translation_floor 0 and static windows 0.15",
     "val_time_scale": "val_speed with time-scaled windows 0.5 (timestamps stretched 0.5-2x: speed from motion)",
+    "val_time_scale_p25": "val_speed with time-scaled windows 0.25 (0.5-2x)",
+    "val_time_scale_m14": "val_speed with time-scaled windows 0.5 (0.71-1.4x)",
 }
 VALIDATION = "07_head"
 TABLE3_FPS = (1.0, 1.3, 2.0, 4.0)

@@ -67,6 +67,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_floor0_static --set model.scale_output=speed --set model.translation_floor=0 --set data.static_prob=0.15"
     # Speed read from the motion, not the scene: half the windows' timestamps stretched 0.5-2x
     "val_time_scale --set model.scale_output=speed --set data.time_scale_prob=0.5"
+    "val_time_scale_p25 --set model.scale_output=speed --set data.time_scale_prob=0.25"
+    "val_time_scale_m14 --set model.scale_output=speed --set data.time_scale_prob=0.5 --set data.time_scale_max=1.4"
   )
   pids=()
   for v in "${variants[@]}"; do
