@@ -50,6 +50,31 @@ def test_oracle_passes_every_diagnostic(shared_data):
     assert d.static_step_ratio == 0.0  # sixteen copies of one frame: the oracle sees no motion
     assert d.reversed_yaw_corr > 0.999
     assert d.scale_ratio == pytest.approx(1.0) and d.scale_abs_rel_error < 1e-9
+    assert d.yaw_gain == pytest.approx(1.0) and abs(d.yaw_bias_deg) < 1e-9
+
+
+def test_yaw_gain_sees_turns_read_at_half_their_size(shared_data):
+    """Correlation cannot tell a model that shrinks every turn; the gain can."""
+    from transforms3d.axangles import axangle2mat, mat2axangle
+
+    seq_dir = shared_data / "kitti" / "00_head"  # a 90 degree right turn
+    oracle = oracle_for(KittiSequence(seq_dir))
+
+    def half_turns(images, stamps):
+        poses, _ = oracle(images, stamps)
+        steps = np.linalg.inv(poses[:-1]) @ poses[1:]
+        for step in steps:
+            axis, angle = mat2axangle(step[:3, :3])
+            step[:3, :3] = axangle2mat(axis, angle / 2)
+        out = [np.eye(4)]
+        for step in steps:
+            out.append(out[-1] @ step)
+        return np.stack(out), {}
+
+    d = diagnose_sequence(seq_dir, predictor=half_turns, metric=True, max_windows=6)
+    assert d.angles["yaw"]["corr"] > 0.999
+    assert d.yaw_gain == pytest.approx(0.5, abs=0.01)
+    assert d.to_dict()["yaw_gain"] == d.yaw_gain
 
 
 def test_prior_has_no_yaw_correlation_and_scores_its_own_reference(shared_data, tmp_path):

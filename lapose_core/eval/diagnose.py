@@ -9,7 +9,10 @@ per-step rotation
     rotation about the camera's y axis (positive: turning right), pitch about x, roll about z.
     Reported: the Pearson correlation of predicted and true angles pooled over all steps, and their
     mean absolute error in degrees. A predictor whose angles do not vary (the prior) has no
-    correlation: NaN, written ``null`` in the JSON.
+    correlation: NaN, written ``null`` in the JSON. For yaw also its gain (least-squares slope of
+    predicted on true yaw: 1 = turns read at their size, below 1 = shrunk towards driving straight,
+    which correlation does not see) and its bias (mean predicted minus true, degrees per step): over
+    a 16-frame window both add up, and they are what pushes long frame pairs past 5 degrees.
 static test
     Every window replaced by 16 copies of its first frame: nothing moves. Reported: the predicted
     mean step divided by the true mean step of the real window (0 for a method that sees motion
@@ -63,6 +66,14 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def gain(pred: np.ndarray, true: np.ndarray) -> float:
+    """Least-squares slope of ``pred`` on ``true`` (with an intercept); NaN when ``true`` is constant."""
+    true = np.asarray(true, dtype=np.float64)
+    if true.size < 2 or true.std() < 1e-9:
+        return math.nan
+    return float(np.cov(pred, true, bias=True)[0, 1] / true.var())
+
+
 def reversed_stamps(stamps: np.ndarray) -> np.ndarray:
     """Timestamps of a window played backwards: the same intervals in reverse order, increasing."""
     stamps = np.asarray(stamps, dtype=np.float64)
@@ -81,6 +92,8 @@ class Diagnosis:
     static_step_ratio: float
     reversed_yaw_corr: float
     prior: dict[str, Any]
+    yaw_gain: float = math.nan
+    yaw_bias_deg: float = math.nan
     scale_ratio: Optional[float] = None  # metric methods: mean over windows of predicted/true mean step
     scale_abs_rel_error: Optional[float] = None
     fallback_steps: int = 0
@@ -92,7 +105,8 @@ class Diagnosis:
         for name in ANGLES:
             out[f"{name}_corr"] = self.angles[name]["corr"]
             out[f"{name}_mae_deg"] = self.angles[name]["mae_deg"]
-        out.update(static_step_ratio=self.static_step_ratio, reversed_yaw_corr=self.reversed_yaw_corr,
+        out.update(yaw_gain=self.yaw_gain, yaw_bias_deg=self.yaw_bias_deg,
+                   static_step_ratio=self.static_step_ratio, reversed_yaw_corr=self.reversed_yaw_corr,
                    prior_auc5=self.prior["auc5"], prior_ate_s=self.prior["ate_s"],
                    ate_s_uniform_steps=self.prior["ate_s_uniform_steps"],
                    scale_ratio=self.scale_ratio, scale_abs_rel_error=self.scale_abs_rel_error,
@@ -107,6 +121,8 @@ class Diagnosis:
         for name in ANGLES:
             a = self.angles[name]
             rows.append((f"{name} per step", f"corr {fmt(a['corr'], '.3f')}, MAE {fmt(a['mae_deg'], '.3f')} deg"))
+        rows.append(("yaw gain", f"{fmt(self.yaw_gain, '.3f')} (1 = turns at their size), bias "
+                                 f"{fmt(self.yaw_bias_deg, '+.3f')} deg per step"))
         rows += [("static test", f"predicted / true mean step {fmt(self.static_step_ratio, '.3f')} "
                                  "(0 = sees that nothing moves)"),
                  ("reversed test", f"corr(yaw, -true yaw) {fmt(self.reversed_yaw_corr, '.3f')} "
@@ -172,12 +188,14 @@ def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
                      "mae_deg": float(np.abs(pred_all[:, i] - true_all[:, i]).mean())}
               for i, name in enumerate(ANGLES)}
     ratios = np.asarray(scale_ratios)
+    yaw_true, yaw_pred = true_all[:, 0], pred_all[:, 0]
     return Diagnosis(
         method=method, data=str(seq.path), fps=float(fps), windows=len(gts),
         auc5=metrics.auc(np.concatenate(pooled), 5), ate_s=float(np.mean(ate_s)), angles=angles,
         static_step_ratio=float(np.mean(static_ratios)),
         reversed_yaw_corr=correlation(np.concatenate(reversed_yaw), np.concatenate(true_reversed_yaw)),
-        prior=prior.score_prior(gts),
+        prior=prior.score_prior(gts), yaw_gain=gain(yaw_pred, yaw_true),
+        yaw_bias_deg=float((yaw_pred - yaw_true).mean()),
         scale_ratio=float(ratios.mean()) if metric else None,
         scale_abs_rel_error=float(np.abs(ratios - 1.0).mean()) if metric else None,
         fallback_steps=fallbacks)
