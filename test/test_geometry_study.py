@@ -43,3 +43,7 @@ def test_road_bias_changes_sign_between_level_and_a_pitch_down(study, shared_dat
               "--gaps", "10", "--pitches", "0", "1")
     medians = {float(p): float(m) for p, m in re.findall(r"^\| ([\d.]+) \| 10 \| \d+ \| \d+ \| ([+-][\d.]+) \|", out, re.M)}
     assert medians[0.0] > 0.02 and medians[1.0] < -0.02  # the unbiased pitch lies between
+    # The direction of motion puts the pitch near 1 degree: above the length-unbiased 0.5.
+    truth, found = (float(v) for v in re.search(
+        r"^\| 07_head \| 10 \| \d+ \| ([+-][\d.]+) \| ([+-][\d.]+) \|", out, re.M).groups())
+    assert 0.8 < truth < 1.3 and 0.6 < found < 1.3
