@@ -119,6 +119,9 @@ class DataConfig:
     # and must come from the motion between frames.
     time_scale_prob: float = 0.0
     time_scale_max: float = 2.0
+    # Share of post-training windows drawn from self-labelled sequences (training/self_label.py:
+    # unlabeled clips with the classical pipeline's motion, no metric scale) when both kinds are listed.
+    self_label_share: float = 0.5
     # Cut / frozen-frame detection on the decoded low-resolution frames.
     cut_threshold: float = 4.0  # a pair is a cut when this many times more different than its neighbours
     frozen_threshold: float = 0.004  # a frame is a copy when < this fraction of thumbnail pixels changed
@@ -247,6 +250,9 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: need 0 < data.fps_min <= data.fps_max")
         if not (0 <= self.data.time_scale_prob <= 1 and self.data.time_scale_max >= 1):
             raise ConfigError(f"{source}: need 0 <= data.time_scale_prob <= 1 and data.time_scale_max >= 1")
+        if not 0 <= self.data.self_label_share <= 1:
+            raise ConfigError(f"{source}: data.self_label_share must be within [0, 1], "
+                              f"got {self.data.self_label_share}")
 
 
 def apply_fields(obj: Any, values: dict[str, Any], where: str) -> None:

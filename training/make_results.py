@@ -42,6 +42,8 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_time_scale": "val_speed with time-scaled windows 0.5 (timestamps stretched 0.5-2x: speed from motion)",
     "val_time_scale_p25": "val_speed with time-scaled windows 0.25 (0.5-2x)",
     "val_time_scale_m14": "val_speed with time-scaled windows 0.5 (0.71-1.4x)",
+    "val_self_labels": "val_speed with the self-labelled unlabeled clips (half the windows; motion up to scale)",
+    "val_self_labels_p25": "val_speed with the self-labelled unlabeled clips (a quarter of the windows)",
 }
 VALIDATION = "07_head"
 TABLE3_FPS = (1.0, 1.3, 2.0, 4.0)
@@ -317,13 +319,14 @@ def main() -> int:
         "",
         "## Does the model measure motion? (`lapose diagnose`, 2 fps)",
         "",
-        "| sequence | windows | yaw corr | yaw MAE (deg) | static step ratio | reversed yaw corr | "
+        "| sequence | windows | yaw corr | yaw gain | yaw MAE (deg) | static step ratio | reversed yaw corr | "
         "AUC@5 | prior AUC@5 | ATE-S | prior ATE-S |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for seq, d in diagnoses.items():
         role = "test" if seq == "03_head" else "training"
-        lines.append(f"| {seq} ({role}) | {d['windows']} | {fmt(d['yaw_corr'])} | {fmt(d['yaw_mae_deg'], '.2f')} | "
+        lines.append(f"| {seq} ({role}) | {d['windows']} | {fmt(d['yaw_corr'])} | {fmt(d.get('yaw_gain'))} | "
+                     f"{fmt(d['yaw_mae_deg'], '.2f')} | "
                      f"{fmt(d['static_step_ratio'])} | {fmt(d['reversed_yaw_corr'])} | {fmt(d['auc5'])} | "
                      f"{fmt(d['prior_auc5'])} | {fmt(d['ate_s'], '.4f')} | {fmt(d['prior_ate_s'], '.4f')} |")
     lines += ["", "Targets (issue): yaw corr >= 0.9, static step ratio <= 0.1, reversed yaw corr >= 0.8 "
@@ -342,9 +345,9 @@ def main() -> int:
               row("classical", results[("01_head", "classical", 4.0)]),
               row(f"LA-Pose tiny, {SHIPPED} (bundled default)", results[("01_head", SHIPPED, 4.0)])]
     lines += ["", f"## Ablations of the recipe ({VALIDATION}, 2 fps; trained on 00_head + 06_head)", "",
-              "| variant | description | AUC@5 | AUC@30 | ATE-S | ATE-M (m) | yaw corr | static step ratio "
-              "| reversed yaw corr | scale ratio |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| variant | description | AUC@5 | AUC@30 | ATE-S | ATE-M (m) | yaw corr | yaw gain | "
+              "static step ratio | reversed yaw corr | scale ratio |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     missing = []
     for variant, desc in ABLATIONS.items():
         r, d = results.get((VALIDATION, variant, 2.0)), val_diagnoses.get(variant)
@@ -352,6 +355,7 @@ def main() -> int:
             mark = " (stored)" if variant in stored else ""
             lines.append(f"| {variant}{mark} | {desc} | {fmt(r['auc5'])} | {fmt(r['auc30'])} | "
                          f"{fmt(r['ate_s'], '.4f')} | {fmt(r['ate_m'])} | {fmt(d['yaw_corr'])} | "
+                         f"{fmt(d.get('yaw_gain'))} | "
                          f"{fmt(d['static_step_ratio'])} | {fmt(d['reversed_yaw_corr'])} | "
                          f"{fmt(d['scale_ratio'])} |")
         else:

@@ -42,6 +42,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   # thread each: for a model this small that uses two cores better than one run with two threads.
   # PARALLEL=1 runs them one after the other.
   PARALLEL=${PARALLEL:-2}
+  # Self-labels of the unlabeled clips (a clip already done is skipped).
+  .venv/bin/python training/self_label.py --sources "../shared/data/unlabeled/*.mp4" --out "$RUNS/self_labels"
   VAL=(--set "data.posttrain_sequences=[../shared/data/kitti/00_head, ../shared/data/kitti/06_head]"
        --set model.scale_output=step)
   posttrain() {  # NAME ARGS...: one variant, its log in RUNS/NAME.log
@@ -69,6 +71,9 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_time_scale --set model.scale_output=speed --set data.time_scale_prob=0.5"
     "val_time_scale_p25 --set model.scale_output=speed --set data.time_scale_prob=0.25"
     "val_time_scale_m14 --set model.scale_output=speed --set data.time_scale_prob=0.5 --set data.time_scale_max=1.4"
+    # Many more scenes: unlabeled clips with the classical pipeline's motion (no metric scale)
+    "val_self_labels --set model.scale_output=speed --set data.posttrain_sequences=[../shared/data/kitti/00_head,../shared/data/kitti/06_head,$RUNS/self_labels/sequences/*]"
+    "val_self_labels_p25 --set model.scale_output=speed --set data.posttrain_sequences=[../shared/data/kitti/00_head,../shared/data/kitti/06_head,$RUNS/self_labels/sequences/*] --set data.self_label_share=0.25"
   )
   pids=()
   for v in "${variants[@]}"; do

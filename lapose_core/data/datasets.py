@@ -26,6 +26,7 @@ from lapose_core.config import LaPoseConfig
 from lapose_core.data.augment import augment_clip
 from lapose_core.data.frame_cache import CachedSource, load_source
 from lapose_core.data.quality import bad_window
+from lapose_core.data.self_labels import is_self_labelled
 from lapose_core.data.sources import DataError, FrameSource, expand_sources
 from lapose_core.data.transforms import to_tensor
 from lapose_core.data.windows import window_indices
@@ -78,8 +79,23 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.unreadable_frames:
             log.warning("%d unreadable frames across %d sources; windows touching them are skipped",
                         self.unreadable_frames, len(cached))
+        # Self-labelled sequences (data/self_labels.py) have motion up to scale: no metric scale, no
+        # field of view. They get data.self_label_share of the windows, by duration among themselves.
+        self.metric_scale = np.array([not is_self_labelled(s.path) for s in self.sources])
+        for src, metric in zip(self.sources, self.metric_scale):
+            if not metric:
+                src.fov = float("nan")
         durations = np.array([s.duration for s in self.sources])
         self.weights = durations / durations.sum()
+        # Each sample first picks its kind (so redraws of a window too long for a short
+        # self-labelled sequence stay among its kind); only when both kinds are there, so that other
+        # runs keep their random stream.
+        self.self_label_share = None
+        if labeled and self.metric_scale.any() and not self.metric_scale.all():
+            self.self_label_share = cfg.data.self_label_share
+            log.info("%d self-labelled sequences (%.0f s) get %.0f %% of the windows",
+                     (~self.metric_scale).sum(), durations[~self.metric_scale].sum(),
+                     100 * self.self_label_share)
         log.info("%d sources, %.0f s of footage, %d cuts, %d copied frames", len(self.sources),
                  durations.sum(), sum(s.stats.num_cuts for s in self.sources),
                  sum(s.stats.num_repeats for s in self.sources))
@@ -117,8 +133,12 @@ class ClipDataset(torch.utils.data.Dataset):
         """The window of ``seed``: same seed, same clip (redraws are derived from the seed too)."""
         rng = np.random.default_rng(seed)
         data = self.cfg.data
+        weights = self.weights
+        if self.self_label_share is not None:
+            kind = self.metric_scale != (rng.uniform() < self.self_label_share)
+            weights = np.where(kind, weights, 0.0) / weights[kind].sum()
         for _ in range(MAX_DRAWS):
-            k = int(rng.choice(len(self.sources), p=self.weights))
+            k = int(rng.choice(len(self.sources), p=weights))
             src = self.sources[k]
             fps = float(rng.uniform(data.fps_min, data.fps_max))
             self.stats["drawn"] += 1
@@ -133,7 +153,10 @@ class ClipDataset(torch.utils.data.Dataset):
                 self.stats[reason] += 1
                 continue
             self.stats["used"] += 1
-            return augment_clip(self._clip(src, idx, fps), src.intrinsics, rng, data)
+            clip = self._clip(src, idx, fps)
+            if self.labeled:
+                clip["metric_scale"] = torch.tensor(bool(self.metric_scale[k]))
+            return augment_clip(clip, src.intrinsics, rng, data)
         raise DataError(f"seed {seed}: no usable window in {MAX_DRAWS} draws (drops so far: "
                         f"{dict(self.stats)})")
 

@@ -97,9 +97,9 @@ class ClassicalVO:
         relative[:, :3, 3] /= np.linalg.norm(relative[:, :3, 3], axis=-1).mean()
         return ClassicalWindow(relative, sum(not s.ok for s in steps), fallbacks)
 
-    def features(self, image: np.ndarray):
-        """SIFT keypoints and descriptors of one frame."""
-        return self.sift.detectAndCompute(_gray(image), None)
+    def features(self, image: np.ndarray, mask: np.ndarray | None = None):
+        """SIFT keypoints and descriptors of one frame (only where ``mask``, uint8, is non-zero)."""
+        return self.sift.detectAndCompute(_gray(image), mask)
 
     def matches(self, feat_a, feat_b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """Ratio-test matches of two frames' :meth:`features`: keypoint indices and pixel positions

@@ -150,19 +150,32 @@ class LaPose(nn.Module):
         tgt = geometry.pose_targets(batch["poses"].double(), batch["fov"].double(),
                                     self.cfg.translation_floor)
         tgt = {k: v.float() for k, v in tgt.items()}
-        losses = pose_losses(pred, tgt, self.rotation_loss)
+        metric = batch.get("metric_scale")
+        if metric is not None:
+            # Self-labelled windows: the steps are known up to the window's scale. A standing one
+            # (no motion) has its scale, zero, whatever the units.
+            metric = metric.to(torch.bool) | (tgt["scale"] <= geometry.MIN_SCALE)
+        losses = pose_losses(pred, tgt, self.rotation_loss, metric)
         w = self.loss_weights
         loss = sum(w[k] * losses[k] for k in ("translation", "rotation", "fov", "scale"))
         with torch.no_grad():
             rot_err = quaternion_angle_deg(pred["quaternion"], tgt["quaternion"]).mean()
+            scale_err = (pred["scale"] - tgt["scale"]).abs()
+            if metric is not None:
+                scale_err = scale_err[metric]
         return loss, {**{k: v.item() for k, v in losses.items()}, "rot_err_deg": rot_err.item(),
-                      "scale_abs_err": (pred["scale"] - tgt["scale"]).abs().mean().item()}
+                      "scale_abs_err": scale_err.mean().item() if len(scale_err) else float("nan")}
 
 
 def pose_losses(pred: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor],
-                rotation_loss: str = "quaternion_l1") -> dict[str, torch.Tensor]:
+                rotation_loss: str = "quaternion_l1",
+                metric_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """L1 losses on translation, rotation, FoV and log scale (the paper's, with ``rotation_loss``
-    "quaternion_l1"; "rotvec_deg" measures rotation error in degrees instead)."""
+    "quaternion_l1"; "rotvec_deg" measures rotation error in degrees instead).
+
+    ``metric_scale`` (B,) bool marks windows whose poses are metric; the others (self-labels) have no
+    scale loss, and their translation is compared up to scale: prediction and target each divided by
+    their own mean step length."""
     q, qt = pred["quaternion"], tgt["quaternion"]
     if rotation_loss == "rotvec_deg":
         diff = geometry.quaternion_to_rotvec(q) - geometry.quaternion_to_rotvec(qt)
@@ -174,8 +187,20 @@ def pose_losses(pred: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor],
     fov = (F.l1_loss(pred["fov"][fov_ok], tgt["fov"][fov_ok]) if fov_ok.any()
            else pred["fov"].sum() * 0.0)
     log_s = torch.log(tgt["scale"].clamp_min(geometry.MIN_SCALE))
-    return {"translation": F.l1_loss(pred["translation"], tgt["translation"]), "rotation": rot,
-            "fov": fov, "scale": F.l1_loss(pred["log_scale"], log_s)}
+    if metric_scale is None or bool(metric_scale.all()):
+        return {"translation": F.l1_loss(pred["translation"], tgt["translation"]), "rotation": rot,
+                "fov": fov, "scale": F.l1_loss(pred["log_scale"], log_s)}
+
+    def unit_mean_step(t: torch.Tensor) -> torch.Tensor:
+        return t / t.norm(dim=-1).mean(-1).clamp_min(geometry.MIN_SCALE)[..., None, None]
+
+    m = metric_scale[:, None, None]
+    translation = torch.where(m, (pred["translation"] - tgt["translation"]).abs(),
+                              (unit_mean_step(pred["translation"])
+                               - unit_mean_step(tgt["translation"])).abs()).mean()
+    scale = ((pred["log_scale"] - log_s)[metric_scale].abs().mean() if metric_scale.any()
+             else pred["log_scale"].sum() * 0.0)
+    return {"translation": translation, "rotation": rot, "fov": fov, "scale": scale}
 
 
 def quaternion_angle_deg(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
