@@ -67,6 +67,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_floor0 --set model.scale_output=speed --set model.translation_floor=0"
     "val_static --set model.scale_output=speed --set data.static_prob=0.15"
     "val_floor0_static --set model.scale_output=speed --set model.translation_floor=0 --set data.static_prob=0.15"
+    # The later variants below are compared with val_speed trained again beside them
+    "val_speed_rerun --set model.scale_output=speed"
     # Speed read from the motion, not the scene: half the windows' timestamps stretched 0.5-2x
     "val_time_scale --set model.scale_output=speed --set data.time_scale_prob=0.5"
     "val_time_scale_p25 --set model.scale_output=speed --set data.time_scale_prob=0.25"
@@ -74,6 +76,9 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     # Many more scenes: unlabeled clips with the classical pipeline's motion (no metric scale)
     "val_self_labels --set model.scale_output=speed --set data.posttrain_sequences=[../shared/data/kitti/00_head,../shared/data/kitti/06_head,$RUNS/self_labels/sequences/*]"
     "val_self_labels_p25 --set model.scale_output=speed --set data.posttrain_sequences=[../shared/data/kitti/00_head,../shared/data/kitti/06_head,$RUNS/self_labels/sequences/*] --set data.self_label_share=0.25"
+    # Turns read at their size on new scenes? More and larger exact rotation-homography windows
+    "val_rotation_aug_p1 --set model.scale_output=speed --set data.rotation_aug_prob=1.0"
+    "val_rotation_aug_10 --set model.scale_output=speed --set data.rotation_aug_max_deg=10.0"
   )
   pids=()
   for v in "${variants[@]}"; do
