@@ -83,6 +83,9 @@ def test_written_segment_trains_up_to_scale_only(labelled_06, tmp_path, shared_d
     seq, cfg, segments, record = labelled_06
     folder = tmp_path / "06_self"
     write_segment(folder, seq, segments[0], np.asarray(record["intrinsics"]), record, cfg)
+    # Written again (a run killed before the clip's record): replaced, not an error.
+    write_segment(folder, seq, segments[0], np.asarray(record["intrinsics"]), record, cfg)
+    assert not folder.with_name("06_self.tmp").exists()
     assert is_self_labelled(folder) and not is_self_labelled(shared_data / "kitti" / "06_head")
     back = KittiSequence(folder)
     assert len(back) == len(segments[0].keyframes)

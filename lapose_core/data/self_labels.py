@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -182,9 +183,10 @@ def self_label(source: FrameSource, cfg: SelfLabelConfig | None = None) -> tuple
     cut = np.array([stats.is_cut[a:b].any() for a, b in zip(keyframes[:-1], keyframes[1:])])
     untrusted = np.array([not s.ok or s.parallax_px < cfg.min_parallax_px for s in steps])
     segments = chain_segments(steps, ratios, cut | untrusted, keyframes, cfg.min_frames)
-    record.update(hfov_deg=round(math.degrees(2 * math.atan(w / 2 / f)), 2), intrinsics=intrinsics.tolist(),
-                  steps=len(steps), cuts=int(cut.sum()),
-                  untrusted=int(untrusted.sum()), unknown_lengths=int(sum(r is None for r in ratios[1:])),
+    record.update(hfov_deg=round(math.degrees(2 * math.atan(w / 2 / f)), 2),
+                  intrinsics=intrinsics.tolist(), steps=len(steps), cuts=int(cut.sum()),
+                  untrusted=int(untrusted.sum()),
+                  unknown_lengths=int(sum(r is None for r in ratios[1:])),
                   segments=len(segments), segment_frames=[len(s.keyframes) for s in segments])
     return segments, record
 
@@ -192,12 +194,11 @@ def self_label(source: FrameSource, cfg: SelfLabelConfig | None = None) -> tuple
 def write_segment(folder: Path, source: FrameSource, segment: Segment, intrinsics: np.ndarray,
                   record: dict, cfg: SelfLabelConfig) -> None:
     """A KITTI-format folder for ``segment``, written beside and then moved into place, so a killed
-    run never leaves a half-written sequence that looks complete."""
+    run never leaves a half-written sequence that looks complete. A folder already there (a run
+    killed before its clip's record was written) is replaced."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     (tmp / "images").mkdir(parents=True)
     for j, k in enumerate(segment.keyframes):
@@ -212,4 +213,6 @@ def write_segment(folder: Path, source: FrameSource, segment: Segment, intrinsic
     meta = {**record, "first_frame": int(segment.keyframes[0]), "frames": int(len(segment.keyframes)),
             "metric_scale": False, "fov_known": False, "config": asdict(cfg)}
     (tmp / SELF_LABELS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
     tmp.rename(folder)
