@@ -41,7 +41,8 @@ import cv2
 import numpy as np
 
 from lapose_core.data.frame_source import DataError, FrameReadError, FrameSource
-from lapose_core.data.quality import FrameStats, frame_stats, thumbnail
+from lapose_core.data.quality import THUMBNAIL_SIZE, FrameStats, frame_stats, thumbnail
+from lapose_core.data.windows import nearest_indices
 from lapose_core.eval.classical import ClassicalVO, Step
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,7 @@ def pick_keyframes(timestamps: np.ndarray, stats: FrameStats, readable: np.ndarr
         return candidates
     t = timestamps[candidates]
     wanted = np.arange(t[0], t[-1] + 1e-9, 1.0 / rate_hz)
-    right = np.clip(np.searchsorted(t, wanted), 1, max(len(t) - 1, 1))
-    left = right - 1 if len(t) > 1 else right * 0
-    nearest = np.where(np.abs(t[left] - wanted) <= np.abs(t[np.minimum(right, len(t) - 1)] - wanted),
-                       left, np.minimum(right, len(t) - 1))
-    return np.unique(candidates[nearest])
+    return np.unique(candidates[nearest_indices(t, wanted)])
 
 
 def static_mask(frames: list[np.ndarray], level: float) -> np.ndarray:
@@ -149,7 +146,7 @@ def self_label(source: FrameSource, cfg: SelfLabelConfig | None = None) -> tuple
     n = len(source)
     frames: list[np.ndarray | None] = []
     readable = np.ones(n, bool)
-    thumbs = np.zeros((n, 32, 64), np.uint8)
+    thumbs = np.zeros((n, THUMBNAIL_SIZE[1], THUMBNAIL_SIZE[0]), np.uint8)
     for i in range(n):
         try:
             frame = source.read(i)
@@ -205,7 +202,7 @@ def write_segment(folder: Path, source: FrameSource, segment: Segment, intrinsic
         image = source.read(int(k))
         cv2.imwrite(str(tmp / "images" / f"{j:06d}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
-    h, w = source.read(int(segment.keyframes[0])).shape[:2]
+    h, w = image.shape[:2]
     np.savetxt(tmp / "poses.txt", segment.poses[:, :3, :].reshape(len(segment.poses), 12), fmt="%.9f")
     stamps = source.timestamps[segment.keyframes]
     np.savetxt(tmp / "times.txt", stamps - stamps[0], fmt="%.6f")

@@ -9,6 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def nearest_indices(t: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index of the element of increasing ``t`` nearest to each of ``wanted`` (the earlier on a tie)."""
+    if len(t) == 1:
+        return np.zeros(len(wanted), dtype=np.int64)
+    right = np.clip(np.searchsorted(t, wanted), 1, len(t) - 1)
+    left = right - 1
+    return np.where(np.abs(t[left] - wanted) <= np.abs(t[right] - wanted), left, right)
+
+
 def window_indices(timestamps: np.ndarray, fps: float, num_frames: int = 16, start: int = 0,
                    tolerance: float = 0.5) -> np.ndarray | None:
     """Indices (num_frames,) of the frames nearest to ``t[start] + k / fps``, or None.
@@ -25,11 +34,7 @@ def window_indices(timestamps: np.ndarray, fps: float, num_frames: int = 16, sta
     wanted = t[start] + np.arange(num_frames) / fps
     if wanted[-1] > t[-1] + slack:
         return None
-    right = np.clip(np.searchsorted(t, wanted), 1, len(t) - 1)
-    left = right - 1
-    idx = np.where(np.abs(t[left] - wanted) <= np.abs(t[right] - wanted), left, right)
-    if len(t) == 1:
-        idx = np.zeros(num_frames, dtype=np.int64)
+    idx = nearest_indices(t, wanted)
     if np.any(np.abs(t[idx] - wanted) > slack) or np.any(np.diff(idx) <= 0):
         return None
     return idx.astype(np.int64)
