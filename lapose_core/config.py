@@ -48,6 +48,10 @@ class ModelConfig:
     motion_features: str = "none"  # "none" (paper) | "correlation"
     motion_feature_dim: int = 32  # channels of the network reading the correlation volumes
     motion_radius: int = 4  # displacements -r..r cells per level (4, 8 and 16 px cells)
+    # False gives the inverse dynamics motion tokens at their positions and no image content (needs
+    # motion_features "correlation"): a model with a few labelled drives can no longer recognise the
+    # scene and replay the turn it learned there, only read how the image moved.
+    appearance_tokens: bool = True
     # A learnable per-step position embedding in the pose head lets it replay a memorised yaw
     # profile instead of reading each action; false makes every step read only its own action.
     pose_step_embedding: bool = True
@@ -238,6 +242,9 @@ class LaPoseConfig:
                               f"got {m.translation_floor}")
         if m.motion_features not in ("none", "correlation"):
             raise ConfigError(f"{source}: model.motion_features must be 'none' or 'correlation'")
+        if not m.appearance_tokens and m.motion_features != "correlation":
+            raise ConfigError(f"{source}: model.appearance_tokens=false needs "
+                              f"model.motion_features='correlation' (the model would see nothing)")
         if m.motion_features == "correlation" and (m.patch_size % 8 or m.image_height % 16
                                                    or m.image_width % 16):
             raise ConfigError(f"{source}: model.motion_features='correlation' needs patch_size a "

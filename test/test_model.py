@@ -102,6 +102,24 @@ def test_motion_tokens_see_how_the_image_moved(tiny_motion):
     assert torch.all(motion[:, 0] == 0) and motion[:, 1:].abs().sum() > 0
 
 
+def test_without_appearance_tokens_only_motion_counts():
+    """appearance_tokens false: two windows that move alike but show other scenes give the same
+    frame tokens, and their actions differ only through the motion tokens (a window moving another
+    way changes them)."""
+    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "appearance_tokens": False}})
+    torch.manual_seed(0)
+    model = LaPose(cfg.model).eval()
+    frames, ts = clip(cfg, B=2)
+    with torch.no_grad():
+        tokens = model.encode_frames(frames, ts)
+        assert torch.equal(tokens[0], tokens[1])
+        actions = model.window_actions(frames, ts)
+        standing = model.window_actions(frames[:, :1].expand_as(frames).contiguous(), ts)
+    assert not torch.allclose(actions, standing)
+    with pytest.raises(ConfigError, match="appearance_tokens"):
+        LaPoseConfig.from_dict({"model": {"appearance_tokens": False}})
+
+
 def test_timestamps_change_actions(tiny):
     cfg, model = tiny
     frames, ts = clip(cfg)

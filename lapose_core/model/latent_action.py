@@ -22,8 +22,12 @@ class ImageTokenizer(nn.Module):
         self.patch = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.pos = nn.Parameter(torch.randn(1, gh * gw, cfg.width) * 0.02)
 
+        self.appearance = cfg.appearance_tokens
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(M, 3, H, W) in [0, 1] -> (M, N, C)."""
+        """(M, 3, H, W) in [0, 1] -> (M, N, C); positions alone without appearance tokens."""
+        if not self.appearance:
+            return self.pos.expand(images.shape[0], -1, -1)
         x = self.patch(images * 2 - 1).flatten(2).transpose(1, 2)
         return x + self.pos
 
