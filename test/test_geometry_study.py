@@ -31,9 +31,17 @@ def test_pairs_bins_every_pair_and_scores_lapose(study, shared_data, monkeypatch
               "--gaps", "10", "--fps", "4")
     total = int(re.search(r"(\d+) pairs \((\d+) without", out).group(1))
     assert total == len(range(0, 51 - 10, 2))
-    binned = [int(m) for m in re.findall(r"^\| (?:\d+-\d+|>= \d+) \| (\d+) \|", out, re.M)]
+    errors_table, parallax_table = out.split("Parallax (median", 1)
+    row = r"^\| (?:\d+-\d+|>= \d+) \| (\d+) \|"
+    binned = [int(m) for m in re.findall(row, errors_table, re.M)]
     without = int(re.search(r"\((\d+) without an essential matrix\)", out).group(1))
     assert sum(binned) + without == total
+    # Pairs right or wrong by parallax: a subset of the pairs with 10 inliers or more.
+    right_and_wrong = [(int(a), int(b)) for a, b in re.findall(
+        r"^\| (?:\d+-\d+|>= \d+) \| (\d+) \|[^|]*\|[^|]*\| (\d+) \|", parallax_table, re.M)]
+    assert len(right_and_wrong) == len(binned) - 1
+    assert all(r + w <= n for (r, w), n in zip(right_and_wrong, binned[1:]))
+    assert sum(r for r, _ in right_and_wrong) > 0
     lapose = re.search(r"^\| LA-Pose \| (\d+) \| ([\d.]+) \|", out, re.M)
     assert lapose and int(lapose.group(1)) % 15 == 0 and int(lapose.group(1)) > 0
 

@@ -57,7 +57,7 @@ def error_row(label: str, errors: np.ndarray) -> str:
 
 
 def study_pairs(args: argparse.Namespace) -> None:
-    found: list[tuple[int, float]] = []  # (inliers, error); 0 inliers: no essential matrix
+    found: list[tuple[int, float, float]] = []  # (inliers, error, parallax); 0 inliers: no essential matrix
     for path in args.data:
         seq = KittiSequence(path)
         vo = ClassicalVO(seq.intrinsics, min_inliers=5)
@@ -66,12 +66,13 @@ def study_pairs(args: argparse.Namespace) -> None:
             for i in range(0, len(seq) - gap, 2):
                 step = vo.two_view(features[i], features[i + gap])
                 if not step.ok:
-                    found.append((0, 180.0))
+                    found.append((0, 180.0, 0.0))
                     continue
                 # x_j = R x_i + t  <=>  frame j in frame i is (R^T, -R^T t).
                 pred = np.eye(4)
                 pred[:3, :3], pred[:3, 3] = step.R.T, -step.R.T @ step.t
-                found.append((step.inliers, float(step_errors(pred[None], motion(seq, i, i + gap)[None])[0])))
+                found.append((step.inliers, float(step_errors(pred[None], motion(seq, i, i + gap)[None])[0]),
+                              step.parallax_px))
     inliers = np.array([f[0] for f in found])
     errors = np.array([f[1] for f in found])
     print(f"Feature geometry, frame gaps {', '.join(map(str, args.gaps))}, {len(found)} pairs "
@@ -81,6 +82,20 @@ def study_pairs(args: argparse.Namespace) -> None:
     for lo, hi in zip(INLIER_BINS[:-1], INLIER_BINS[1:]):
         sel = (inliers >= lo) & (inliers < hi)
         print(error_row(f"{lo}-{hi - 1}" if hi < 10**6 else f">= {lo}", errors[sel]))
+    parallax = np.array([f[2] for f in found])
+    print("\nParallax (median rotation-compensated image motion of the inliers, pixels) of the pairs "
+          "geometry got right (< 5 deg) and wrong (> 20 deg): a wrong rotation leaves the inliers "
+          "moving far more than the translation can, but so does a sharp turn seen from up close\n")
+    print("| inliers | right: pairs | right: median | right: 99th percentile | wrong: pairs | "
+          "wrong: 10th percentile | wrong: median |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for lo, hi in zip(INLIER_BINS[1:-1], INLIER_BINS[2:]):
+        sel = (inliers >= lo) & (inliers < hi)
+        right, wrong = parallax[sel & (errors < 5)], parallax[sel & (errors > 20)]
+        pct = lambda v, q: f"{np.percentile(v, q):.1f}" if len(v) else ""  # noqa: E731
+        label = f"{lo}-{hi - 1}" if hi < 10**6 else f">= {lo}"
+        print(f"| {label} | {len(right)} | {pct(right, 50)} | {pct(right, 99)} | "
+              f"{len(wrong)} | {pct(wrong, 10)} | {pct(wrong, 50)} |")
 
     from lapose_core.inference import PoseEstimator
 
