@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from lapose_core.data.sources import KittiSequence
+from lapose_core.geometry import compose_relative
 from lapose_core.eval import metrics, prior
 from lapose_core.eval.cli import register
 from lapose_core.eval.diagnose import correlation, diagnose_sequence, step_angles_deg
@@ -23,6 +25,17 @@ def oracle_for(seq: KittiSequence):
     def predict(images, stamps):
         idx = [by_content[hashlib.sha1(im.tobytes()).hexdigest()] for im in images]
         return metrics.relative_to_first(seq.poses[idx]), {}
+    return predict
+
+
+def with_each_step(predictor, change):
+    """``predictor`` with ``change`` applied in place to each of its steps (frame k+1 in frame k)."""
+    def predict(images, stamps):
+        poses, failed = predictor(images, stamps)
+        steps = np.linalg.inv(poses[:-1]) @ poses[1:]
+        for step in steps:
+            change(step)
+        return compose_relative(torch.from_numpy(steps)).numpy(), failed
     return predict
 
 
@@ -51,6 +64,23 @@ def test_oracle_passes_every_diagnostic(shared_data):
     assert d.reversed_yaw_corr > 0.999
     assert d.scale_ratio == pytest.approx(1.0) and d.scale_abs_rel_error < 1e-9
     assert d.yaw_gain == pytest.approx(1.0) and abs(d.yaw_bias_deg) < 1e-9
+    assert d.backward_step_share == 0.0
+
+
+def test_backward_steps_see_a_car_driving_the_wrong_way(shared_data):
+    """Turns read right and every step pointing backwards: the rotation statistics are perfect,
+    the backward share is 1 (and AUC@5 collapses)."""
+    seq_dir = shared_data / "kitti" / "07_head"
+    oracle = oracle_for(KittiSequence(seq_dir))
+
+    def backwards(step):
+        step[:3, 3] *= -1
+
+    backwards = with_each_step(oracle, backwards)
+
+    d = diagnose_sequence(seq_dir, predictor=backwards, metric=True, max_windows=3)
+    assert d.angles["yaw"]["corr"] > 0.9999 and d.backward_step_share == 1.0
+    assert d.auc5 < 0.1 and d.to_dict()["backward_step_share"] == 1.0
 
 
 def test_yaw_gain_sees_turns_read_at_half_their_size(shared_data):
@@ -60,16 +90,11 @@ def test_yaw_gain_sees_turns_read_at_half_their_size(shared_data):
     seq_dir = shared_data / "kitti" / "00_head"  # a 90 degree right turn
     oracle = oracle_for(KittiSequence(seq_dir))
 
-    def half_turns(images, stamps):
-        poses, _ = oracle(images, stamps)
-        steps = np.linalg.inv(poses[:-1]) @ poses[1:]
-        for step in steps:
-            axis, angle = mat2axangle(step[:3, :3])
-            step[:3, :3] = axangle2mat(axis, angle / 2)
-        out = [np.eye(4)]
-        for step in steps:
-            out.append(out[-1] @ step)
-        return np.stack(out), {}
+    def half_turn(step):
+        axis, angle = mat2axangle(step[:3, :3])
+        step[:3, :3] = axangle2mat(axis, angle / 2)
+
+    half_turns = with_each_step(oracle, half_turn)
 
     d = diagnose_sequence(seq_dir, predictor=half_turns, metric=True, max_windows=6)
     assert d.angles["yaw"]["corr"] > 0.999

@@ -13,6 +13,11 @@ per-step rotation
     predicted on true yaw: 1 = turns read at their size, below 1 = shrunk towards driving straight,
     which correlation does not see) and its bias (mean predicted minus true, degrees per step): over
     a 16-frame window both add up, and they are what pushes long frame pairs past 5 degrees.
+backward steps
+    The share of steps whose predicted direction of travel is more than 90 degrees from the true
+    one: a model unsure whether the car drives forwards or backwards (windows played backwards are
+    a training augmentation) gets the direction of whole windows wrong, which AUC@5 punishes at
+    once while every rotation statistic above looks fine.
 static test
     Every window replaced by 16 copies of its first frame: nothing moves. Reported: the predicted
     mean step divided by the true mean step of the real window (0 for a method that sees motion
@@ -74,6 +79,18 @@ def gain(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.cov(pred, true, bias=True)[0, 1] / true.var())
 
 
+def backward_steps(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(T, 4, 4) predicted and true poses -> per step where the camera truly moved: whether the
+    predicted direction of travel points away from the true one (more than 90 degrees)."""
+    def translations(poses: np.ndarray) -> np.ndarray:
+        poses = np.asarray(poses, dtype=np.float64)
+        return (np.linalg.inv(poses[:-1]) @ poses[1:])[:, :3, 3]
+
+    t_pred, t_true = translations(pred), translations(gt)
+    moving = np.linalg.norm(t_true, axis=-1) > 1e-6
+    return ((t_pred * t_true).sum(-1) < 0)[moving]
+
+
 def reversed_stamps(stamps: np.ndarray) -> np.ndarray:
     """Timestamps of a window played backwards: the same intervals in reverse order, increasing."""
     stamps = np.asarray(stamps, dtype=np.float64)
@@ -94,6 +111,7 @@ class Diagnosis:
     prior: dict[str, Any]
     yaw_gain: float = math.nan
     yaw_bias_deg: float = math.nan
+    backward_step_share: float = math.nan
     scale_ratio: Optional[float] = None  # metric methods: mean over windows of predicted/true mean step
     scale_abs_rel_error: Optional[float] = None
     fallback_steps: int = 0
@@ -106,6 +124,7 @@ class Diagnosis:
             out[f"{name}_corr"] = self.angles[name]["corr"]
             out[f"{name}_mae_deg"] = self.angles[name]["mae_deg"]
         out.update(yaw_gain=self.yaw_gain, yaw_bias_deg=self.yaw_bias_deg,
+                   backward_step_share=self.backward_step_share,
                    static_step_ratio=self.static_step_ratio, reversed_yaw_corr=self.reversed_yaw_corr,
                    prior_auc5=self.prior["auc5"], prior_ate_s=self.prior["ate_s"],
                    ate_s_uniform_steps=self.prior["ate_s_uniform_steps"],
@@ -123,6 +142,8 @@ class Diagnosis:
             rows.append((f"{name} per step", f"corr {fmt(a['corr'], '.3f')}, MAE {fmt(a['mae_deg'], '.3f')} deg"))
         rows.append(("yaw gain", f"{fmt(self.yaw_gain, '.3f')} (1 = turns at their size), bias "
                                  f"{fmt(self.yaw_bias_deg, '+.3f')} deg per step"))
+        rows.append(("backward steps", f"{fmt(self.backward_step_share, '.3f')} of the steps point more "
+                                       "than 90 deg from the true direction (0 = knows forwards)"))
         rows += [("static test", f"predicted / true mean step {fmt(self.static_step_ratio, '.3f')} "
                                  "(0 = sees that nothing moves)"),
                  ("reversed test", f"corr(yaw, -true yaw) {fmt(self.reversed_yaw_corr, '.3f')} "
@@ -158,7 +179,7 @@ def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
 
     pooled, ate_s, gts = [], [], []
     true_angles, pred_angles, reversed_yaw, true_reversed_yaw = [], [], [], []
-    static_ratios, scale_ratios = [], []
+    static_ratios, scale_ratios, backward = [], [], []
     fallbacks = 0
     for idx, gt, images in WindowScan(seq, windows, min_mean_step_m, max_windows):
         stamps = seq.timestamps[idx]
@@ -170,6 +191,7 @@ def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
         true = step_angles_deg(gt)
         true_angles.append(true)
         pred_angles.append(step_angles_deg(pred))
+        backward.append(backward_steps(pred, gt))
 
         true_step, pred_step = metrics.mean_step_length(gt), metrics.mean_step_length(pred)
         static, _ = predictor([images[0]] * len(images), stamps)
@@ -196,6 +218,7 @@ def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
         reversed_yaw_corr=correlation(np.concatenate(reversed_yaw), np.concatenate(true_reversed_yaw)),
         prior=prior.score_prior(gts), yaw_gain=gain(yaw_pred, yaw_true),
         yaw_bias_deg=float((yaw_pred - yaw_true).mean()),
+        backward_step_share=float(np.concatenate(backward).mean()),
         scale_ratio=float(ratios.mean()) if metric else None,
         scale_abs_rel_error=float(np.abs(ratios - 1.0).mean()) if metric else None,
         fallback_steps=fallbacks)
