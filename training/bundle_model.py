@@ -90,6 +90,7 @@ def main() -> int:
     labelled = ", ".join(f"`{Path(p).name}`" for p in cfg.data.posttrain_sequences)
     d = cfg.data
     departures = [f"motion features: {m.motion_features}",
+                  f"appearance tokens at the inverse-dynamics input: {m.appearance_tokens}",
                   f"per-step position embedding in the pose head: {m.pose_step_embedding}",
                   f"scale token output: {m.scale_output}",
                   f"rotation loss: {cfg.train.rotation_loss}",

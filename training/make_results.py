@@ -48,7 +48,17 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_self_labels_p25": "val_speed_rerun with the self-labelled unlabeled clips (a quarter of the windows)",
     "val_rotation_aug_p1": "val_speed_rerun with rotation-homography windows 1.0 (recipe 0.5)",
     "val_rotation_aug_10": "val_speed_rerun with rotation-homography windows up to 10 deg of yaw (recipe 5)",
+    # The same recipe from another seed: how far apart two runs of one recipe land on 07_head.
+    "val_speed_seed1": "val_speed_rerun with seed 1 (the recipe's run-to-run spread)",
+    "val_motion_only": "val_speed_rerun without appearance tokens (motion tokens at their positions only)",
+    "val_motion_only_seed1": "val_motion_only with seed 1",
+    "val_motion_only_static": "val_motion_only with static windows 0.15 (recipe 0.05)",
+    "val_speed_no_reverse_seed1": "val_speed_seed1 without reversed windows",
+    "val_motion_only_no_reverse_seed1": "val_motion_only_seed1 without reversed windows",
 }
+# Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
+# single ablation run on the validation windows.
+RECIPE_RERUNS = ("val_speed", "val_speed_rerun", "val_speed_seed1")
 VALIDATION = "07_head"
 TABLE3_FPS = (1.0, 1.3, 2.0, 4.0)
 HYBRID_START, HYBRID_END = "<!-- hybrid section: start -->", "<!-- hybrid section: end -->"
@@ -355,8 +365,11 @@ def main() -> int:
               row(f"LA-Pose tiny, {SHIPPED} (bundled default)", results[("01_head", SHIPPED, 4.0)])]
     lines += ["", f"## Ablations of the recipe ({VALIDATION}, 2 fps; trained on 00_head + 06_head)", "",
               "| variant | description | AUC@5 | AUC@30 | ATE-S | ATE-M (m) | yaw corr | yaw gain | "
-              "static step ratio | reversed yaw corr | scale ratio |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "static step ratio | reversed yaw corr | backward steps | scale ratio |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def ablation_of(variant: str):
+        return results.get((VALIDATION, variant, 2.0))
+
     missing = []
     for variant, desc in ABLATIONS.items():
         r, d = results.get((VALIDATION, variant, 2.0)), val_diagnoses.get(variant)
@@ -366,7 +379,7 @@ def main() -> int:
                          f"{fmt(r['ate_s'], '.4f')} | {fmt(r['ate_m'])} | {fmt(d['yaw_corr'])} | "
                          f"{fmt(d.get('yaw_gain'))} | "
                          f"{fmt(d['static_step_ratio'])} | {fmt(d['reversed_yaw_corr'])} | "
-                         f"{fmt(d['scale_ratio'])} |")
+                         f"{fmt(d.get('backward_step_share'))} | {fmt(d['scale_ratio'])} |")
         else:
             missing.append(variant)
     if missing:
@@ -378,11 +391,19 @@ def main() -> int:
                   "retrains and re-measures them."]
     lines += ["", "Scale ratio: predicted / true mean step length (1 = metric scale right). Each variant "
               "changes one switch of `val_recipe`, the recipe before its newest switch; `val_speed` adds "
-              "that switch (the scale token predicts the mean speed), which the shipped model has. "
+              "that switch (the scale token predicts the mean speed); the shipped model has it, no appearance tokens and no windows played backwards (the last rows). "
               "AUC@5 over 16-frame windows rewards driving straight on these mostly straight windows "
               f"(the prior scores {fmt(diagnoses[VALIDATION]['prior_auc5'])}): read it with the yaw "
               "correlation, which says whether a variant "
-              "reads turns at all."]
+              "reads turns at all. Backward steps: the share of steps whose predicted direction of "
+              "travel is more than 90 degrees from the true one (`lapose diagnose`)."]
+    reruns = [ablation_of(v) for v in RECIPE_RERUNS if ablation_of(v)]
+    if len(reruns) > 1:
+        spread = lambda key: f"{min(r[key] for r in reruns):.3f}-{max(r[key] for r in reruns):.3f}"  # noqa: E731
+        lines += ["", f"Run-to-run spread: the recipe trained {len(reruns)} times "
+                  f"({', '.join(v for v in RECIPE_RERUNS if ablation_of(v))}) lands at AUC@5 "
+                  f"{spread('auc5')} and ATE-S {spread('ate_s')} on {VALIDATION}. A single variant's "
+                  "difference inside that range is not evidence for or against it."]
     lines += ["", "## Training runs", "", "| run | last logged step |", "| --- | --- |"]
     for name in ("vqvae", "pretrain_motion", SHIPPED, *ABLATIONS):
         if (runs / name).is_dir():
@@ -413,7 +434,7 @@ def main() -> int:
 
     for variant, desc in ABLATIONS.items():
         # Its one switch against: the run its description starts from, else val_recipe.
-        base = desc.split(" with")[0] if desc.startswith("val_speed") and " with" in desc else "val_recipe"
+        base = desc.split()[0] if desc.split()[0] in ABLATIONS else "val_recipe"
         if variant != base and variant != "val_recipe" and base in ABLATIONS:
             compare(base, variant, f"{base} vs {variant} ({desc})")
     lines += [""] + hybrid_section(estimators[SHIPPED], f"{SHIPPED} (bundled default)", args.stride_s, assets)

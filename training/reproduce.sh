@@ -79,6 +79,14 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     # Turns read at their size on new scenes? More and larger exact rotation-homography windows
     "val_rotation_aug_p1 --set model.scale_output=speed --set data.rotation_aug_prob=1.0"
     "val_rotation_aug_10 --set model.scale_output=speed --set data.rotation_aug_max_deg=10.0"
+    # How far apart two runs of one recipe land (another seed), and the model without appearance
+    "val_speed_seed1 --set model.scale_output=speed --set train.seed=1"
+    "val_motion_only --set model.scale_output=speed --set model.appearance_tokens=false"
+    "val_motion_only_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set train.seed=1"
+    "val_motion_only_static --set model.scale_output=speed --set model.appearance_tokens=false --set data.static_prob=0.15"
+    # Windows played backwards make the model unsure whether it drives forwards (backward steps)
+    "val_speed_no_reverse_seed1 --set model.scale_output=speed --set train.seed=1 --set data.reverse_prob=0.0"
+    "val_motion_only_no_reverse_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set train.seed=1 --set data.reverse_prob=0.0"
   )
   pids=()
   for v in "${variants[@]}"; do
