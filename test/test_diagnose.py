@@ -73,10 +73,10 @@ def test_backward_steps_see_a_car_driving_the_wrong_way(shared_data):
     seq_dir = shared_data / "kitti" / "07_head"
     oracle = oracle_for(KittiSequence(seq_dir))
 
-    def backwards(step):
+    def reverse_direction(step):
         step[:3, 3] *= -1
 
-    backwards = with_each_step(oracle, backwards)
+    backwards = with_each_step(oracle, reverse_direction)
 
     d = diagnose_sequence(seq_dir, predictor=backwards, metric=True, max_windows=3)
     assert d.angles["yaw"]["corr"] > 0.9999 and d.backward_step_share == 1.0

@@ -103,9 +103,8 @@ def test_motion_tokens_see_how_the_image_moved(tiny_motion):
 
 
 def test_without_appearance_tokens_only_motion_counts():
-    """appearance_tokens false: two windows that move alike but show other scenes give the same
-    frame tokens, and their actions differ only through the motion tokens (a window moving another
-    way changes them)."""
+    """appearance_tokens false: frames of other content give the same frame tokens, so the actions
+    come from the motion tokens alone (a standing window's differ from a moving one's)."""
     cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "appearance_tokens": False}})
     torch.manual_seed(0)
     model = LaPose(cfg.model).eval()

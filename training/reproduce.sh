@@ -44,8 +44,10 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   PARALLEL=${PARALLEL:-2}
   # Self-labels of the unlabeled clips (a clip already done is skipped).
   .venv/bin/python training/self_label.py --sources "../shared/data/unlabeled/*.mp4" --out "$RUNS/self_labels"
+  # The variants also keep the two switches the recipe took after them (appearance tokens on,
+  # windows played backwards 0.2); the rows that measure those switches turn them off.
   VAL=(--set "data.posttrain_sequences=[../shared/data/kitti/00_head, ../shared/data/kitti/06_head]"
-       --set model.scale_output=step)
+       --set model.scale_output=step --set model.appearance_tokens=true --set data.reverse_prob=0.2)
   posttrain() {  # NAME ARGS...: one variant, its log in RUNS/NAME.log
     local name=$1; shift
     OMP_NUM_THREADS=$(( PARALLEL > 1 ? 1 : $(nproc) )) \

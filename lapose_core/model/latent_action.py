@@ -21,7 +21,6 @@ class ImageTokenizer(nn.Module):
         gh, gw = cfg.grid
         self.patch = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.pos = nn.Parameter(torch.randn(1, gh * gw, cfg.width) * 0.02)
-
         self.appearance = cfg.appearance_tokens
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
