@@ -367,12 +367,10 @@ def main() -> int:
               "| variant | description | AUC@5 | AUC@30 | ATE-S | ATE-M (m) | yaw corr | yaw gain | "
               "static step ratio | reversed yaw corr | backward steps | scale ratio |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    def ablation_of(variant: str):
-        return results.get((VALIDATION, variant, 2.0))
-
+    ablation = {v: results.get((VALIDATION, v, 2.0)) for v in ABLATIONS}
     missing = []
     for variant, desc in ABLATIONS.items():
-        r, d = results.get((VALIDATION, variant, 2.0)), val_diagnoses.get(variant)
+        r, d = ablation[variant], val_diagnoses.get(variant)
         if r and d:
             mark = " (stored)" if variant in stored else ""
             lines.append(f"| {variant}{mark} | {desc} | {fmt(r['auc5'])} | {fmt(r['auc30'])} | "
@@ -391,17 +389,19 @@ def main() -> int:
                   "retrains and re-measures them."]
     lines += ["", "Scale ratio: predicted / true mean step length (1 = metric scale right). Each variant "
               "changes one switch of `val_recipe`, the recipe before its newest switch; `val_speed` adds "
-              "that switch (the scale token predicts the mean speed); the shipped model has it, no appearance tokens and no windows played backwards (the last rows). "
+              "that switch (the scale token predicts the mean speed); the shipped model has it, no "
+              "appearance tokens and no windows played backwards (the last rows). "
               "AUC@5 over 16-frame windows rewards driving straight on these mostly straight windows "
               f"(the prior scores {fmt(diagnoses[VALIDATION]['prior_auc5'])}): read it with the yaw "
               "correlation, which says whether a variant "
               "reads turns at all. Backward steps: the share of steps whose predicted direction of "
               "travel is more than 90 degrees from the true one (`lapose diagnose`)."]
-    reruns = [ablation_of(v) for v in RECIPE_RERUNS if ablation_of(v)]
+    rerun_names = [v for v in RECIPE_RERUNS if ablation.get(v)]
+    reruns = [ablation[v] for v in rerun_names]
     if len(reruns) > 1:
         spread = lambda key: f"{min(r[key] for r in reruns):.3f}-{max(r[key] for r in reruns):.3f}"  # noqa: E731
         lines += ["", f"Run-to-run spread: the recipe trained {len(reruns)} times "
-                  f"({', '.join(v for v in RECIPE_RERUNS if ablation_of(v))}) lands at AUC@5 "
+                  f"({', '.join(rerun_names)}) lands at AUC@5 "
                   f"{spread('auc5')} and ATE-S {spread('ate_s')} on {VALIDATION}. A single variant's "
                   "difference inside that range is not evidence for or against it."]
     lines += ["", "## Training runs", "", "| run | last logged step |", "| --- | --- |"]
@@ -422,8 +422,6 @@ def main() -> int:
                      f"{fmt(prior.get('auc5'))} ({'above' if a['auc5'] > prior.get('auc5', 1) else 'not above'}"
                      f" it); ATE-S {fmt(a['ate_s'], '.4f')} vs {fmt(c['ate_s'], '.4f')} "
                      f"({'LA-Pose' if a['ate_s'] < c['ate_s'] else 'classical'} better).")
-    ablation = {v: results.get((VALIDATION, v, 2.0)) for v in ABLATIONS}
-
     def compare(a: str, b: str, what: str) -> None:
         ra, rb = ablation.get(a), ablation.get(b)
         if ra and rb:
