@@ -51,7 +51,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .eval.classical import ClassicalVO, Step
-from .eval.metrics import rotation_angle_deg
+from .eval.metrics import compose_steps, rotation_angle_deg
 from .road_plane import RoadFit, RoadPlaneConfig, fit_road, road_image
 
 SCALE_SOURCES = ("lapose", "ground", "constant")
@@ -285,9 +285,9 @@ class HybridEstimator:
         relative = np.tile(np.eye(4), (len(steps), 1, 1))
         for k, (step, check) in enumerate(zip(steps, checks)):
             if check.ok:
-                # x_{k+1} = R x_k + t  <=>  frame k+1 in frame k is (R^T, -R^T t). Standing: t = 0.
-                relative[k, :3, :3] = step.R.T
-                relative[k, :3, 3] = 0.0 if check.standing else -step.R.T @ step.t
+                relative[k] = step.motion()
+                if check.standing:
+                    relative[k, :3, 3] = 0.0
             else:
                 relative[k, :3, :3] = lp_relative[k, :3, :3]
                 relative[k, :3, 3] = _direction(lp_relative[k, :3, 3])
@@ -298,10 +298,7 @@ class HybridEstimator:
         else:  # every step standing: the window did not move, whatever LA-Pose's scale says
             scale, scale_source = 0.0, "standing"
 
-        poses = [np.eye(4)]
-        for step in relative:
-            poses.append(poses[-1] @ step)
-        return HybridPrediction(relative=relative, poses=np.stack(poses), scale=float(scale),
+        return HybridPrediction(relative=relative, poses=compose_steps(relative), scale=float(scale),
                                 fov=float(lp.fov), checks=checks, intrinsics=tuple(K),
                                 intrinsics_source=source, lapose=lp, scale_source=scale_source)
 

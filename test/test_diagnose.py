@@ -5,14 +5,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from lapose_core.data.sources import KittiSequence
-from lapose_core.geometry import compose_relative
 from lapose_core.eval import metrics, prior
 from lapose_core.eval.cli import register
 from lapose_core.eval.diagnose import correlation, diagnose_sequence, step_angles_deg
-from lapose_core.eval.evaluate import WindowScan, eval_windows
+from lapose_core.eval.evaluate import eval_windows
 
 REQUIRED_KEYS = {"windows", "auc5", "ate_s", "yaw_corr", "yaw_mae_deg", "static_step_ratio",
                  "reversed_yaw_corr", "prior_auc5", "prior_ate_s"}
@@ -32,10 +30,10 @@ def with_each_step(predictor, change):
     """``predictor`` with ``change`` applied in place to each of its steps (frame k+1 in frame k)."""
     def predict(images, stamps):
         poses, failed = predictor(images, stamps)
-        steps = np.linalg.inv(poses[:-1]) @ poses[1:]
+        steps = metrics.step_motions(poses)
         for step in steps:
             change(step)
-        return compose_relative(torch.from_numpy(steps)).numpy(), failed
+        return metrics.compose_steps(steps), failed
     return predict
 
 

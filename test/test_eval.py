@@ -13,7 +13,7 @@ from lapose_core.data.windows import window_indices
 from lapose_core.eval import metrics
 from lapose_core.eval.classical import classical_window
 from lapose_core.eval.cli import register
-from lapose_core.eval.evaluate import EvalError, _compose, evaluate_sequence
+from lapose_core.eval.evaluate import EvalError, evaluate_sequence
 
 REQUIRED_JSON_KEYS = {"method", "checkpoint", "data", "fps", "windows", "auc5", "auc30", "ate_s",
                       "ate_m", "skipped_stationary", "per_window"}
@@ -166,12 +166,12 @@ def test_classical_vo_beats_random_rotations_on_real_window(kitti03):
     assert result.relative.shape == (15, 4, 4)
     assert result.failures == 0
     np.testing.assert_allclose(np.linalg.norm(result.relative[:, :3, 3], axis=-1).mean(), 1.0)
-    classical_auc30 = metrics.auc(metrics.pose_pair_errors(_compose(result.relative), gt), 30)
+    classical_auc30 = metrics.auc(metrics.pose_pair_errors(metrics.compose_steps(result.relative), gt), 30)
 
     rng = np.random.default_rng(0)
     random_steps = np.stack([pose(euler2mat(*rng.uniform(-np.pi, np.pi, 3)), rng.normal(size=3))
                              for _ in range(15)])
-    random_auc30 = metrics.auc(metrics.pose_pair_errors(_compose(random_steps), gt), 30)
+    random_auc30 = metrics.auc(metrics.pose_pair_errors(metrics.compose_steps(random_steps), gt), 30)
     assert classical_auc30 > 0.8
     assert classical_auc30 > random_auc30 + 0.5
 

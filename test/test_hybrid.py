@@ -14,7 +14,7 @@ from lapose_core import ASSETS_DIR
 from lapose_core.data.sources import KittiSequence
 from lapose_core.eval import metrics
 from lapose_core.eval.classical import classical_window
-from lapose_core.eval.evaluate import _compose, eval_windows
+from lapose_core.eval.evaluate import eval_windows
 from lapose_core.hybrid import HybridConfig, HybridError, HybridEstimator, intrinsics_from_fov
 from lapose_core.inference import PoseEstimator
 from lapose_core.stream import stream_poses
@@ -49,7 +49,7 @@ def test_geometry_sets_rotation_and_direction_lapose_the_scale(lapose, sample):
     assert_finite(p)
     assert p.fallbacks == 0 and p.intrinsics_source == "given"
     gt = metrics.relative_to_first(seq.poses[idx])
-    classical = _compose(classical_window(images, seq.intrinsics).relative)
+    classical = metrics.compose_steps(classical_window(images, seq.intrinsics).relative)
     pair_h, pair_c = metrics.pose_pair_errors(p.poses, gt), metrics.pose_pair_errors(classical, gt)
     # Same rotations and directions as the classical pipeline (to the step-length profile) ...
     assert metrics.auc(pair_h, 5) >= metrics.auc(pair_c, 5) - 0.02

@@ -15,16 +15,13 @@ from lapose_core.data.self_labels import (SelfLabelConfig, chain_segments, is_se
                                           model_focal_px, self_label, source_focal_px, write_segment)
 from lapose_core.data.sources import KittiSequence
 from lapose_core.eval.classical import Step
+from lapose_core.eval import metrics
 from lapose_core.eval.metrics import rotation_angle_deg
 from lapose_core.model.lapose import pose_losses
 
 REPO = Path(__file__).resolve().parents[1]
 
 MODEL_HW = (96, 256)
-
-
-def steps_of(poses: np.ndarray) -> np.ndarray:
-    return np.linalg.inv(poses[:-1]) @ poses[1:]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def test_self_labels_of_a_labelled_head_match_its_ground_truth(labelled_06):
     segment = segments[0]
     # Nearest to every 0.2 s; KITTI's frames are 0.104 s apart, so now and then one step is one frame.
     assert set(np.diff(segment.keyframes)) <= {1, 2}
-    pred, true = steps_of(segment.poses), steps_of(seq.poses[segment.keyframes])
+    pred, true = metrics.step_motions(segment.poses), metrics.step_motions(seq.poses[segment.keyframes])
     rotation_error = rotation_angle_deg(np.swapaxes(pred[:, :3, :3], -1, -2) @ true[:, :3, :3])
     assert np.median(rotation_error) < 0.3
     t_pred, t_true = pred[:, :3, 3], true[:, :3, 3]
@@ -72,9 +69,9 @@ def test_untrusted_steps_and_unknown_lengths_split_segments():
     # Steps 0-4 (keyframes 100-105), step 5 left out, steps 6-8 and 9-11 split at the unknown length.
     assert [list(s.keyframes) for s in segments] == [[100, 101, 102, 103, 104, 105],
                                                       [106, 107, 108, 109], [109, 110, 111, 112]]
-    lengths = np.linalg.norm(steps_of(segments[0].poses)[:, :3, 3], axis=-1)
+    lengths = np.linalg.norm(metrics.step_motions(segments[0].poses)[:, :3, 3], axis=-1)
     assert lengths == pytest.approx([1, 2, 2, 2, 2])
-    assert np.linalg.norm(steps_of(segments[2].poses)[:, :3, 3], axis=-1) == pytest.approx([1, 0.5, 0.5])
+    assert np.linalg.norm(metrics.step_motions(segments[2].poses)[:, :3, 3], axis=-1) == pytest.approx([1, 0.5, 0.5])
     # x_{k+1} = x_k - z: the camera moved forward along +z.
     assert segments[0].poses[-1][:3, 3] == pytest.approx([0, 0, 9])
 

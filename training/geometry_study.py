@@ -32,7 +32,7 @@ from lapose_core import KITTI_CAMERA_HEIGHT_M
 from lapose_core.data.sources import KittiSequence
 from lapose_core.eval.classical import ClassicalVO, intrinsics_matrix
 from lapose_core.eval.evaluate import WindowScan, eval_windows
-from lapose_core.eval.metrics import pair_errors
+from lapose_core.eval.metrics import pair_errors, step_motions
 from lapose_core.road_plane import RoadPlaneConfig, fit_road, road_image
 
 INLIER_BINS = (5, 10, 15, 20, 25, 30, 50, 100, 10**6)
@@ -47,6 +47,11 @@ def step_errors(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """max(rotation, direction) error in degrees of each step (frame k+1 in frame k, (N, 4, 4))."""
     return np.array([np.max(pair_errors(np.stack([np.eye(4), p]), np.stack([np.eye(4), g])))
                      for p, g in zip(pred, gt)])
+
+
+def bin_label(lo: int, hi: int) -> str:
+    """An inlier bin [lo, hi) as the tables write it."""
+    return f"{lo}-{hi - 1}" if hi < 10**6 else f">= {lo}"
 
 
 def error_row(label: str, errors: np.ndarray) -> str:
@@ -68,9 +73,7 @@ def study_pairs(args: argparse.Namespace) -> None:
                 if not step.ok:
                     found.append((0, 180.0, 0.0))
                     continue
-                # x_j = R x_i + t  <=>  frame j in frame i is (R^T, -R^T t).
-                pred = np.eye(4)
-                pred[:3, :3], pred[:3, 3] = step.R.T, -step.R.T @ step.t
+                pred = step.motion()
                 found.append((step.inliers, float(step_errors(pred[None], motion(seq, i, i + gap)[None])[0]),
                               step.parallax_px))
     inliers = np.array([f[0] for f in found])
@@ -81,7 +84,7 @@ def study_pairs(args: argparse.Namespace) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for lo, hi in zip(INLIER_BINS[:-1], INLIER_BINS[1:]):
         sel = (inliers >= lo) & (inliers < hi)
-        print(error_row(f"{lo}-{hi - 1}" if hi < 10**6 else f">= {lo}", errors[sel]))
+        print(error_row(bin_label(lo, hi), errors[sel]))
     parallax = np.array([f[2] for f in found])
     print("\nParallax (median rotation-compensated image motion of the inliers, pixels) of the pairs "
           "geometry got right (< 5 deg) and wrong (> 20 deg): a wrong rotation leaves the inliers "
@@ -93,8 +96,7 @@ def study_pairs(args: argparse.Namespace) -> None:
         sel = (inliers >= lo) & (inliers < hi)
         right, wrong = parallax[sel & (errors < 5)], parallax[sel & (errors > 20)]
         pct = lambda v, q: f"{np.percentile(v, q):.1f}" if len(v) else ""  # noqa: E731
-        label = f"{lo}-{hi - 1}" if hi < 10**6 else f">= {lo}"
-        print(f"| {label} | {len(right)} | {pct(right, 50)} | {pct(right, 99)} | "
+        print(f"| {bin_label(lo, hi)} | {len(right)} | {pct(right, 50)} | {pct(right, 99)} | "
               f"{len(wrong)} | {pct(wrong, 10)} | {pct(wrong, 50)} |")
 
     from lapose_core.inference import PoseEstimator
@@ -108,7 +110,7 @@ def study_pairs(args: argparse.Namespace) -> None:
         windows = eval_windows(seq, args.fps, estimator.num_frames, stride_s=0.5)
         for idx, gt, images in WindowScan(seq, windows):
             pred = estimator.predict_window(images, seq.timestamps[idx]).relative
-            lapose.append(step_errors(np.asarray(pred), np.linalg.inv(gt[:-1]) @ gt[1:]))
+            lapose.append(step_errors(np.asarray(pred), step_motions(gt)))
     print(f"\nLA-Pose ({estimator.checkpoint_name}) per step, 16-frame windows at {args.fps:g} fps:\n")
     print("| method | steps | median error (deg) | 90th percentile | > 5 deg | > 20 deg |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -171,7 +173,7 @@ def study_motion_pitch(sequences: list[KittiSequence], gaps: list[int]) -> None:
                 true.append(motion_elevation_deg(c))
                 step = vo.two_view(features[i], features[i + gap])
                 if step.ok:
-                    found.append(motion_elevation_deg(-step.R.T @ step.t))
+                    found.append(motion_elevation_deg(step.motion()[:3, 3]))
             print(f"| {seq.name} | {gap} | {len(true)} | {np.median(true):+.2f} | {np.median(found):+.2f} |")
 
 

@@ -131,10 +131,8 @@ def chain_segments(steps: list[Step], ratios: list[float | None], breaks: np.nda
         for j in range(first, end):
             if j > first:
                 length *= ratios[j]
-            # x_{j+1} = R x_j + t  <=>  frame j+1 in frame j is (R^T, -R^T t).
-            rel = np.eye(4)
-            rel[:3, :3] = steps[j].R.T
-            rel[:3, 3] = -steps[j].R.T @ steps[j].t * length
+            rel = steps[j].motion()
+            rel[:3, 3] *= length
             poses.append(poses[-1] @ rel)
         segments.append(Segment(keyframes[first:end + 1], np.stack(poses)))
     return segments

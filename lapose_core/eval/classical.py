@@ -49,6 +49,13 @@ class Step:
     # t is zero. Only the hybrid asks for this model; the classical baseline never does.
     standing: bool = False
 
+    def motion(self) -> np.ndarray:
+        """Frame k+1 in frame k (4x4, unit translation): x_{k+1} = R x_k + t <=> (R^T, -R^T t)."""
+        motion = np.eye(4)
+        motion[:3, :3] = self.R.T
+        motion[:3, 3] = -self.R.T @ self.t
+        return motion
+
 
 def intrinsics_matrix(intrinsics: Sequence[float]) -> np.ndarray:
     fx, fy, cx, cy = (float(v) for v in intrinsics)
@@ -90,9 +97,8 @@ class ClassicalVO:
         direction = np.array([0.0, 0.0, 1.0])  # a failed first step is taken as straight ahead
         for k, (step, length) in enumerate(zip(steps, lengths)):
             if step.ok:
-                # x_{k+1} = R x_k + t  <=>  frame k+1 in frame k is (R^T, -R^T t).
-                relative[k, :3, :3] = step.R.T
-                direction = -step.R.T @ step.t
+                relative[k] = step.motion()
+                direction = relative[k, :3, 3].copy()
             relative[k, :3, 3] = direction * length
         relative[:, :3, 3] /= np.linalg.norm(relative[:, :3, 3], axis=-1).mean()
         return ClassicalWindow(relative, sum(not s.ok for s in steps), fallbacks)

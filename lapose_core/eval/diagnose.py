@@ -82,11 +82,7 @@ def gain(pred: np.ndarray, true: np.ndarray) -> float:
 def backward_steps(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """(T, 4, 4) predicted and true poses -> per step where the camera truly moved: whether the
     predicted direction of travel points away from the true one (more than 90 degrees)."""
-    def translations(poses: np.ndarray) -> np.ndarray:
-        poses = np.asarray(poses, dtype=np.float64)
-        return (np.linalg.inv(poses[:-1]) @ poses[1:])[:, :3, 3]
-
-    t_pred, t_true = translations(pred), translations(gt)
+    t_pred, t_true = metrics.step_motions(pred)[:, :3, 3], metrics.step_motions(gt)[:, :3, 3]
     moving = np.linalg.norm(t_true, axis=-1) > 1e-6
     return ((t_pred * t_true).sum(-1) < 0)[moving]
 

@@ -258,7 +258,7 @@ def window_predictor(method: str, seq: KittiSequence, estimator=None) -> Predict
 
         def predict(images, stamps):
             window = classical.estimate(images)
-            return _compose(window.relative), ({"no geometry": window.failures} if window.failures else {})
+            return metrics.compose_steps(window.relative), ({"no geometry": window.failures} if window.failures else {})
     elif method == "hybrid":
         def predict(images, stamps):
             prediction = estimator.predict_window(images, stamps, intrinsics=seq.intrinsics)
@@ -303,14 +303,6 @@ class WindowScan:
                 continue
             scored += 1
             yield idx, gt, images
-
-
-def _compose(relative: np.ndarray) -> np.ndarray:
-    """(T-1, 4, 4) step motions -> (T, 4, 4) poses relative to the first frame."""
-    poses = [np.eye(4)]
-    for step in relative:
-        poses.append(poses[-1] @ step)
-    return np.stack(poses)
 
 
 def _progress(total: int, enabled: bool):

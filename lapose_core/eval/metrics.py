@@ -66,6 +66,20 @@ def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
     return np.degrees(np.arctan2(sin, cos))
 
 
+def step_motions(poses: np.ndarray) -> np.ndarray:
+    """(T, 4, 4) camera-to-world -> (T-1, 4, 4) step motions, frame k+1 in frame k."""
+    poses = np.asarray(poses, dtype=np.float64)
+    return np.linalg.inv(poses[:-1]) @ poses[1:]
+
+
+def compose_steps(steps: np.ndarray) -> np.ndarray:
+    """(T-1, 4, 4) step motions -> (T, 4, 4) poses relative to the first frame."""
+    poses = [np.eye(4)]
+    for step in steps:
+        poses.append(poses[-1] @ step)
+    return np.stack(poses)
+
+
 def relative_to_first(poses: np.ndarray) -> np.ndarray:
     """(T, 4, 4) camera-to-world -> poses relative to the first frame (the first becomes identity)."""
     poses = np.asarray(poses, dtype=np.float64)

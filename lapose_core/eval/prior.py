@@ -32,17 +32,13 @@ def uniform_step_poses(gt: np.ndarray) -> np.ndarray:
     Its ATE-S is the floor of a method that gets the geometry exactly right and the speed profile
     wrong (constant speed).
     """
-    gt = np.asarray(gt, dtype=np.float64)
-    steps = np.linalg.inv(gt[:-1]) @ gt[1:]
+    steps = metrics.step_motions(gt)
     lengths = np.linalg.norm(steps[:, :3, 3], axis=-1)
     mean = lengths.mean()
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where(lengths > 1e-9, mean / lengths, 0.0)
     steps[:, :3, 3] *= scale[:, None]
-    poses = [np.eye(4)]
-    for step in steps:
-        poses.append(poses[-1] @ step)
-    return np.stack(poses)
+    return metrics.compose_steps(steps)
 
 
 def score_prior(gt_windows: Sequence[np.ndarray]) -> dict[str, float]:
