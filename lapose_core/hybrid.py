@@ -20,14 +20,15 @@ translation (a *standing* step: geometry is confident, it is not a fallback). A 
 otherwise uses LA-Pose's own rotation and direction and is counted as a fallback; a uniform, black or
 badly blurred frame has too few features and fails the first check.
 
-Step lengths: relative lengths chain the triangulated depth ratio of consecutive confident pairs (where
-one is missing, LA-Pose's own ratio of the two step lengths, else 1; standing steps have length 0),
-and the window is scaled so that its mean step is the metric scale: LA-Pose's
-(``scale_source="lapose"``); with the camera's height above the road known, the road's
-(``"ground"``: each confident pair's road band is aligned densely between its two frames
-(:mod:`lapose_core.road_plane`), which gives that pair's length in metres, and their median relative
-to the chained lengths sets the window's scale; fewer than ``min_ground_pairs`` such pairs: LA-Pose's
-scale); or, as the ablation, a constant speed times the keyframe interval (``"constant"``).
+Step lengths: the triangulated depth ratio of consecutive confident pairs (where one is missing,
+LA-Pose's own ratio of the two step lengths, else 1; standing steps have length 0) chain the steps'
+relative lengths, and the window is scaled so that its mean step is the metric scale: LA-Pose's
+(``scale_source="lapose"``); or, with the camera's height above the road known, the road's
+(``"ground"``): each confident pair's road band is aligned densely between its two frames
+(:mod:`lapose_core.road_plane`), which gives that pair's length in metres, and those lengths and the
+ratios are fitted together (:mod:`lapose_core.step_lengths`), so the road both scales the window and
+corrects the chain; fewer than ``min_ground_pairs`` road lengths: LA-Pose's scale. As the ablation, a
+constant speed times the keyframe interval (``"constant"``).
 ``relative_lengths=False`` gives uniform steps (the ablation of triangulation).
 
 Intrinsics: the sequence's or the CameraInfo's when given and consistent with LA-Pose's field of view
@@ -53,6 +54,7 @@ import numpy as np
 from .eval.classical import ClassicalVO, Step
 from .eval.metrics import compose_steps, rotation_angle_deg
 from .road_plane import RoadFit, RoadPlaneConfig, fit_road, road_image
+from .step_lengths import Length, Ratio, fuse_log_lengths
 
 SCALE_SOURCES = ("lapose", "ground", "constant")
 
@@ -78,6 +80,14 @@ class HybridConfig:
     max_rotation_gap_deg: float = 90.0
     scale_source: str = "lapose"
     relative_lengths: bool = True  # triangulated step-length ratios (False: uniform steps)
+    # Standard deviations (log units) of the step-length measurements fitted together
+    # (lapose_core.step_lengths). On the labelled 00/07 heads at 1 and 2 fps a road length is a
+    # median 5 % off its true length, and ATE-S is flat within 0.003 for ratio 0.03-0.1 and road
+    # 0.05-0.15 (python training/geometry_study.py lengths).
+    ratio_sigma: float = 0.05  # a triangulated ratio of consecutive steps
+    lapose_ratio_sigma: float = 0.5  # LA-Pose's ratio, where the pair has no triangulated one
+    constant_speed_sigma: float = 1.0  # ratio 1, where neither has one
+    road_sigma: float = 0.08  # a pair's length from its road (scale_source "ground")
     constant_speed_mps: float = 7.0  # scale_source="constant": mean speed of the labelled 00/06/07 heads (6.97)
     # scale_source="ground": the camera's height above the road (metres; None = unknown, LA-Pose's
     # scale is used) and its pitch (degrees down): how the camera is mounted. KITTI's camera is
@@ -102,7 +112,8 @@ class HybridConfig:
         if self.scale_source not in SCALE_SOURCES:
             raise HybridError(f"hybrid scale_source must be one of {', '.join(SCALE_SOURCES)}, "
                               f"got '{self.scale_source}'")
-        for name in ("min_parallax_px", "max_rotation_gap_deg", "constant_speed_mps"):
+        for name in ("min_parallax_px", "max_rotation_gap_deg", "constant_speed_mps", "ratio_sigma",
+                     "lapose_ratio_sigma", "constant_speed_sigma", "road_sigma"):
             if not getattr(self, name) > 0:
                 raise HybridError(f"hybrid {name} must be > 0, got {getattr(self, name)}")
         if self.scale_source == "ground" and not (self.camera_height_m or 0) > 0:
@@ -291,8 +302,8 @@ class HybridEstimator:
             else:
                 relative[k, :3, :3] = lp_relative[k, :3, :3]
                 relative[k, :3, 3] = _direction(lp_relative[k, :3, 3])
-        lengths = self._relative_lengths(steps, checks, lp_relative)
-        scale, scale_source = self._window_scale(lp, timestamps, geometry, checks, lengths)
+        lengths, road_lengths = self._step_lengths(steps, checks, geometry, lp_relative)
+        scale, scale_source = self._window_scale(lp, timestamps, lengths, road_lengths)
         if lengths.max() > 0:
             relative[:, :3, 3] *= (scale * lengths / lengths.mean())[:, None]
         else:  # every step standing: the window did not move, whatever LA-Pose's scale says
@@ -394,45 +405,48 @@ class HybridEstimator:
             failed, reason = "", ""
         return StepCheck(not reason, step.inliers, step.parallax_px, gap, reason, failed_check=failed)
 
-    def _window_scale(self, lp: Any, timestamps: Sequence[float], pairs: list[PairGeometry],
-                      checks: list[StepCheck], lengths: np.ndarray) -> tuple[float, str]:
+    def _step_lengths(self, steps: list[Step], checks: list[StepCheck], pairs: list[PairGeometry],
+                      lp_relative: np.ndarray) -> tuple[np.ndarray, int]:
+        """Each step's length and how many road lengths set it: in metres when that count is at
+        least ``min_ground_pairs`` (``scale_source="ground"``), otherwise relative (the caller scales
+        their mean). Standing steps have length 0. See :mod:`lapose_core.step_lengths`."""
+        cfg = self.config
+        moving = [k for k, c in enumerate(checks) if not c.standing]
+        lengths = np.zeros(len(steps))
+        if not moving:
+            return lengths, 0
+        if not cfg.relative_lengths:
+            lengths[moving] = 1.0
+            return lengths, 0
+        lp_lengths = np.linalg.norm(lp_relative[:, :3, 3], axis=-1)
+        ratios = []  # between consecutive moving steps; standing steps in between have no length
+        for i, (ref, k) in enumerate(zip(moving[:-1], moving[1:])):
+            ratio = (self._vo.depth_ratio(steps[ref], steps[k])
+                     if ref == k - 1 and checks[ref].ok and checks[k].ok else None)
+            sigma = cfg.ratio_sigma
+            if ratio is None and lp_lengths[ref] > 1e-6 and lp_lengths[k] > 1e-6:
+                ratio, sigma = float(lp_lengths[k] / lp_lengths[ref]), cfg.lapose_ratio_sigma
+            if ratio is None or not math.isfinite(ratio):
+                ratio, sigma = 1.0, cfg.constant_speed_sigma
+            ratios.append(Ratio(i, i + 1, math.log(ratio), sigma))
+        road = []
+        if cfg.scale_source == "ground":
+            # Each pair whose road was aligned measures its own length in metres (road_plane).
+            road = [Length(i, math.log(pairs[k].road.baseline_m), cfg.road_sigma)
+                    for i, k in enumerate(moving) if checks[k].ok and pairs[k].road is not None
+                    and pairs[k].road.ok and pairs[k].road.baseline_m > 0]
+            if len(road) < cfg.min_ground_pairs:
+                road = []
+        lengths[moving] = np.exp(fuse_log_lengths(len(moving), ratios, road))
+        return lengths, len(road)
+
+    def _window_scale(self, lp: Any, timestamps: Sequence[float], lengths: np.ndarray,
+                      road_lengths: int) -> tuple[float, str]:
         """The window's mean metric step and where it came from."""
         cfg = self.config
         if cfg.scale_source == "constant":
             ts = np.asarray(timestamps, dtype=np.float64)
             return float(cfg.constant_speed_mps * np.diff(ts).mean()), "constant speed"
-        if cfg.scale_source == "ground":
-            # Each pair whose road was aligned measures its own metric length (road_plane).
-            # Relative to the chained lengths, their median sets the window's scale.
-            per_length = [pair.road.baseline_m / lengths[k] for k, (pair, check)
-                          in enumerate(zip(pairs, checks))
-                          if check.ok and not check.standing and lengths[k] > 0
-                          and pair.road is not None and pair.road.ok]
-            if len(per_length) >= cfg.min_ground_pairs:
-                return float(np.median(per_length) * lengths.mean()), "ground plane"
+        if road_lengths:  # the lengths are the road's, in metres
+            return float(lengths.mean()), "ground plane"
         return float(lp.scale), "lapose"
-
-    def _relative_lengths(self, steps: list[Step], checks: list[StepCheck],
-                          lp_relative: np.ndarray) -> np.ndarray:
-        """Each step's length relative to the first moving one (their mean is rescaled to the metric
-        scale); standing steps have length 0."""
-        moving = [not c.standing for c in checks]
-        if not self.config.relative_lengths:
-            return np.asarray(moving, dtype=np.float64)
-        lp_lengths = np.linalg.norm(lp_relative[:, :3, 3], axis=-1)
-        lengths = np.zeros(len(steps))
-        ref = None  # the last moving step: standing steps in between have no length to chain
-        for k in range(len(steps)):
-            if not moving[k]:
-                continue
-            if ref is None:
-                lengths[k] = 1.0
-            else:
-                ratio = None
-                if ref == k - 1 and checks[ref].ok and checks[k].ok:
-                    ratio = self._vo.depth_ratio(steps[ref], steps[k])
-                if ratio is None and lp_lengths[ref] > 1e-6 and lp_lengths[k] > 1e-6:
-                    ratio = float(lp_lengths[k] / lp_lengths[ref])
-                lengths[k] = lengths[ref] * (ratio if ratio is not None and math.isfinite(ratio) else 1.0)
-            ref = k
-        return lengths

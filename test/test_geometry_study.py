@@ -1,5 +1,5 @@
-"""training/geometry_study.py, the studies behind the hybrid's inlier floor and the road's camera
-pitch, on a labelled training sequence."""
+"""training/geometry_study.py, the studies behind the hybrid's inlier floor, the road's camera pitch
+and the step-length fit, on a labelled training sequence."""
 from __future__ import annotations
 
 import importlib.util
@@ -55,3 +55,14 @@ def test_road_bias_changes_sign_between_level_and_a_pitch_down(study, shared_dat
     truth, found = (float(v) for v in re.search(
         r"^\| 07_head \| 10 \| \d+ \| ([+-][\d.]+) \| ([+-][\d.]+) \|", out, re.M).groups())
     assert 0.8 < truth < 1.3 and 0.6 < found < 1.3
+
+
+def test_lengths_road_corrects_the_triangulated_chain(study, shared_data, monkeypatch, capsys):
+    out = run(study, monkeypatch, capsys, "lengths", "--data", str(shared_data / "kitti" / "07_head"),
+              "--fps", "2", "--ratio-sigmas", "0.05", "--road-sigmas", "0.08", "10")
+    rows = {float(road): (int(n), float(s), float(m)) for n, road, s, m in re.findall(
+        r"^\| 2 \| (\d+) \| 0.05 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out, re.M)}
+    assert set(rows) == {0.08, 10.0} and rows[0.08][0] == rows[10.0][0] > 0
+    # The road's lengths fitted with the ratios give the better relative lengths than the chain
+    # that the road only scales (a road sigma of 10).
+    assert rows[0.08][1] < 0.8 * rows[10.0][1]

@@ -19,12 +19,21 @@ lengths are unbiased at 0.5 and 4-6 % short at 1.1 (the road fit's own bias, or 
 1.65 m below the camera): so the motion's direction, which needs no labels, cannot stand in for the
 measured pitch.
 
+``lengths``: the hybrid's step lengths with the road (``scale_source="ground"``) on 16-keyframe
+windows at ``--fps``, for each pair of standard deviations of a triangulated ratio and of a road length
+(:mod:`lapose_core.step_lengths`): ATE-S says how well the relative lengths came out, ATE-M adds the
+scale. A road standard deviation of 10 (log units) leaves the triangulated chain as it is and lets
+the road only set its level (a least-squares one, so an outlying road length moves it). This chose ``HybridConfig.ratio_sigma`` and ``road_sigma``.
+
     python training/geometry_study.py pairs --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head
     python training/geometry_study.py road --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head
+    python training/geometry_study.py lengths --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 
 import numpy as np
 
@@ -32,7 +41,7 @@ from lapose_core import KITTI_CAMERA_HEIGHT_M
 from lapose_core.data.sources import KittiSequence
 from lapose_core.eval.classical import ClassicalVO, intrinsics_matrix
 from lapose_core.eval.evaluate import WindowScan, eval_windows
-from lapose_core.eval.metrics import pair_errors, step_motions
+from lapose_core.eval.metrics import ate_m, ate_s, pair_errors, step_motions
 from lapose_core.road_plane import RoadPlaneConfig, fit_road, road_image
 
 INLIER_BINS = (5, 10, 15, 20, 25, 30, 50, 100, 10**6)
@@ -177,6 +186,37 @@ def study_motion_pitch(sequences: list[KittiSequence], gaps: list[int]) -> None:
             print(f"| {seq.name} | {gap} | {len(true)} | {np.median(true):+.2f} | {np.median(found):+.2f} |")
 
 
+def study_lengths(args: argparse.Namespace) -> None:
+    from lapose_core.hybrid import HybridConfig, HybridEstimator
+    from lapose_core.inference import PoseEstimator
+
+    lapose = PoseEstimator.load(args.checkpoint)
+    base = HybridConfig.for_camera(args.camera_height_m, args.pitch)
+    sigmas = list(itertools.product(args.ratio_sigmas, args.road_sigmas))
+    print(f"Hybrid step lengths with the road (camera {args.camera_height_m} m above it, pitch "
+          f"{args.pitch:g} deg), mean over 16-keyframe windows\n")
+    print("| fps | windows | ratio sigma | road sigma | ATE-S | ATE-M (m) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for fps in args.fps:
+        scores = {s: [] for s in sigmas}
+        for path in args.data:
+            seq = KittiSequence(path)
+            if seq.duration < (lapose.num_frames - 1) / fps:
+                continue
+            # One estimator per sequence: its pairs are matched once and reused for every setting.
+            hybrid = HybridEstimator(lapose, base)
+            for idx, gt, images in WindowScan(seq, eval_windows(seq, fps, lapose.num_frames, 1.0)):
+                frames = [hybrid.encode_frame(im) for im in images]
+                for ratio_sigma, road_sigma in sigmas:
+                    hybrid.config = dataclasses.replace(base, ratio_sigma=ratio_sigma, road_sigma=road_sigma)
+                    pred = hybrid.predict_features(frames, seq.timestamps[idx], seq.intrinsics).poses
+                    scores[ratio_sigma, road_sigma].append((ate_s(pred, gt), ate_m(pred, gt)))
+        for (ratio_sigma, road_sigma), found in scores.items():
+            if found:
+                s_err, m_err = np.mean(found, axis=0)
+                print(f"| {fps:g} | {len(found)} | {ratio_sigma:g} | {road_sigma:g} | {s_err:.4f} | {m_err:.3f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="study", required=True)
@@ -192,6 +232,15 @@ def main() -> None:
     road.add_argument("--pitches", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     road.add_argument("--camera-height-m", type=float, default=KITTI_CAMERA_HEIGHT_M)
     road.set_defaults(func=study_road)
+    lengths = sub.add_parser("lengths", help="hybrid step lengths from triangulation and the road")
+    lengths.add_argument("--data", nargs="+", required=True, help="labelled KITTI-format folders")
+    lengths.add_argument("--fps", type=float, nargs="+", default=[1.0, 2.0])
+    lengths.add_argument("--ratio-sigmas", type=float, nargs="+", default=[0.03, 0.05, 0.1])
+    lengths.add_argument("--road-sigmas", type=float, nargs="+", default=[0.05, 0.08, 0.15, 10.0])
+    lengths.add_argument("--pitch", type=float, default=0.0, help="camera pitch (degrees down)")
+    lengths.add_argument("--camera-height-m", type=float, default=KITTI_CAMERA_HEIGHT_M)
+    lengths.add_argument("--checkpoint", help="LA-Pose checkpoint (default: bundled model)")
+    lengths.set_defaults(func=study_lengths)
     args = p.parse_args()
     args.func(args)
 
