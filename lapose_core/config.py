@@ -48,6 +48,11 @@ class ModelConfig:
     motion_features: str = "none"  # "none" (paper) | "correlation"
     motion_feature_dim: int = 32  # channels of the network reading the correlation volumes
     motion_radius: int = 4  # displacements -r..r cells per level (4, 8 and 16 px cells)
+    # True centres the 4 and 8 px levels' correlations on the frame pair's global image shift (the
+    # best offset of the 16 px level, averaged over the image) and gives the network that shift:
+    # a turn of 8 degrees in one step moves the image ~25 px, beyond the 4 px level's +-16 px, and
+    # such steps came out at half their size; centred, every level sees the residual motion.
+    motion_centred: bool = False
     # False gives the inverse dynamics motion tokens at their positions and no image content (needs
     # motion_features "correlation"): a model with a few labelled drives can no longer recognise the
     # scene and replay the turn it learned there, only read how the image moved.
@@ -242,6 +247,9 @@ class LaPoseConfig:
                               f"got {m.translation_floor}")
         if m.motion_features not in ("none", "correlation"):
             raise ConfigError(f"{source}: model.motion_features must be 'none' or 'correlation'")
+        if m.motion_centred and m.motion_features != "correlation":
+            raise ConfigError(f"{source}: model.motion_centred=true needs "
+                              f"model.motion_features='correlation'")
         if not m.appearance_tokens and m.motion_features != "correlation":
             raise ConfigError(f"{source}: model.appearance_tokens=false needs "
                               f"model.motion_features='correlation' (the model would see nothing)")

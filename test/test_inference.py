@@ -18,7 +18,9 @@ def window(shared_data):
     return [seq.read(i) for i in idx], seq.timestamps[idx]
 
 
-@pytest.mark.parametrize("model", [{}, {"motion_features": "correlation"}], ids=["paper", "motion"])
+@pytest.mark.parametrize("model", [{}, {"motion_features": "correlation"},
+                                   {"motion_features": "correlation", "motion_centred": True}],
+                         ids=["paper", "motion", "centred"])
 def test_streaming_equals_whole_window(window, model):
     images, ts = window
     est = PoseEstimator.random("tiny", seed=3, model=model)

@@ -102,6 +102,36 @@ def test_motion_tokens_see_how_the_image_moved(tiny_motion):
     assert torch.all(motion[:, 0] == 0) and motion[:, 1:].abs().sum() > 0
 
 
+def test_centred_correlation_reaches_a_shift_beyond_the_fine_level():
+    """motion_centred: an image shifted 28 px (7 fine cells, beyond the 4 px level's +-4) is found
+    by the 16 px level, and the 4 px level then sees the rest of it (1 cell); uncentred, the 4 px
+    level cannot: its best correlation is far below the match's."""
+    from lapose_core.model.latent_action import MotionEncoder, patch_descriptors
+
+    g = torch.Generator().manual_seed(1)
+    scene = torch.nn.functional.interpolate(torch.rand(1, 3, 48, 160, generator=g), scale_factor=2,
+                                            mode="bilinear")
+    a, b = scene[..., 0:96, 28:284], scene[..., 0:96, 0:256]  # a(y, x) = b(y, x + 28)
+    da, db = patch_descriptors(a), patch_descriptors(b)
+    fine_offsets, fine_peaks = {}, {}
+    for centred in (False, True):
+        cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation",
+                                                "motion_centred": centred}})
+        encoder = MotionEncoder(cfg.model)
+        volume = encoder.correlations(da, db)
+        assert volume.shape[1] == 3 * 81 + (2 if centred else 0)
+        fine = volume[0, :81, 4:-4, 4:-12].mean((1, 2))  # cells whose match is inside b
+        dy, dx = divmod(int(fine.argmax()), 9)
+        fine_offsets[centred], fine_peaks[centred] = (dy - 4, dx - 4), float(fine.max())
+        if centred:
+            shift = volume[0, -2:, 0, 0] * 4  # the global shift in 16 px cells, given to the read-out
+            assert shift.tolist() == [0.0, 2.0]  # 32 px: the nearest whole coarse cell to 28
+    assert fine_offsets[True] == (0, -1)  # 28 = 32 - 4 px
+    assert fine_peaks[True] > 0.9 and fine_peaks[False] < 0.5 * fine_peaks[True]
+    with pytest.raises(ConfigError, match="motion_centred"):
+        LaPoseConfig.from_dict({"model": {"motion_centred": True}})
+
+
 def test_without_appearance_tokens_only_motion_counts():
     """appearance_tokens false: frames of other content give the same frame tokens, so the actions
     come from the motion tokens alone (a standing window's differ from a moving one's)."""

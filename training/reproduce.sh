@@ -89,6 +89,12 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     # Windows played backwards make the model unsure whether it drives forwards (backward steps)
     "val_speed_no_reverse_seed1 --set model.scale_output=speed --set train.seed=1 --set data.reverse_prob=0.0"
     "val_motion_only_no_reverse_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set train.seed=1 --set data.reverse_prob=0.0"
+    # The recipe as shipped (no appearance tokens, no reversed windows): standing windows again, and
+    # correlations centred on the pair's global shift (large turns at their size?), two seeds
+    "val_motion_only_no_reverse_static_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set train.seed=1 --set data.reverse_prob=0.0 --set data.static_prob=0.15"
+    "val_motion_only_no_reverse --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0"
+    "val_centred_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set train.seed=1 --set data.reverse_prob=0.0 --set model.motion_centred=true"
+    "val_centred --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true"
   )
   pids=()
   for v in "${variants[@]}"; do

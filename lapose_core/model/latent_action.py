@@ -87,15 +87,29 @@ def patch_descriptors(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
     return F.normalize(patches, dim=1, eps=1e-3).view(images.shape[0], 16, h, w)
 
 
+def shift_cells(x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """(M, D, h, w) maps, (M, 2) integer (dy, dx) -> maps whose cell (y, x) is x's cell
+    (y + dy, x + dx), zero outside. A gather by ``grid_sample`` keeps the shapes static."""
+    M, _, h, w = x.shape
+    ys = torch.arange(h, device=x.device, dtype=x.dtype)[None, :, None] + cells[:, 0, None, None]
+    xs = torch.arange(w, device=x.device, dtype=x.dtype)[None, None, :] + cells[:, 1, None, None]
+    grid = torch.stack([(2 * xs / max(w - 1, 1) - 1).expand(M, h, w),
+                        (2 * ys / max(h - 1, 1) - 1).expand(M, h, w)], -1)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=True)
+
+
 class MotionEncoder(nn.Module):
     """Motion evidence for the inverse-dynamics model: how each fine cell moved between two frames.
 
     Local patch descriptors on a 4-px grid (:func:`patch_descriptors`); local correlation volumes
     between consecutive frames at 4, 8 and 16 px cells (radius ``motion_radius`` cells: +-16, +-32
-    and +-64 px, so a sharp turn at 1 fps is still in range) are read out by a small learned network into one token per patch, added to the later
-    frame's patch tokens. Frame t+1 only ever sees frames t and t+1, so the inverse dynamics stays
-    causal; frame 0 of a window gets no motion tokens. The descriptors have no weights, so the
-    correlations need no backward pass: at CPU scale that is most of a training step.
+    and +-64 px, so a sharp turn at 1 fps is still in range) are read out by a small learned network
+    into one token per patch, added to the later frame's patch tokens. With ``motion_centred`` the 4
+    and 8 px levels are searched around the pair's global shift (the 16 px level's best offset over
+    the whole image), which the network is also given. Frame t+1 only ever sees frames t and t+1, so
+    the inverse dynamics stays causal; frame 0 of a window gets no motion tokens. The descriptors have
+    no weights, so the correlations need no backward pass: at CPU scale that is most of a training
+    step.
     """
 
     LEVELS = (1, 2, 4)  # cell sizes in units of 4 px: 4, 8 and 16 px cells
@@ -104,8 +118,9 @@ class MotionEncoder(nn.Module):
         super().__init__()
         D = cfg.motion_feature_dim
         self.radius = cfg.motion_radius
+        self.centred = cfg.motion_centred
         k = cfg.patch_size // 4  # fine cells per patch side
-        volume = len(self.LEVELS) * (2 * self.radius + 1) ** 2
+        volume = len(self.LEVELS) * (2 * self.radius + 1) ** 2 + (2 if self.centred else 0)
         self.to_tokens = nn.Sequential(
             nn.Conv2d(volume, D, 1), nn.GELU(), nn.Conv2d(D, cfg.width, k, stride=k))
 
@@ -114,21 +129,40 @@ class MotionEncoder(nn.Module):
         """(M, 3, H, W) in [0, 1] -> (M, 16, H/4, W/4) descriptors: what a frame caches."""
         return patch_descriptors(images)
 
+    def global_shift(self, coarse_volume: torch.Tensor) -> torch.Tensor:
+        """(M, (2r+1)^2, h, w) coarsest-level correlations -> (M, 2) integer (dy, dx) in its cells:
+        the offset that matches best on average over the image."""
+        k = 2 * self.radius + 1
+        best = coarse_volume.mean((2, 3)).argmax(1)
+        return torch.stack([best // k, best % k], 1).to(coarse_volume.dtype) - self.radius
+
+    @torch.no_grad()
+    def correlations(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, V, h, w) what the read-out sees:
+        each level's (2r+1)^2 correlations, finest first, [then the global shift (dy, dx) / r]."""
+        volumes, shift = [], None
+        for level in reversed(self.LEVELS):  # coarsest first: it finds the global shift
+            pa, pb = ((F.normalize(F.avg_pool2d(x, level), dim=1, eps=1e-3) if level > 1 else x)
+                      for x in (a, b))
+            if shift is not None:  # centred: search around the global shift, in this level's cells
+                pb = shift_cells(pb, shift * (self.LEVELS[-1] // level))
+            volume = local_correlation(pa, pb, self.radius)
+            if self.centred and shift is None:
+                shift = self.global_shift(volume)
+            volumes.append(F.interpolate(volume, size=a.shape[-2:], mode="nearest")
+                           if level > 1 else volume)
+        volumes.reverse()  # finest first, the order the read-out was trained on
+        if self.centred:
+            volumes.append((shift / self.radius)[:, :, None, None].expand(-1, -1, *a.shape[-2:]))
+        return torch.cat(volumes, 1)
+
     def pair_tokens(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1.
 
         A pair's tokens depend on its two frames only, so a streaming window computes them once per
         new frame and keeps them while the pair stays in the window.
         """
-        with torch.no_grad():
-            volumes = []
-            for level in self.LEVELS:
-                pa, pb = ((F.normalize(F.avg_pool2d(x, level), dim=1, eps=1e-3) if level > 1 else x)
-                          for x in (a, b))
-                volume = local_correlation(pa, pb, self.radius)
-                volumes.append(F.interpolate(volume, size=a.shape[-2:], mode="nearest")
-                               if level > 1 else volume)
-        return self.to_tokens(torch.cat(volumes, 1)).flatten(2).transpose(1, 2)
+        return self.to_tokens(self.correlations(a, b)).flatten(2).transpose(1, 2)
 
     @staticmethod
     def per_frame(pairs: torch.Tensor) -> torch.Tensor:
