@@ -82,7 +82,7 @@ class HybridConfig:
     relative_lengths: bool = True  # triangulated step-length ratios (False: uniform steps)
     # Standard deviations (log units) of the step-length measurements fitted together
     # (lapose_core.step_lengths). On the labelled 00/07 heads at 1 and 2 fps a road length is a
-    # median 5 % off its true length, and ATE-S is flat within 0.003 for ratio 0.03-0.1 and road
+    # median 5 % off its true length, and ATE-S moves less than 0.006 for ratio 0.03-0.1 and road
     # 0.05-0.15 (python training/geometry_study.py lengths).
     ratio_sigma: float = 0.05  # a triangulated ratio of consecutive steps
     lapose_ratio_sigma: float = 0.5  # LA-Pose's ratio, where the pair has no triangulated one

@@ -170,7 +170,7 @@ def hybrid_section(lapose: PoseEstimator, model_name: str, stride_s: float, asse
              "counted over all windows); step lengths from triangulation, scaled to LA-Pose's "
              "metric mean step, or in the road-scale rows fitted together with the lengths the road "
              "gives (`lapose_core/step_lengths.py`): each confident pair's road band aligned between "
-             "its two frames with the camera's known height (`lapose_core/road_plane.py`). Model: {model_name}. Settings were chosen on 07_head, 06_head and "
+             f"its two frames with the camera's known height (`lapose_core/road_plane.py`). Model: {model_name}. Settings were chosen on 07_head, 06_head and "
              "00_head, never on these sequences (`lapose_core/hybrid.py`). 'fallback steps' of the "
              "classical rows are its steps without an essential matrix. The prior row is the "
              "straight-ahead prior on the same windows. The road rows take the camera as level (the "
