@@ -91,6 +91,7 @@ def main() -> int:
     d = cfg.data
     departures = [f"motion features: {m.motion_features}",
                   f"appearance tokens at the inverse-dynamics input: {m.appearance_tokens}",
+                  f"correlations centred on the pair's global shift: {m.motion_centred}",
                   f"per-step position embedding in the pose head: {m.pose_step_embedding}",
                   f"scale token output: {m.scale_output}",
                   f"rotation loss: {cfg.train.rotation_loss}",

@@ -147,9 +147,9 @@ def hybrid_section(lapose: PoseEstimator, model_name: str, stride_s: float, asse
         return r
 
     runs = [("03_head", fps) for fps in TABLE3_FPS] + [("01_head", 4.0)]
+    table_methods = ("classical", "lapose", "hybrid", "hybrid_ground", "hybrid_ground_chain", "hybrid_ground_pitch")
     for seq, fps in runs:
-        for method in ("classical", "lapose", "hybrid", "hybrid_ground", "hybrid_ground_chain",
-                       "hybrid_ground_pitch"):
+        for method in table_methods:
             evaluate(seq, method, fps)
     for method in ("hybrid_constant", "hybrid_uniform"):
         evaluate("03_head", method, 2.0)
@@ -179,8 +179,7 @@ def hybrid_section(lapose: PoseEstimator, model_name: str, stride_s: float, asse
              "road`); KITTI calibrated its rig each recording day, and 01_head shares 00_head's day, "
              "03_head has a day of its own.", "", header]
     for seq, fps in runs:
-        for method in ("classical", "lapose", "hybrid", "hybrid_ground", "hybrid_ground_chain",
-                       "hybrid_ground_pitch"):
+        for method in table_methods:
             lines.append(line(seq, fps, method))
         p = results[(seq, "classical", fps)]["prior"]
         lines.append(f"| {seq} | {fps:g} | prior: {p['description']} | - | {fmt(p['auc5'])} | "
