@@ -94,6 +94,7 @@ class HybridConfig:
     # 1.65 m above the road and level.
     camera_height_m: Optional[float] = None
     camera_pitch_deg: float = 0.0
+    road_tilt_prior_deg: float = RoadPlaneConfig.tilt_prior_deg  # the road's tilt about that pitch
     min_ground_pairs: int = 2  # fewer pairs whose road was aligned in the window: LA-Pose's scale
     max_fov_ratio: float = 1.5  # given intrinsics whose field of view differs more are not trusted
     max_features: int = 2000
@@ -113,7 +114,7 @@ class HybridConfig:
             raise HybridError(f"hybrid scale_source must be one of {', '.join(SCALE_SOURCES)}, "
                               f"got '{self.scale_source}'")
         for name in ("min_parallax_px", "max_rotation_gap_deg", "constant_speed_mps", "ratio_sigma",
-                     "lapose_ratio_sigma", "constant_speed_sigma", "road_sigma"):
+                     "lapose_ratio_sigma", "constant_speed_sigma", "road_sigma", "road_tilt_prior_deg"):
             if not getattr(self, name) > 0:
                 raise HybridError(f"hybrid {name} must be > 0, got {getattr(self, name)}")
         if self.scale_source == "ground" and not (self.camera_height_m or 0) > 0:
@@ -235,7 +236,8 @@ class HybridEstimator:
         self._vo_intrinsics: Optional[tuple] = None  # what self._vo.K holds
         self._pairs: OrderedDict[tuple[int, int], PairGeometry] = OrderedDict()
         self._road = (RoadPlaneConfig(camera_height_m=self.config.camera_height_m,
-                                      pitch_deg=self.config.camera_pitch_deg)
+                                      pitch_deg=self.config.camera_pitch_deg,
+                                      tilt_prior_deg=self.config.road_tilt_prior_deg)
                       if self.config.scale_source == "ground" else None)
         m = lapose.config.model
         self._model_hw = (m.image_height, m.image_width)

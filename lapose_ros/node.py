@@ -88,8 +88,8 @@ PARAMETERS: dict[str, Any] = {
     "estimator": "hybrid",
     # hybrid: camera height above the road in metres; > 0 takes the metric scale from the road,
     # aligned between keyframes (LA-Pose's where no road is seen), 0 = LA-Pose's scale. The pitch
-    # is the optical axis's angle below the road plane (degrees; measure it with `python
-    # training/geometry_study.py road` on a drive with ground truth).
+    # is the optical axis's angle below the road plane (degrees), where the road's normal is
+    # looked for; the fit finds the road's own normal near it (`python training/geometry_study.py road`).
     "camera_height_m": 0.0,
     "camera_pitch_deg": 0.0,
     # Pose and twist covariances are multiplied by this while the newest step is a fallback.

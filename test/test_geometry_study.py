@@ -46,11 +46,19 @@ def test_pairs_bins_every_pair_and_scores_lapose(study, shared_data, monkeypatch
     assert lapose and int(lapose.group(1)) % 15 == 0 and int(lapose.group(1)) > 0
 
 
-def test_road_bias_changes_sign_between_level_and_a_pitch_down(study, shared_data, monkeypatch, capsys):
+def test_road_bias_follows_the_camera_pitch_assumed_and_rendered(study, shared_data, monkeypatch, capsys):
     out = run(study, monkeypatch, capsys, "road", "--data", str(shared_data / "kitti" / "07_head"),
-              "--gaps", "10", "--pitches", "0", "1")
-    medians = {float(p): float(m) for p, m in re.findall(r"^\| ([\d.]+) \| 10 \| \d+ \| \d+ \| ([+-][\d.]+) \|", out, re.M)}
-    assert medians[0.0] > 0.02 and medians[1.0] < -0.02  # the unbiased pitch lies between
+              "--gaps", "10", "--pitches", "0", "1", "--tilt-priors", "3", "--added-pitches", "0", "0.5",
+              "--motion-pitch")
+    medians = {(float(added), float(pitch)): float(m) for added, pitch, m in re.findall(
+        r"^\| ([\d.]+) \| 3 \| ([\d.]+) \| 10 \| \d+ \| \d+ \| ([+-][\d.]+) \|", out, re.M)}
+    assert len(medians) == 4
+    assert medians[0, 0] > 0.02 and medians[0, 1] < -0.02  # the unbiased pitch lies between
+    # Frames re-rendered from a camera pitched 0.5 degrees further down: the road's true pitch moves
+    # by as much, and a level assumption is that much further off (about as far as assuming 0.5
+    # degrees too little moves it).
+    assert 0.03 < medians[0.5, 0] - medians[0, 0] < 0.09
+    assert medians[0.5, 1] > medians[0, 1] + 0.03
     # The direction of motion puts the pitch near 1 degree: above the length-unbiased 0.5.
     truth, found = (float(v) for v in re.search(
         r"^\| 07_head \| 10 \| \d+ \| ([+-][\d.]+) \| ([+-][\d.]+) \|", out, re.M).groups())
@@ -61,7 +69,7 @@ def test_lengths_road_corrects_the_triangulated_chain(study, shared_data, monkey
     out = run(study, monkeypatch, capsys, "lengths", "--data", str(shared_data / "kitti" / "07_head"),
               "--fps", "2", "--ratio-sigmas", "0.05", "--road-sigmas", "0.08", "10")
     rows = {float(road): (int(n), float(s), float(m)) for n, road, s, m in re.findall(
-        r"^\| 2 \| (\d+) \| 0.05 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out, re.M)}
+        r"^\| 2 \| 10 \| (\d+) \| 0.05 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out, re.M)}
     assert set(rows) == {0.08, 10.0} and rows[0.08][0] == rows[10.0][0] > 0
     # The road's lengths fitted with the ratios give the better relative lengths than the chain
     # that the road only scales (a road sigma of 10).

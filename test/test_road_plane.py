@@ -87,14 +87,16 @@ def test_flat_road_gives_the_metric_step(forward, yaw, height):
 
 def test_wrong_camera_height_scales_the_step():
     """The length is the camera height times what the image says: a height twice too large gives
-    a step twice too long, which is why the height must come from the camera-to-base transform."""
+    a step twice too long, which is why the height must come from the camera-to-base transform.
+    (Within 5 %: the band is then laid out for a road twice as far below, and the loose tilt prior
+    lets the fit settle 3.3 % long; 1.4 % under the former tight one.)"""
     texture = _texture()
     P_b = _pose(0.0, 4.0)
     img_a, img_b = _render(texture, np.eye(4), 1.65), _render(texture, P_b, 1.65)
     cfg = RoadPlaneConfig(camera_height_m=3.3)
     fit = fit_road(road_image(img_a, cfg), road_image(img_b, cfg), K, np.eye(3),
                    np.array([0.0, 0.0, -1.0]), cfg)
-    assert fit is not None and fit.ok and fit.baseline_m == pytest.approx(8.0, rel=0.03)
+    assert fit is not None and fit.ok and fit.baseline_m == pytest.approx(8.0, rel=0.05)
 
 
 def test_a_road_not_at_the_expected_attitude_is_refused():
@@ -131,11 +133,12 @@ def test_kitti_road_gives_the_step_length_within_a_tenth():
     assert abs(np.median(errors)) < 0.1
 
 
-def test_kitti_camera_pitch_removes_the_road_length_bias(shared_data):
-    """The labelled heads' camera looks LABELLED_KITTI_PITCH_DEG below the road plane. With the
-    ground-truth motion of 1 s steps on 07_head (a labelled training sequence), a level camera makes
-    the road's lengths too long by several percent (the bias grows with the step), and that pitch
-    leaves none: the camera_pitch_deg parameter does what it says."""
+def test_kitti_road_lengths_hardly_depend_on_the_assumed_pitch(shared_data):
+    """With the ground-truth motion of 1 s steps on 07_head (a labelled training sequence): under a
+    tight tilt prior (3 degrees) the road's lengths follow the pitch the camera is assumed to have, a
+    level camera making them too long by several percent and the labelled heads' pitch leaving none;
+    under the default loose prior the road finds its own normal, and an assumed pitch anywhere from
+    level to a degree down moves the lengths a fraction as much."""
     from lapose_core import KITTI_CAMERA_HEIGHT_M, LABELLED_KITTI_PITCH_DEG
 
     seq = shared_data / "kitti" / "07_head"
@@ -144,9 +147,9 @@ def test_kitti_camera_pitch_removes_the_road_length_bias(shared_data):
     poses = np.tile(np.eye(4), (160, 1, 1))
     poses[:, :3] = np.loadtxt(seq / "poses.txt").reshape(-1, 3, 4)
     images = sorted((seq / "images").iterdir())
-    median = {}
-    for pitch in (0.0, LABELLED_KITTI_PITCH_DEG):
-        cfg = RoadPlaneConfig(camera_height_m=KITTI_CAMERA_HEIGHT_M, pitch_deg=pitch)
+
+    def median_error(prior: float, pitch: float) -> float:
+        cfg = RoadPlaneConfig(camera_height_m=KITTI_CAMERA_HEIGHT_M, pitch_deg=pitch, tilt_prior_deg=prior)
         errors = []
         for i in range(0, 149, 6):
             a, b = (road_image(cv2.imread(str(images[k]), cv2.IMREAD_GRAYSCALE), cfg) for k in (i, i + 10))
@@ -156,6 +159,11 @@ def test_kitti_camera_pitch_removes_the_road_length_bias(shared_data):
             if fit is not None and fit.ok:
                 errors.append(fit.baseline_m / length - 1)
         assert len(errors) >= 20
-        median[pitch] = float(np.median(errors))
-    assert median[0.0] > 0.03
-    assert abs(median[LABELLED_KITTI_PITCH_DEG]) < 0.015
+        return float(np.median(errors))
+
+    tight = {pitch: median_error(3.0, pitch) for pitch in (0.0, LABELLED_KITTI_PITCH_DEG, 1.0)}
+    assert tight[0.0] > 0.03 and abs(tight[LABELLED_KITTI_PITCH_DEG]) < 0.015 and tight[1.0] < -0.03
+    loose = {pitch: median_error(RoadPlaneConfig.tilt_prior_deg, pitch) for pitch in (0.0, 1.0)}
+    assert RoadPlaneConfig.tilt_prior_deg >= 10
+    assert abs(loose[0.0] - loose[1.0]) < 0.4 * (tight[0.0] - tight[1.0])
+    assert all(abs(v) < 0.06 for v in loose.values())
