@@ -28,7 +28,7 @@ DATA = REPO.parent / "shared" / "data" / "kitti"
 SHIPPED = "posttrain"  # the recipe on all three labelled sequences: the bundled default
 ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compared on 07_head
     "val_recipe": "the recipe before its newest switch (scale token predicts the mean step)",
-    "val_speed": "the recipe: the scale token predicts the mean speed (shipped)",
+    "val_speed": "the recipe then: the scale token predicts the mean speed",
     "val_speed_1000": "val_speed resumed to 1000 steps (schedule stretched at step 500): how long to train",
     "val_no_motion": "without motion features (the paper's inverse-dynamics input)",
     "val_quaternion_l1": "the paper's L1 on quaternion components",
@@ -38,7 +38,7 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_pretrained": "post-trained on the recipe's latent action pretraining (fine-tuned)",
     "val_scale_w5": "log-scale loss weight 5 (recipe 0.5) and static windows 0.1 (recipe 0.05)",
     "val_floor0": "val_speed with translation_floor 0 (translation normalised by the window's own s)",
-    "val_static": "val_speed with static windows 0.15 (recipe 0.05)",
+    "val_static": "val_speed with static windows 0.15 (0.05 in the recipe then)",
     "val_floor0_static": "val_speed with translation_floor 0 and static windows 0.15",
     # Trained later, two at a time with one thread each, against val_speed trained again beside them.
     "val_speed_rerun": "val_speed trained again beside the variants below (not bit-identical to val_speed)",
@@ -61,6 +61,8 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_motion_only_no_reverse_static_seed1": "val_motion_only_no_reverse_seed1 with static windows 0.15 (recipe 0.05)",
     "val_centred": "val_motion_only_no_reverse with correlations centred on the pair's global shift (motion_centred)",
     "val_centred_seed1": "val_motion_only_no_reverse_seed1 with correlations centred on the pair's global shift",
+    "val_centred_static": "val_centred with static windows 0.15 instead of 0.05 (shipped)",
+    "val_centred_static_seed1": "val_centred_seed1 with static windows 0.15 instead of 0.05",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.

@@ -44,10 +44,12 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   PARALLEL=${PARALLEL:-2}
   # Self-labels of the unlabeled clips (a clip already done is skipped).
   .venv/bin/python training/self_label.py --sources "../shared/data/unlabeled/*.mp4" --out "$RUNS/self_labels"
-  # The variants also keep the two switches the recipe took after them (appearance tokens on,
-  # windows played backwards 0.2); the rows that measure those switches turn them off.
+  # The variants also keep the switches the recipe took after them (appearance tokens on, windows
+  # played backwards 0.2, correlations not centred, static windows 0.05); the rows that measure
+  # those switches set them.
   VAL=(--set "data.posttrain_sequences=[../shared/data/kitti/00_head, ../shared/data/kitti/06_head]"
-       --set model.scale_output=step --set model.appearance_tokens=true --set data.reverse_prob=0.2)
+       --set model.scale_output=step --set model.appearance_tokens=true --set data.reverse_prob=0.2
+       --set model.motion_centred=false --set data.static_prob=0.05)
   posttrain() {  # NAME ARGS...: one variant, its log in RUNS/NAME.log
     local name=$1; shift
     OMP_NUM_THREADS=$(( PARALLEL > 1 ? 1 : $(nproc) )) \
@@ -95,6 +97,9 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_motion_only_no_reverse --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0"
     "val_centred_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set train.seed=1 --set data.reverse_prob=0.0 --set model.motion_centred=true"
     "val_centred --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true"
+    # Standing windows 0.15 once more, now with centred correlations (two seeds)
+    "val_centred_static --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15"
+    "val_centred_static_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set train.seed=1"
   )
   pids=()
   for v in "${variants[@]}"; do
