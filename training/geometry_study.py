@@ -18,8 +18,8 @@ a tight prior (3 degrees) the lengths follow the assumed pitch: on 00/07/06 a le
 but a true pitch 0.5 degrees off what is assumed costs 5 %. Under a loose one (10 degrees, the
 default) the road finds its own normal: assuming a level camera, the bias stays within about 2 % over
 a true pitch from 0.5 degrees above to 0.5 below the labelled heads', at 1.5 times the spread per pair;
-30 degrees spread the lengths further with no less bias. This chose ``RoadPlaneConfig.tilt_prior_deg``
-(with ``lengths``). With ``--motion-pitch``, the pitch that the direction of motion implies (the car
+30 degrees biased the lengths about as little and made the hybrid noisier (``lengths``). This chose
+``RoadPlaneConfig.tilt_prior_deg``. With ``--motion-pitch``, the pitch that the direction of motion implies (the car
 moves along the road): from the ground truth about 1.0-1.2 degrees on the labelled heads, and from
 feature geometry alone 0.7-1.0, where the road's lengths are unbiased at 0.5 under the tight prior:
 so the motion's direction, which needs no labels, cannot stand in for the pitch.
@@ -139,7 +139,8 @@ def study_pairs(args: argparse.Namespace) -> None:
 
 def pitched(image: np.ndarray, K: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     """The image a camera rotated by ``rotation`` (new camera frame = rotation @ old) would have seen:
-    the homography K R K^-1, exact for any scene."""
+    the homography K R K^-1, exact for any scene, except the rows that come from outside the frame
+    (about 3 px for half a degree at KITTI's half resolution), which repeat its edge."""
     H = K @ rotation @ np.linalg.inv(K)
     return cv2.warpPerspective(image, H, (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
