@@ -94,7 +94,7 @@ class HybridConfig:
     # 1.65 m above the road and level.
     camera_height_m: Optional[float] = None
     camera_pitch_deg: float = 0.0
-    road_tilt_prior_deg: float = RoadPlaneConfig.tilt_prior_deg  # the road's tilt about that pitch
+    road_tilt_prior_deg: float = RoadPlaneConfig.tilt_prior_deg  # spread of the road's tilt about it
     min_ground_pairs: int = 2  # fewer pairs whose road was aligned in the window: LA-Pose's scale
     max_fov_ratio: float = 1.5  # given intrinsics whose field of view differs more are not trusted
     max_features: int = 2000

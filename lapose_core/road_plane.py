@@ -47,9 +47,9 @@ class RoadPlaneConfig:
     iterations: int = 12  # Gauss-Newton steps per pyramid level
     # Spread of the road's tilt about the expected normal. Loose, so that the road finds its own
     # normal: at 3 degrees the fit leaned on the assumed pitch, and a level camera made the labelled
-    # heads' lengths 3-5 % too long (one pitched 0.5 degrees down, none); at 10 the bias is about 1 %
-    # either way, and 2 % for a camera pitched 0.5 degrees off what is assumed, against 8 % at 3
-    # (python training/geometry_study.py road).
+    # heads' lengths 3-5 % too long (one pitched 0.5 degrees down, none); at 10 a level camera leaves
+    # about 1 %, and a true pitch 0.5 degrees further off what is assumed about 2 %, against 8-10 % at
+    # 3 (python training/geometry_study.py road).
     tilt_prior_deg: float = 10.0
     max_tilt_deg: float = 4.0  # fitted normal further from the expected one: not the road
     min_ncc: float = 0.5  # aligned road correlating less: not trusted
