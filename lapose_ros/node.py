@@ -31,6 +31,7 @@ Run: ``ros2 run lapose_ros lapose_node --ros-args --params-file config/lapose.ya
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -551,13 +553,14 @@ class LaPoseNode(Node):
 UNTAKEN_MESSAGE = "Unable to convert call argument"
 
 
-def spin(node: LaPoseNode, executor: Optional[SingleThreadedExecutor] = None) -> None:
-    """``rclpy.spin``, except that a message rclpy could not take is counted (diagnostics
-    ``untaken_messages``) and logged, and the node goes on."""
+def spin(node: LaPoseNode, executor: Optional[SingleThreadedExecutor] = None,
+         stop: Optional[threading.Event] = None) -> None:
+    """``rclpy.spin`` until the context shuts down or ``stop`` is set, except that a message rclpy
+    could not take is counted (diagnostics ``untaken_messages``) and logged, and the node goes on."""
     executor = executor or SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        while rclpy.ok(context=node.context):
+        while rclpy.ok(context=node.context) and not (stop is not None and stop.is_set()):
             try:
                 executor.spin_once(timeout_sec=0.5)
             except RuntimeError as e:
@@ -570,9 +573,24 @@ def spin(node: LaPoseNode, executor: Optional[SingleThreadedExecutor] = None) ->
         executor.remove_node(node)
 
 
+def stop_on_signals() -> threading.Event:
+    """An event that SIGINT and SIGTERM set, in place of rclpy's handlers.
+
+    rclpy's own handler shuts the context down the moment the signal arrives, while the processing
+    thread may be publishing on it; a node stopped that way once died of a segmentation fault on
+    its way out. With this event the spin loop ends first, then ``main`` joins the processing
+    thread, destroys the node and only then shuts the context down.
+    """
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
 def main(args: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = stop_on_signals()
     try:
         node = LaPoseNode()
     except Exception as e:  # noqa: BLE001 - report a bad start-up in one line, not a traceback
@@ -584,7 +602,7 @@ def main(args: Optional[list[str]] = None) -> int:
         rclpy.try_shutdown()
         return 1
     try:
-        spin(node)
+        spin(node, stop=stop)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

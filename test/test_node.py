@@ -118,9 +118,9 @@ class NodeProcess:
             self._log.flush()
         return self.log_path.read_text()
 
-    def stop(self) -> int:
+    def stop(self, signum: int = signal.SIGINT) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signum)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -262,7 +262,7 @@ def test_node_survives_bad_input_and_resets(ros_context, stream, shared_data, tm
         assert len(harness.odom) == count  # no pose after any of the resets
         assert node.poll() is None
     finally:
-        code = node.stop()
+        code = node.stop(signal.SIGTERM)  # what launch sends when SIGINT was not enough
     assert code == 0, node.output()
     log = node.output()
     assert log.count("image encoding '32FC1' on /camera/image_raw is not supported") == 1

@@ -373,3 +373,28 @@ def test_a_message_rclpy_cannot_take_is_counted_and_the_node_goes_on(ros_context
         assert node.diagnostic_values()["untaken_messages"] == "2"
     finally:
         node.destroy_node()
+
+
+def test_spin_ends_when_asked_to_stop(ros_context, estimator):
+    """``main`` stops the spin loop through an event (set by SIGINT/SIGTERM), so that it can join
+    the processing thread and destroy the node before the context shuts down."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    from lapose_ros.node import LaPoseNode, spin
+
+    node = LaPoseNode(estimator=estimator, context=ros_context,
+                      parameter_overrides=[Parameter("publish_tf", value=False)])
+    stop = threading.Event()
+    spinner = threading.Thread(target=spin, args=(node, SingleThreadedExecutor(context=ros_context), stop))
+    try:
+        spinner.start()
+        spinner.join(timeout=1.0)
+        assert spinner.is_alive()  # spins while the context is up and nobody asked it to stop
+        stop.set()
+        spinner.join(timeout=3.0)
+        assert not spinner.is_alive()
+        assert rclpy.ok(context=ros_context)  # the context is left for main to shut down
+    finally:
+        stop.set()
+        spinner.join(timeout=3.0)
+        node.destroy_node()
