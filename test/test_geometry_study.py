@@ -68,9 +68,11 @@ def test_road_bias_follows_the_camera_pitch_assumed_and_rendered(study, shared_d
 def test_lengths_road_corrects_the_triangulated_chain(study, shared_data, monkeypatch, capsys):
     out = run(study, monkeypatch, capsys, "lengths", "--data", str(shared_data / "kitti" / "07_head"),
               "--fps", "2", "--ratio-sigmas", "0.05", "--road-sigmas", "0.08", "10")
-    rows = {float(road): (int(n), float(s), float(m)) for n, road, s, m in re.findall(
-        r"^\| 2 \| 10 \| (\d+) \| 0.05 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out, re.M)}
+    rows = {float(road): (int(n), float(s), float(m), float(a)) for n, road, a, s, m in re.findall(
+        r"^\| 2 \| 10 \| (\d+) \| 0.05 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out, re.M)}
     assert set(rows) == {0.08, 10.0} and rows[0.08][0] == rows[10.0][0] > 0
     # The road's lengths fitted with the ratios give the better relative lengths than the chain
     # that the road only scales (a road sigma of 10).
     assert rows[0.08][1] < 0.8 * rows[10.0][1]
+    # and reshaping the chain costs no direction: pooled AUC@5 at least the scaled chain's.
+    assert 0.5 < rows[10.0][3] <= rows[0.08][3] + 0.005

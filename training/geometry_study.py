@@ -52,7 +52,8 @@ from lapose_core import KITTI_CAMERA_HEIGHT_M
 from lapose_core.data.sources import KittiSequence
 from lapose_core.eval.classical import ClassicalVO, intrinsics_matrix
 from lapose_core.eval.evaluate import WindowScan, eval_windows
-from lapose_core.eval.metrics import ate_m, ate_s, mean_step_length, pair_errors, step_motions
+from lapose_core.eval.metrics import (ate_m, ate_s, auc, mean_step_length, pair_errors, pose_pair_errors,
+                                      step_motions)
 from lapose_core.road_plane import RoadPlaneConfig, fit_road, road_image
 
 INLIER_BINS = (5, 10, 15, 20, 25, 30, 50, 100, 10**6)
@@ -224,12 +225,13 @@ def study_lengths(args: argparse.Namespace) -> None:
     sigmas = list(itertools.product(args.ratio_sigmas, args.road_sigmas))
     print(f"Hybrid step lengths with the road (camera {args.camera_height_m} m above it, pitch "
           f"{args.pitch:g} deg), mean over 16-keyframe windows; window scale: mean |predicted / true "
-          f"mean step - 1|\n")
-    print("| fps | road tilt prior (deg) | windows | ratio sigma | road sigma | ATE-S | ATE-M (m) | "
+          f"mean step - 1|; AUC@5 pooled over the windows' frame pairs\n")
+    print("| fps | road tilt prior (deg) | windows | ratio sigma | road sigma | AUC@5 | ATE-S | ATE-M (m) | "
           "window scale |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for fps, prior in itertools.product(args.fps, args.tilt_priors):
         scores = {s: [] for s in sigmas}
+        pair_errs = {s: [] for s in sigmas}
         for path in args.data:
             seq = KittiSequence(path)
             if seq.duration < (lapose.num_frames - 1) / fps:
@@ -246,11 +248,13 @@ def study_lengths(args: argparse.Namespace) -> None:
                     scale = mean_step_length(pred) / mean_step_length(gt)
                     scores[ratio_sigma, road_sigma].append((ate_s(pred, gt), ate_m(pred, gt),
                                                             abs(scale - 1)))
+                    pair_errs[ratio_sigma, road_sigma].append(pose_pair_errors(pred, gt))
         for (ratio_sigma, road_sigma), found in scores.items():
             if found:
                 s_err, m_err, scale_err = np.mean(found, axis=0)
+                pooled = auc(np.concatenate(pair_errs[ratio_sigma, road_sigma]), 5)
                 print(f"| {fps:g} | {prior:g} | {len(found)} | {ratio_sigma:g} | {road_sigma:g} | "
-                      f"{s_err:.4f} | {m_err:.3f} | {scale_err:.3f} |")
+                      f"{pooled:.3f} | {s_err:.4f} | {m_err:.3f} | {scale_err:.3f} |")
 
 
 def main() -> None:
