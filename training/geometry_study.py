@@ -47,8 +47,10 @@ import itertools
 
 import cv2
 import numpy as np
+import torch
 
 from lapose_core import KITTI_CAMERA_HEIGHT_M
+from lapose_core.data.augment import rotation_matrices, warp_frames
 from lapose_core.data.sources import KittiSequence
 from lapose_core.eval.classical import ClassicalVO, intrinsics_matrix
 from lapose_core.eval.evaluate import WindowScan, eval_windows
@@ -139,12 +141,13 @@ def study_pairs(args: argparse.Namespace) -> None:
 
 
 def pitched(image: np.ndarray, K: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """The image a camera rotated by ``rotation`` (new camera frame = rotation @ old) would have seen:
+    """(H, W, 3) -> the image a camera rotated by ``rotation`` (new camera frame = rotation @ old) would have seen:
     the homography K R K^-1, exact for any scene, except the rows that come from outside the frame
-    (about 3 px for half a degree at KITTI's half resolution), which repeat its edge."""
-    H = K @ rotation @ np.linalg.inv(K)
-    return cv2.warpPerspective(image, H, (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)
+    (about 3 px for half a degree at KITTI's half resolution), which repeat its edge. Resampled as
+    the training augmentation resamples (its homography maps output pixels to source pixels)."""
+    source_from_output = torch.from_numpy(K @ rotation.T @ np.linalg.inv(K))[None]
+    frames = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    return warp_frames(frames, source_from_output)[0].permute(1, 2, 0).numpy()
 
 
 def study_road(args: argparse.Namespace) -> None:
@@ -159,9 +162,10 @@ def study_road(args: argparse.Namespace) -> None:
     for added, prior, pitch in itertools.product(args.added_pitches, args.tilt_priors, args.pitches):
         config = RoadPlaneConfig(camera_height_m=args.camera_height_m, pitch_deg=pitch,
                                  tilt_prior_deg=prior)
-        a = np.radians(added)  # about the camera's x axis: the road's normal (0, 1, 0) -> (0, cos, sin)
+        # About the camera's x axis: the road's normal (0, 1, 0) -> (0, cos, sin).
         turn = np.eye(4)
-        turn[1:3, 1:3] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+        turn[:3, :3] = rotation_matrices(torch.tensor([np.radians(added), 0.0, 0.0],
+                                                      dtype=torch.float64)).numpy()
         for gap in args.gaps:
             errors, pairs = [], 0
             for seq in sequences:
