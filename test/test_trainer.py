@@ -493,6 +493,10 @@ def test_two_process_ddp_matches_single_process_with_double_batch(tmp_path):
     stored = load_file(str(out / "run" / "checkpoints" / "step_8" / "model.safetensors"))
     assert all(torch.equal(stored[k], rank0[k]) for k in rank0)
     assert [r["step"] for r in read_metrics(out / "run")] == list(range(1, 9))
+    # The process group is gone once training returns: no Gloo thread left to abort the exit.
+    for rank in (0, 1):
+        threads = json.loads((out / f"threads{rank}.json").read_text())
+        assert not [t for t in threads if "gloo" in t], f"rank {rank} still runs {threads}"
 
 
 # ------------------------------------------------------------------------------ subprocess roles
@@ -512,6 +516,9 @@ def main(role: str, out: Path) -> None:
                   str(out / f"rank{rank}.safetensors"))
         if rank == 0:
             (out / "losses.json").write_text(json.dumps(result.losses))
+        threads = [(Path("/proc/self/task") / t / "comm").read_text().strip()
+                   for t in os.listdir("/proc/self/task")] if Path("/proc/self/task").is_dir() else []
+        (out / f"threads{rank}.json").write_text(json.dumps(threads))
         return
     raise SystemExit(f"unknown role {role!r}")
 

@@ -80,6 +80,12 @@ def setup_distributed() -> DistributedContext:
     if not dist.is_available():
         raise DistributedSetupError("this PyTorch build has no torch.distributed support")
 
+    # DistributedDataParallel imports torch._dynamo when it is built. Imported after the process
+    # group exists, torch._dynamo keeps a reference to it: the group's Gloo threads then outlive
+    # destroy_process_group, and a few runs in a hundred abort at exit ("terminate called without
+    # an active exception") after their work is written. Imported before, it holds none.
+    import torch._dynamo  # noqa: F401
+
     if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
             raise DistributedSetupError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} "
