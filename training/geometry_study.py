@@ -24,16 +24,17 @@ moves along the road): from the ground truth about 1.0-1.2 degrees on the labell
 feature geometry alone 0.7-1.0, where the road's lengths are unbiased at 0.5 under the tight prior:
 so the motion's direction, which needs no labels, cannot stand in for the pitch.
 
-``lengths``: the hybrid's step lengths with the road (``scale_source="ground"``) on 16-keyframe
-windows at ``--fps``, for each pair of standard deviations of a triangulated ratio and of a road length
+``lengths``: the hybrid's step lengths with the road (``scale_source="ground"``) on 16-keyframe windows
+at ``--fps``, for each pair of standard deviations of a triangulated ratio and of a road length
 (:mod:`lapose_core.step_lengths`): ATE-S says how well the relative lengths came out, ATE-M adds the
-scale. A road standard deviation of 10 (log units) leaves the triangulated chain as it is and lets
-the road only set its level (a least-squares one, so an outlying road length moves it). This chose
-``HybridConfig.ratio_sigma`` and ``road_sigma``; ``--tilt-priors 3 10 30`` compares the road's
-tilt priors in the whole hybrid: with a level camera on the 00/07 heads (ratio 0.05, road 0.08),
-ATE-M 0.90 m at 1 fps and 0.38 m at 2 fps at 10 degrees, against 1.39 / 0.70 at 3 and 1.22 / 0.46
-at 30 (window scale off by 2.2 % against 4.5 and 2.6 %; ATE-S 0.0139 / 0.0115 against 0.0121 /
-0.0106 and 0.0228 / 0.0110).
+scale, and AUC@5 whether reshaping the chain cost directions between distant frames (on 00/07/06 it did
+not: 0.879 against 0.870 at 2 fps). A road standard deviation of 10 (log units) leaves the triangulated
+chain as it is and lets the road only set its level (a least-squares one, so an outlying road length
+moves it). This chose ``HybridConfig.ratio_sigma`` and ``road_sigma``; ``--tilt-priors 3 10 30``
+compares the road's tilt priors in the whole hybrid: with a level camera on the 00/07 heads (ratio
+0.05, road 0.08), ATE-M 0.90 m at 1 fps and 0.38 m at 2 fps at 10 degrees, against 1.39 / 0.70 at 3 and
+1.22 / 0.46 at 30 (window scale off by 2.2 % against 4.5 and 2.6 %; ATE-S 0.0139 / 0.0115 against
+0.0121 / 0.0106 and 0.0228 / 0.0110).
 
     python training/geometry_study.py pairs --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head
     python training/geometry_study.py road --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head ../shared/data/kitti/06_head
@@ -45,7 +46,6 @@ import argparse
 import dataclasses
 import itertools
 
-import cv2
 import numpy as np
 import torch
 
@@ -141,10 +141,11 @@ def study_pairs(args: argparse.Namespace) -> None:
 
 
 def pitched(image: np.ndarray, K: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """(H, W, 3) -> the image a camera rotated by ``rotation`` (new camera frame = rotation @ old) would have seen:
-    the homography K R K^-1, exact for any scene, except the rows that come from outside the frame
-    (about 3 px for half a degree at KITTI's half resolution), which repeat its edge. Resampled as
-    the training augmentation resamples (its homography maps output pixels to source pixels)."""
+    """(H, W, 3) -> the image a camera rotated by ``rotation`` (new camera frame = rotation @ old)
+    would have seen: the homography K R K^-1, exact for any scene, except the rows that come from
+    outside the frame (about 3 px for half a degree at KITTI's half resolution), which repeat its
+    edge. Resampled as the training augmentation resamples (its homography maps output pixels to
+    source pixels)."""
     source_from_output = torch.from_numpy(K @ rotation.T @ np.linalg.inv(K))[None]
     frames = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # (1, 3, H, W)
     return warp_frames(frames, source_from_output)[0].permute(1, 2, 0).numpy()
