@@ -558,9 +558,10 @@ def spin(node: LaPoseNode, executor: Optional[SingleThreadedExecutor] = None,
     """``rclpy.spin`` until the context shuts down or ``stop`` is set, except that a message rclpy
     could not take is counted (diagnostics ``untaken_messages``) and logged, and the node goes on."""
     executor = executor or SingleThreadedExecutor()
+    stop = stop or threading.Event()
     executor.add_node(node)
     try:
-        while rclpy.ok(context=node.context) and not (stop is not None and stop.is_set()):
+        while rclpy.ok(context=node.context) and not stop.is_set():
             try:
                 executor.spin_once(timeout_sec=0.5)
             except RuntimeError as e:
@@ -603,7 +604,7 @@ def main(args: Optional[list[str]] = None) -> int:
         return 1
     try:
         spin(node, stop=stop)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:  # the context was shut down from elsewhere
         pass
     finally:
         node.destroy_node()
