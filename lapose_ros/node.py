@@ -30,6 +30,7 @@ Run: ``ros2 run lapose_ros lapose_node --ros-args --params-file config/lapose.ya
 """
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -588,6 +589,19 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def freeze_start_up_objects() -> None:
+    """Move every object alive now (torch, the model, rclpy: ~10^5 of them) out of the garbage
+    collector's reach.
+
+    A full collection walks every tracked object; with torch loaded that took ~85 ms on this 2-core
+    CPU, and when it fell inside a keyframe it was that keyframe's latency p95. What is alive at
+    start-up stays alive for the node's life anyway, so frozen, a full collection walks only what
+    came later. Call it once, when the node is built and before it spins.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def main(args: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -602,6 +616,7 @@ def main(args: Optional[list[str]] = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
         rclpy.try_shutdown()
         return 1
+    freeze_start_up_objects()
     try:
         spin(node, stop=stop)
     except ExternalShutdownException:  # the context was shut down from elsewhere
