@@ -53,6 +53,11 @@ class ModelConfig:
     # a turn of 8 degrees in one step moves the image ~25 px, beyond the 4 px level's +-16 px, and
     # such steps came out at half their size; centred, every level sees the residual motion.
     motion_centred: bool = False
+    # True also gives the read-out each level's flow: per cell, the best offset refined below a
+    # cell (a parabola through the peak) plus the global shift, in 4 px units over the radius. A
+    # turn is then the image-wide mean of that flow, a linear read, where from the volumes alone
+    # it is an arg-max that a 1x1 convolution cannot form.
+    motion_flow: bool = False
     # False gives the inverse dynamics motion tokens at their positions and no image content (needs
     # motion_features "correlation"): a model with a few labelled drives can no longer recognise the
     # scene and replay the turn it learned there, only read how the image moved.
@@ -249,6 +254,9 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: model.motion_features must be 'none' or 'correlation'")
         if m.motion_centred and m.motion_features != "correlation":
             raise ConfigError(f"{source}: model.motion_centred=true needs "
+                              f"model.motion_features='correlation'")
+        if m.motion_flow and m.motion_features != "correlation":
+            raise ConfigError(f"{source}: model.motion_flow=true needs "
                               f"model.motion_features='correlation'")
         if not m.appearance_tokens and m.motion_features != "correlation":
             raise ConfigError(f"{source}: model.appearance_tokens=false needs "

@@ -132,6 +132,34 @@ def test_centred_correlation_reaches_a_shift_beyond_the_fine_level():
         LaPoseConfig.from_dict({"model": {"motion_centred": True}})
 
 
+def test_motion_flow_reads_the_shift_below_a_cell():
+    """motion_flow: each level's flow (best offset, parabola-refined, plus the global shift) gives
+    the image's shift, beyond the fine level's reach too: the 4 px level to a quarter of its cell
+    (1 px), the 8 px level to 3 px."""
+    from lapose_core.model.latent_action import MotionEncoder, patch_descriptors
+
+    g = torch.Generator().manual_seed(1)
+    scene = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 40, generator=g), scale_factor=8,
+                                            mode="bilinear")  # texture a few pixels wide, as in a road scene
+    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "motion_centred": True,
+                                            "motion_flow": True}})
+    encoder = MotionEncoder(cfg.model)
+    per_level = 81 + 2
+    for shift_px in (-10, 6, 28, 29, 30, 31):
+        a = scene[..., 0:96, max(shift_px, 0):max(shift_px, 0) + 256]  # a(y, x) = b(y, x + shift)
+        b = scene[..., 0:96, max(-shift_px, 0):max(-shift_px, 0) + 256]
+        volume = encoder.correlations(patch_descriptors(a), patch_descriptors(b))
+        assert volume.shape[1] == 3 * per_level + 2
+        # 4 and 8 px cells (flow in 4 px cells / radius 4); the 16 px level finds the global shift
+        for level, tolerance in ((0, 0.25), (1, 0.75)):
+            flow = volume[0, level * per_level + 81:(level + 1) * per_level, 4:-4, 9:-9] * 4
+            dy, dx = flow.flatten(1).median(1).values.tolist()
+            assert dx == pytest.approx(shift_px / 4, abs=tolerance), (shift_px, level)
+            assert dy == pytest.approx(0, abs=tolerance)
+    with pytest.raises(ConfigError, match="motion_flow"):
+        LaPoseConfig.from_dict({"model": {"motion_flow": True}})
+
+
 def test_without_appearance_tokens_only_motion_counts():
     """appearance_tokens false: frames of other content give the same frame tokens, so the actions
     come from the motion tokens alone (a standing window's differ from a moving one's)."""

@@ -119,8 +119,10 @@ class MotionEncoder(nn.Module):
         D = cfg.motion_feature_dim
         self.radius = cfg.motion_radius
         self.centred = cfg.motion_centred
+        self.flow = cfg.motion_flow
         k = cfg.patch_size // 4  # fine cells per patch side
-        volume = len(self.LEVELS) * (2 * self.radius + 1) ** 2 + (2 if self.centred else 0)
+        volume = (len(self.LEVELS) * ((2 * self.radius + 1) ** 2 + (2 if self.flow else 0))
+                  + (2 if self.centred else 0))
         self.to_tokens = nn.Sequential(
             nn.Conv2d(volume, D, 1), nn.GELU(), nn.Conv2d(D, cfg.width, k, stride=k))
 
@@ -136,19 +138,47 @@ class MotionEncoder(nn.Module):
         best = coarse_volume.mean((2, 3)).argmax(1)
         return torch.stack([best // k, best % k], 1).to(coarse_volume.dtype) - self.radius
 
+    def cell_offsets(self, volume: torch.Tensor) -> torch.Tensor:
+        """(M, (2r+1)^2, h, w) correlations -> (M, 2, h, w) each cell's best offset (dy, dx) in the
+        level's cells, refined below a cell by a parabola through the best correlation and its two
+        neighbours along each axis (the classical sub-pixel peak; none at the search window's edge)."""
+        k = 2 * self.radius + 1
+        best = volume.argmax(1, keepdim=True)
+        by, bx = best // k, best % k
+        at = lambda y, x: volume.gather(1, y.clamp(0, k - 1) * k + x.clamp(0, k - 1))  # noqa: E731
+
+        def refine(before: torch.Tensor, peak: torch.Tensor, after: torch.Tensor,
+                   index: torch.Tensor) -> torch.Tensor:
+            curvature = before - 2 * peak + after
+            inside = (index > 0) & (index < k - 1) & (curvature < -1e-6)
+            step = 0.5 * (before - after) / torch.where(inside, curvature, -torch.ones_like(curvature))
+            return torch.where(inside, step.clamp(-0.5, 0.5), torch.zeros_like(step))
+
+        peak = at(by, bx)
+        dy = by + refine(at(by - 1, bx), peak, at(by + 1, bx), by)
+        dx = bx + refine(at(by, bx - 1), peak, at(by, bx + 1), bx)
+        return torch.cat([dy, dx], 1).to(volume.dtype) - self.radius
+
     @torch.no_grad()
     def correlations(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, V, h, w) what the read-out sees:
-        each level's (2r+1)^2 correlations, finest first, [then the global shift (dy, dx) / r]."""
+        each level's (2r+1)^2 correlations [and its flow (dy, dx) in 4 px cells / r], finest first,
+        [then the global shift (dy, dx) / r]."""
         volumes, shift = [], None
         for level in reversed(self.LEVELS):  # coarsest first: it finds the global shift
             pa, pb = ((F.normalize(F.avg_pool2d(x, level), dim=1, eps=1e-3) if level > 1 else x)
                       for x in (a, b))
+            in_cells = self.LEVELS[-1] // level  # one coarse cell in this level's cells
             if shift is not None:  # centred: search around the global shift, in this level's cells
-                pb = shift_cells(pb, shift * (self.LEVELS[-1] // level))
+                pb = shift_cells(pb, shift * in_cells)
             volume = local_correlation(pa, pb, self.radius)
+            if self.flow:  # where each cell moved, in 4 px cells over the radius
+                offsets = self.cell_offsets(volume)
+                if shift is not None:
+                    offsets = offsets + (shift * in_cells)[:, :, None, None]
+                volume = torch.cat([volume, offsets * (level / self.radius)], 1)
             if self.centred and shift is None:
-                shift = self.global_shift(volume)
+                shift = self.global_shift(volume[:, :(2 * self.radius + 1) ** 2])
             volumes.append(F.interpolate(volume, size=a.shape[-2:], mode="nearest")
                            if level > 1 else volume)
         volumes.reverse()  # finest first, the order the read-out was trained on
