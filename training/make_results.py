@@ -63,8 +63,16 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_motion_only_no_reverse_static_seed1": "val_motion_only_no_reverse_seed1 with static windows 0.15 (recipe 0.05)",
     "val_centred": "val_motion_only_no_reverse with correlations centred on the pair's global shift (motion_centred)",
     "val_centred_seed1": "val_motion_only_no_reverse_seed1 with correlations centred on the pair's global shift",
-    "val_centred_static": "val_centred with static windows 0.15 instead of 0.05 (shipped)",
+    "val_centred_static": "val_centred with static windows 0.15 instead of 0.05 (shipped before the flow)",
     "val_centred_static_seed1": "val_centred_seed1 with static windows 0.15 instead of 0.05",
+    "val_centred_static_seed2": "val_centred_static with seed 2",
+    "val_centred_static_1000": "val_centred_static resumed to 1000 steps (schedule stretched at step 500)",
+    "val_centred_static_rot10": "val_centred_static with rotation-homography windows up to 10 deg (recipe 5)",
+    "val_centred_static_rot10_seed1": "val_centred_static_seed1 with rotation windows up to 10 deg",
+    "val_centred_static_rot10_seed2": "val_centred_static_seed2 with rotation windows up to 10 deg",
+    "val_flow": "val_centred_static with each level's flow beside its correlations (motion_flow; shipped)",
+    "val_flow_seed1": "val_centred_static_seed1 with each level's flow (motion_flow)",
+    "val_flow_seed2": "val_centred_static_seed2 with each level's flow (motion_flow)",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.

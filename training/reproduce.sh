@@ -45,11 +45,11 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   # Self-labels of the unlabeled clips (a clip already done is skipped).
   .venv/bin/python training/self_label.py --sources "../shared/data/unlabeled/*.mp4" --out "$RUNS/self_labels"
   # The variants also keep the switches the recipe took after them (appearance tokens on, windows
-  # played backwards 0.2, correlations not centred, static windows 0.05); the rows that measure
-  # those switches set them.
+  # played backwards 0.2, correlations not centred, static windows 0.05, no flow); the rows that
+  # measure those switches set them.
   VAL=(--set "data.posttrain_sequences=[../shared/data/kitti/00_head, ../shared/data/kitti/06_head]"
        --set model.scale_output=step --set model.appearance_tokens=true --set data.reverse_prob=0.2
-       --set model.motion_centred=false --set data.static_prob=0.05)
+       --set model.motion_centred=false --set data.static_prob=0.05 --set model.motion_flow=false)
   posttrain() {  # NAME ARGS...: one variant, its log in RUNS/NAME.log
     local name=$1; shift
     OMP_NUM_THREADS=$(( PARALLEL > 1 ? 1 : $(nproc) )) \
@@ -100,6 +100,15 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     # Standing windows 0.15 once more, now with centred correlations (two seeds)
     "val_centred_static --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15"
     "val_centred_static_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set train.seed=1"
+    # A third seed of that recipe; rotation warps up to 10 degrees on it (three seeds); each
+    # level's flow beside its correlations (motion_flow, three seeds; now in the recipe)
+    "val_centred_static_seed2 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set train.seed=2"
+    "val_centred_static_rot10 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set data.rotation_aug_max_deg=10"
+    "val_centred_static_rot10_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set data.rotation_aug_max_deg=10 --set train.seed=1"
+    "val_centred_static_rot10_seed2 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set data.rotation_aug_max_deg=10 --set train.seed=2"
+    "val_flow --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true"
+    "val_flow_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set train.seed=1"
+    "val_flow_seed2 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set train.seed=2"
   )
   pids=()
   for v in "${variants[@]}"; do
@@ -112,6 +121,10 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   # How long to train: val_speed resumed from its last checkpoint to twice the steps.
   if [ ! -d "$RUNS/val_speed_1000" ]; then cp -r "$RUNS/val_speed" "$RUNS/val_speed_1000"; fi
   posttrain val_speed_1000 --set model.scale_output=speed --max-steps $(( 2 * VAL_STEPS ))
+  # Again for the recipe with centred correlations and standing windows 0.15.
+  if [ ! -d "$RUNS/val_centred_static_1000" ]; then cp -r "$RUNS/val_centred_static" "$RUNS/val_centred_static_1000"; fi
+  posttrain val_centred_static_1000 --set model.scale_output=speed --set model.appearance_tokens=false \
+    --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --max-steps $(( 2 * VAL_STEPS ))
 fi
 
 .venv/bin/python training/make_results.py --runs "$RUNS" --out docs/results.md

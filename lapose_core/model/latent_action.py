@@ -143,6 +143,7 @@ class MotionEncoder(nn.Module):
         level's cells, refined below a cell by a parabola through the best correlation and its two
         neighbours along each axis (the classical sub-pixel peak; none at the search window's edge)."""
         k = 2 * self.radius + 1
+        dtype, volume = volume.dtype, volume.float()  # the parabola divides small differences
         best = volume.argmax(1, keepdim=True)
         by, bx = best // k, best % k
         at = lambda y, x: volume.gather(1, y.clamp(0, k - 1) * k + x.clamp(0, k - 1))  # noqa: E731
@@ -157,7 +158,7 @@ class MotionEncoder(nn.Module):
         peak = at(by, bx)
         dy = by + refine(at(by - 1, bx), peak, at(by + 1, bx), by)
         dx = bx + refine(at(by, bx - 1), peak, at(by, bx + 1), bx)
-        return torch.cat([dy, dx], 1).to(volume.dtype) - self.radius
+        return (torch.cat([dy, dx], 1) - self.radius).to(dtype)
 
     @torch.no_grad()
     def correlations(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
