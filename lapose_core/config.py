@@ -58,6 +58,11 @@ class ModelConfig:
     # turn is then the image-wide mean of that flow, a linear read, where from the volumes alone
     # it is an arg-max that a 1x1 convolution cannot form.
     motion_flow: bool = False
+    # Inference only: True runs every window also mirrored (the image flipped left to right, a batch
+    # of two through every part) and averages the mirrored prediction, reflected back, with the
+    # direct one. Training mirrors windows (data.hflip_prob), so both views are in distribution;
+    # a model's left-right bias, which differs from run to run, cancels.
+    mirror_average: bool = False
     # False gives the inverse dynamics motion tokens at their positions and no image content (needs
     # motion_features "correlation"): a model with a few labelled drives can no longer recognise the
     # scene and replay the turn it learned there, only read how the image moved.

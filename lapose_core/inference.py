@@ -13,6 +13,10 @@ frame, cached while the pair is in the window) and the window head (inverse dyna
 - ``eager``: plain PyTorch.
 
 An unavailable backend falls back to the next one in that order with one log line saying why.
+
+With ``model.mirror_average`` every frame is also encoded flipped left to right, and every window
+runs as a batch of two, direct and mirrored; the mirrored motion, reflected back, is averaged with
+the direct one (:func:`average_with_mirror`). The mirror is about the model input's centre.
 """
 from __future__ import annotations
 
@@ -104,6 +108,24 @@ class WindowPart(nn.Module):
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
 
 
+def average_with_mirror(translation: torch.Tensor, quaternion: torch.Tensor, fov: torch.Tensor,
+                        scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Outputs of a batch (direct window, the same window mirrored) -> one window's outputs.
+
+    Mirroring the image is the camera frame's x -> -x: a step (R, t) is seen as (M R M, M t) with
+    M = diag(-1, 1, 1), whose quaternion is (w, x, -y, -z). The mirrored view is reflected back and
+    the two are averaged: translations and scales as they are, rotations as sign-aligned, normalised
+    quaternion means (for two rotations a degree apart, their geodesic midpoint to ~1e-5 degrees).
+    """
+    flip = torch.tensor([-1.0, 1.0, 1.0], dtype=translation.dtype, device=translation.device)
+    conj = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=quaternion.dtype, device=quaternion.device)
+    direct, mirrored = quaternion[:1], quaternion[1:] * conj
+    mirrored = torch.where((direct * mirrored).sum(-1, keepdim=True) < 0, -mirrored, mirrored)
+    q = torch.nn.functional.normalize(direct + mirrored, dim=-1)
+    t = 0.5 * (translation[:1] + translation[1:] * flip)
+    return t, q, fov.mean(0, keepdim=True), scale.mean(0, keepdim=True)
+
+
 class PairCache:
     """Motion tokens of the frame pairs seen recently, keyed by the identity of the two cached maps.
 
@@ -137,6 +159,7 @@ class PoseEstimator:
         self.device = torch.device(_resolve_device(device))
         self.model = model.to(self.device).eval()
         self.model.objective = "posttrain"
+        self.views = 2 if config.model.mirror_average else 1  # direct [and mirrored]
         self.dtype = torch.float32
         self.frame_part: nn.Module = FramePart(self.model)
         self.pair_part: nn.Module | None = PairPart(self.model) if self.model.motion is not None else None
@@ -200,18 +223,19 @@ class PoseEstimator:
         return "eager"
 
     def example_inputs(self) -> tuple[tuple[torch.Tensor, ...], ...]:
-        """Static-shape inputs of (frame part, window part[, pair part])."""
-        m = self.config.model
-        frame = torch.zeros(1, 3, m.image_height, m.image_width, device=self.device, dtype=self.dtype)
+        """Static-shape inputs of (frame part, window part[, pair part]); batch = views."""
+        m, v = self.config.model, self.views
+        frame = torch.zeros(v, 3, m.image_height, m.image_width, device=self.device, dtype=self.dtype)
         cached_shape = ((m.grid[0] * m.grid[1], m.width) if m.time_embedding_at == "dynamics"
                         else (3, m.image_height, m.image_width))
-        tokens = torch.zeros(1, self.num_frames, *cached_shape, device=self.device, dtype=self.dtype)
+        tokens = torch.zeros(v, self.num_frames, *cached_shape, device=self.device, dtype=self.dtype)
         ts = (torch.arange(self.num_frames, device=self.device, dtype=self.dtype) / self.fps)[None]
+        ts = ts.expand(v, -1).contiguous()
         if self.model.motion is None:
             return (frame,), (tokens, ts)
-        maps = torch.zeros(1, 16, m.image_height // 4, m.image_width // 4,
+        maps = torch.zeros(v, 16, m.image_height // 4, m.image_width // 4,
                            device=self.device, dtype=self.dtype)
-        motion = torch.zeros(1, self.num_frames - 1, m.grid[0] * m.grid[1], m.width,
+        motion = torch.zeros(v, self.num_frames - 1, m.grid[0] * m.grid[1], m.width,
                              device=self.device, dtype=self.dtype)
         return (frame,), (tokens, ts, motion), (maps, maps.clone())
 
@@ -228,9 +252,10 @@ class PoseEstimator:
         cache = Path(cache_dir or Path.home() / ".cache" / "lapose" / "tensorrt")
         cache.mkdir(parents=True, exist_ok=True)
         gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
-        # "p2": the window part takes pair motion tokens, not feature maps (older engines differ).
+        # "p2": the window part takes pair motion tokens, not feature maps (older engines differ);
+        # "v2": a batch of two views (mirror averaging).
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
-               f"_trt{torch_tensorrt.__version__}_p2")
+               f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else ""))
         modules = [("frame", FramePart(self.model)), ("window", WindowPart(self.model))]
         if self.pair_part is not None:
             modules.append(("pair", PairPart(self.model)))
@@ -272,11 +297,13 @@ class PoseEstimator:
 
     @torch.inference_mode()
     def encode_frame(self, image: np.ndarray) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """One camera frame -> what the window keeps of it (encoder features (N, C) by default;
-        with motion features, the pair (features, fine feature map))."""
+        """One camera frame -> what the window keeps of it, one row per view (encoder features
+        (views, N, C) by default; with motion features, the pair (features, fine feature maps))."""
         x = self.preprocess(image).to(self.device, self.dtype)[None]
+        if self.views == 2:
+            x = torch.cat([x, x.flip(-1)])
         out = self.frame_part(x)
-        return tuple(o[0] for o in out) if isinstance(out, (tuple, list)) else out[0]
+        return tuple(out) if isinstance(out, (tuple, list)) else out
 
     @torch.inference_mode()
     def predict_features(self, features: Sequence[torch.Tensor],
@@ -286,15 +313,18 @@ class PoseEstimator:
             raise InferenceError(f"a window needs {self.num_frames} frames, got {len(features)} "
                                  f"features and {len(timestamps)} timestamps")
         per_frame = [f if isinstance(f, (tuple, list)) else (f,) for f in features]
-        cached = torch.stack([f[0] for f in per_frame])[None].to(self.device, self.dtype)
+        cached = torch.stack([f[0] for f in per_frame], 1).to(self.device, self.dtype)
         ts = np.asarray(timestamps, dtype=np.float64)
         ts = torch.as_tensor(ts - ts[0], dtype=self.dtype, device=self.device)[None]
+        ts = ts.expand(self.views, -1).contiguous()
         extra = []
         if self.pair_part is not None:
             maps = [f[1] for f in per_frame]
             pairs = [self.pair_cache.get(a, b, self._pair_tokens) for a, b in zip(maps, maps[1:])]
-            extra.append(torch.stack(pairs)[None])
+            extra.append(torch.stack(pairs, 1))
         t, q, fov, scale = self.window_part(cached, ts, *extra)
+        if self.views == 2:
+            t, q, fov, scale = average_with_mirror(t.float(), q.float(), fov.float(), scale.float())
         rel = geometry.poses_from_prediction(t.double(), q.double(), scale.double(),
                                              self.config.model.translation_floor)[0]
         return WindowPrediction(relative=rel.cpu().numpy(),
@@ -302,8 +332,8 @@ class PoseEstimator:
                                 scale=float(scale[0]), fov=float(fov.float().mean()))
 
     def _pair_tokens(self, earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
-        prep = lambda m: m[None].to(self.device, self.dtype)  # noqa: E731
-        return self.pair_part(prep(earlier), prep(later))[0]
+        prep = lambda m: m.to(self.device, self.dtype)  # noqa: E731
+        return self.pair_part(prep(earlier), prep(later))
 
     def predict_window(self, images: Sequence[np.ndarray], timestamps: Sequence[float]) -> WindowPrediction:
         return self.predict_features([self.encode_frame(im) for im in images], timestamps)

@@ -70,9 +70,12 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_centred_static_rot10": "val_centred_static with rotation-homography windows up to 10 deg (recipe 5)",
     "val_centred_static_rot10_seed1": "val_centred_static_seed1 with rotation windows up to 10 deg",
     "val_centred_static_rot10_seed2": "val_centred_static_seed2 with rotation windows up to 10 deg",
-    "val_flow": "val_centred_static with each level's flow beside its correlations (motion_flow; shipped)",
+    "val_flow": "val_centred_static with each level's flow beside its correlations (motion_flow)",
     "val_flow_seed1": "val_centred_static_seed1 with each level's flow (motion_flow)",
     "val_flow_seed2": "val_centred_static_seed2 with each level's flow (motion_flow)",
+    "val_flow_mirror": "val_flow's weights run with mirror averaging (model.mirror_average; shipped)",
+    "val_flow_mirror_seed1": "val_flow_seed1's weights run with mirror averaging",
+    "val_flow_mirror_seed2": "val_flow_seed2's weights run with mirror averaging",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.

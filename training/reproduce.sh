@@ -49,7 +49,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   # measure those switches set them.
   VAL=(--set "data.posttrain_sequences=[../shared/data/kitti/00_head, ../shared/data/kitti/06_head]"
        --set model.scale_output=step --set model.appearance_tokens=true --set data.reverse_prob=0.2
-       --set model.motion_centred=false --set data.static_prob=0.05 --set model.motion_flow=false)
+       --set model.motion_centred=false --set data.static_prob=0.05 --set model.motion_flow=false
+       --set model.mirror_average=false)
   posttrain() {  # NAME ARGS...: one variant, its log in RUNS/NAME.log
     local name=$1; shift
     OMP_NUM_THREADS=$(( PARALLEL > 1 ? 1 : $(nproc) )) \
@@ -121,6 +122,13 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   # How long to train: val_speed resumed from its last checkpoint to twice the steps.
   if [ ! -d "$RUNS/val_speed_1000" ]; then cp -r "$RUNS/val_speed" "$RUNS/val_speed_1000"; fi
   posttrain val_speed_1000 --set model.scale_output=speed --max-steps $(( 2 * VAL_STEPS ))
+  # Mirror averaging is inference only: the flow runs' weights, run with it.
+  for seed in "" _seed1 _seed2; do
+    src="$RUNS/val_flow$seed/checkpoints/step_$VAL_STEPS" dst="$RUNS/val_flow_mirror$seed/checkpoints/step_$VAL_STEPS"
+    mkdir -p "$dst" && cp "$src"/model.safetensors "$dst"/
+    echo "step_$VAL_STEPS" > "$RUNS/val_flow_mirror$seed/checkpoints/latest"
+    .venv/bin/python -c 'import json, sys; c = json.load(open(sys.argv[1])); c["model"]["mirror_average"] = True; json.dump(c, open(sys.argv[2], "w"), indent=2)' "$src/config.json" "$dst/config.json"
+  done
   # Again for the recipe with centred correlations and standing windows 0.15.
   if [ ! -d "$RUNS/val_centred_static_1000" ]; then cp -r "$RUNS/val_centred_static" "$RUNS/val_centred_static_1000"; fi
   posttrain val_centred_static_1000 --set model.scale_output=speed --set model.appearance_tokens=false \
