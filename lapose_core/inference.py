@@ -114,8 +114,8 @@ def average_with_mirror(translation: torch.Tensor, quaternion: torch.Tensor, fov
 
     Mirroring the image is the camera frame's x -> -x: a step (R, t) is seen as (M R M, M t) with
     M = diag(-1, 1, 1), whose quaternion is (w, x, -y, -z). The mirrored view is reflected back and
-    the two are averaged: translations and scales as they are, rotations as sign-aligned, normalised
-    quaternion means (for two rotations a degree apart, their geodesic midpoint to ~1e-5 degrees).
+    the two are averaged: translations and scales as they are, rotations as the sign-aligned,
+    normalised sum of their quaternions (for two unit quaternions, exactly their geodesic midpoint).
     """
     flip = torch.tensor([-1.0, 1.0, 1.0], dtype=translation.dtype, device=translation.device)
     conj = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=quaternion.dtype, device=quaternion.device)

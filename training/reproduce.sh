@@ -127,7 +127,7 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     src="$RUNS/val_flow$seed/checkpoints/step_$VAL_STEPS" dst="$RUNS/val_flow_mirror$seed/checkpoints/step_$VAL_STEPS"
     mkdir -p "$dst" && cp "$src"/model.safetensors "$dst"/
     echo "step_$VAL_STEPS" > "$RUNS/val_flow_mirror$seed/checkpoints/latest"
-    .venv/bin/python -c 'import json, sys; c = json.load(open(sys.argv[1])); c["model"]["mirror_average"] = True; json.dump(c, open(sys.argv[2], "w"), indent=2)' "$src/config.json" "$dst/config.json"
+    .venv/bin/python -c 'import json, sys; c = json.load(open(sys.argv[1])); c["model"]["mirror_average"] = True; open(sys.argv[2], "w").write(json.dumps(c, indent=2, sort_keys=True) + "\n")' "$src/config.json" "$dst/config.json"
   done
   # Again for the recipe with centred correlations and standing windows 0.15.
   if [ ! -d "$RUNS/val_centred_static_1000" ]; then cp -r "$RUNS/val_centred_static" "$RUNS/val_centred_static_1000"; fi
