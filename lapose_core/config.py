@@ -58,6 +58,13 @@ class ModelConfig:
     # turn is then the image-wide mean of that flow, a linear read, where from the volumes alone
     # it is an arg-max that a 1x1 convolution cannot form.
     motion_flow: bool = False
+    # True makes each step's rotation the rotation the image flow shows, composed with the pose
+    # head's prediction as a learned residual: every 4 px cell's flow is read as a pure rotation
+    # (yaw from its horizontal, pitch from its vertical displacement, exact for a pinhole camera of
+    # the predicted field of view) and the median over the image taken. A regression has to
+    # reproduce a 15-degree turn from features to a tenth of a degree and came out ~10% short on
+    # every turn; the residual only corrects what translation and depth add to the flow.
+    rotation_from_flow: bool = False
     # Inference only: True runs every window also mirrored (the image flipped left to right, a batch
     # of two through every part) and averages the mirrored prediction, reflected back, with the
     # direct one. Training mirrors windows (data.hflip_prob), so both views are in distribution;
@@ -262,6 +269,9 @@ class LaPoseConfig:
                               f"model.motion_features='correlation'")
         if m.motion_flow and m.motion_features != "correlation":
             raise ConfigError(f"{source}: model.motion_flow=true needs "
+                              f"model.motion_features='correlation'")
+        if m.rotation_from_flow and m.motion_features != "correlation":
+            raise ConfigError(f"{source}: model.rotation_from_flow=true needs "
                               f"model.motion_features='correlation'")
         if not m.appearance_tokens and m.motion_features != "correlation":
             raise ConfigError(f"{source}: model.appearance_tokens=false needs "

@@ -70,6 +70,52 @@ def quaternion_to_rotvec(q: torch.Tensor) -> torch.Tensor:
     return v * factor
 
 
+def rotvec_to_quaternion(rotvec: torch.Tensor) -> torch.Tensor:
+    """(..., 3) rotation vector (radians) -> (..., 4) unit quaternion (w, x, y, z), w >= 0 for
+    angles up to 180 degrees."""
+    angle = rotvec.norm(dim=-1, keepdim=True)
+    # sin(angle / 2) / angle tends to 1/2 - angle^2 / 48 as angle -> 0 (no 0/0 in the gradient).
+    safe = torch.where(angle < 1e-4, torch.ones_like(angle), angle)
+    factor = torch.where(angle < 1e-4, 0.5 - angle * angle / 48, torch.sin(safe / 2) / safe)
+    return torch.cat([torch.cos(angle / 2), rotvec * factor], -1)
+
+
+def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product of (..., 4) quaternions (w, x, y, z): the rotation of ``b`` then ``a``
+    (matrices ``R_a @ R_b``)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
+                        aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw], -1)
+
+
+def rotation_from_flow(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> torch.Tensor:
+    """(..., 2, h, w) image flow (dy, dx) in pixels of cells ``cell`` px apart, (...) horizontal
+    field of view in radians -> (..., 3) rotation vector (pitch, yaw, 0) of the step it shows.
+
+    Each cell's flow is read as a pure rotation of a pinhole camera centred on the image: a yaw
+    moves every point's azimuth atan(x / f) by the same angle, and a pitch its elevation atan(y / f),
+    exactly, whatever the depth. The median over the cells whose match lies inside the image
+    discards what translation adds near the edges of the expanding image and cells without texture.
+    """
+    h, w = flow.shape[-2:]
+    f = (w * cell / 2) / torch.tan(fov.clamp(0.2, 3.0) / 2)[..., None]
+    dtype, flow = flow.dtype, flow.float()
+    ys = (torch.arange(h, device=flow.device, dtype=flow.dtype) - (h - 1) / 2) * cell
+    xs = (torch.arange(w, device=flow.device, dtype=flow.dtype) - (w - 1) / 2) * cell
+    f = f.float()[..., None]  # (..., 1, 1)
+    to_x, to_y = xs + flow[..., 1, :, :], ys[:, None] + flow[..., 0, :, :]
+    yaw = torch.atan(xs / f) - torch.atan(to_x / f)
+    pitch = torch.atan(to_y / f) - torch.atan(ys[:, None] / f)
+    # A cell whose match would lie outside the later image matched something else.
+    inside = (to_x.abs() <= w * cell / 2 - cell) & (to_y.abs() <= h * cell / 2 - cell)
+    angles = torch.stack([pitch, yaw], -3).masked_fill(~inside[..., None, :, :], float("nan"))
+    angles = angles.flatten(-2).nanmedian(-1).values.nan_to_num(0.0)  # (..., 2)
+    return torch.cat([angles, torch.zeros_like(angles[..., :1])], -1).to(dtype)
+
+
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """(..., 4) quaternion (w, x, y, z), normalised here -> (..., 3, 3) rotation."""
     q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -80,31 +80,34 @@ class FramePart(nn.Module):
 
 
 class PairPart(nn.Module):
-    """(M, D, h, w) feature maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1."""
+    """(M, D, h, w) feature maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1 [and,
+    with ``rotation_from_flow``, the pair's (M, 2, h, w) pixel flow]."""
 
     def __init__(self, model: LaPose):
         super().__init__()
         self.motion = model.motion
 
-    def forward(self, earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
-        return self.motion.pair_tokens(earlier, later)
+    def forward(self, earlier: torch.Tensor, later: torch.Tensor):
+        tokens, pixel_flow = self.motion.pair(earlier, later)
+        return tokens if pixel_flow is None else (tokens, pixel_flow)
 
 
 class WindowPart(nn.Module):
     """(B, T, ...) cached frame features, (B, T) timestamps [, (B, T-1, N, C) motion tokens of the
-    window's pairs] -> translation, quaternion, fov, scale."""
+    window's pairs [, their (B, T-1, 2, h, w) pixel flows]] -> translation, quaternion, fov, scale."""
 
     def __init__(self, model: LaPose):
         super().__init__()
         self.model = model
 
     def forward(self, cached: torch.Tensor, timestamps: torch.Tensor,
-                motion: torch.Tensor | None = None):
+                motion: torch.Tensor | None = None, pixel_flow: torch.Tensor | None = None):
         tokens = (cached if self.model.cfg.time_embedding_at == "dynamics"
                   else self.model.encode_frames(cached, timestamps))
         if motion is not None:  # the window's first frame has no pair inside the window
             motion = self.model.motion.per_frame(motion)
-        out = self.model.pose(self.model.actions(tokens, timestamps, motion=motion), timestamps)
+        out = self.model.pose(self.model.actions(tokens, timestamps, motion=motion), timestamps,
+                              pixel_flow)
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
 
 
@@ -127,7 +130,8 @@ def average_with_mirror(translation: torch.Tensor, quaternion: torch.Tensor, fov
 
 
 class PairCache:
-    """Motion tokens of the frame pairs seen recently, keyed by the identity of the two cached maps.
+    """What the pair part gave for the frame pairs seen recently (motion tokens [, pixel flow]), keyed
+    by the identity of the two cached maps.
 
     A sliding window shares 14 of its 15 pairs with the previous one. Each entry holds both maps, so
     while it is cached neither id can be reused by another tensor.
@@ -237,7 +241,11 @@ class PoseEstimator:
                            device=self.device, dtype=self.dtype)
         motion = torch.zeros(v, self.num_frames - 1, m.grid[0] * m.grid[1], m.width,
                              device=self.device, dtype=self.dtype)
-        return (frame,), (tokens, ts, motion), (maps, maps.clone())
+        window = (tokens, ts, motion)
+        if m.rotation_from_flow:
+            window += (torch.zeros(v, self.num_frames - 1, 2, *maps.shape[-2:], device=self.device,
+                                   dtype=self.dtype),)
+        return (frame,), window, (maps, maps.clone())
 
     def _compile_tensorrt(self, digest: str, cache_dir: str | Path | None) -> None:
         if self.device.type != "cuda":
@@ -253,9 +261,10 @@ class PoseEstimator:
         cache.mkdir(parents=True, exist_ok=True)
         gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
         # "p2": the window part takes pair motion tokens, not feature maps (older engines differ);
-        # "v2": a batch of two views (mirror averaging).
+        # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow.
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
-               f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else ""))
+               f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else "")
+               + ("_f" if self.config.model.rotation_from_flow else ""))
         modules = [("frame", FramePart(self.model)), ("window", WindowPart(self.model))]
         if self.pair_part is not None:
             modules.append(("pair", PairPart(self.model)))
@@ -321,7 +330,8 @@ class PoseEstimator:
         if self.pair_part is not None:
             maps = [f[1] for f in per_frame]
             pairs = [self.pair_cache.get(a, b, self._pair_tokens) for a, b in zip(maps, maps[1:])]
-            extra.append(torch.stack(pairs, 1))
+            pairs = [p if isinstance(p, (tuple, list)) else (p,) for p in pairs]
+            extra += [torch.stack(part, 1) for part in zip(*pairs)]  # tokens [, pixel flows]
         t, q, fov, scale = self.window_part(cached, ts, *extra)
         if self.views == 2:
             t, q, fov, scale = average_with_mirror(t.float(), q.float(), fov.float(), scale.float())
@@ -331,7 +341,7 @@ class PoseEstimator:
                                 poses=geometry.compose_relative(rel).cpu().numpy(),
                                 scale=float(scale[0]), fov=float(fov.float().mean()))
 
-    def _pair_tokens(self, earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
+    def _pair_tokens(self, earlier: torch.Tensor, later: torch.Tensor):
         prep = lambda m: m.to(self.device, self.dtype)  # noqa: E731
         return self.pair_part(prep(earlier), prep(later))
 

@@ -22,8 +22,10 @@ def window(shared_data):
 @pytest.mark.parametrize("model", [{}, {"motion_features": "correlation"},
                                    {"motion_features": "correlation", "motion_centred": True},
                                    {"motion_features": "correlation", "motion_centred": True,
-                                    "motion_flow": True}],
-                         ids=["paper", "motion", "centred", "flow"])
+                                    "motion_flow": True},
+                                   {"motion_features": "correlation", "motion_centred": True,
+                                    "motion_flow": True, "rotation_from_flow": True}],
+                         ids=["paper", "motion", "centred", "flow", "rotation_from_flow"])
 def test_streaming_equals_whole_window(window, model):
     images, ts = window
     est = PoseEstimator.random("tiny", seed=3, model=model)

@@ -88,27 +88,44 @@ class LaPose(nn.Module):
         if self.cfg.time_embedding_at == "dynamics":
             time_emb = self.time_embed(self.relative_times(timestamps))
         if motion is None and self.motion is not None:
-            motion = self.motion(maps)
+            motion = self.motion(maps)[0]
         return self.idm(tokens, time_emb, motion)
+
+    def window_motion(self, frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(B, T, 3, H, W) frames -> motion tokens (B, T, N, C) and, with ``rotation_from_flow``, the
+        pairs' pixel flows (B, T-1, 2, h, w); None for what the model does not have."""
+        if self.motion is None:
+            return None, None
+        return self.motion(self.motion_maps(frames))
 
     def window_actions(self, frames: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) frames -> (B, T-1, C) latent actions."""
         return self.actions(self.encode_frames(frames, timestamps), timestamps,
-                            self.motion_maps(frames))
+                            motion=self.window_motion(frames)[0])
 
-    def pose(self, actions: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, T-1, C) actions and the window's (B, T) timestamps -> pose outputs (:class:`PoseHead`)."""
+    def pose(self, actions: torch.Tensor, timestamps: torch.Tensor,
+             pixel_flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, T-1, C) actions and the window's (B, T) timestamps [+ the pairs' pixel flows, with
+        ``rotation_from_flow``] -> pose outputs (:class:`PoseHead`)."""
         if self.cfg.pose_head_input == "bottleneck":
             actions = self.bottleneck(actions)
         log_interval = None
         if self.cfg.scale_output == "speed":
             interval = (timestamps[:, -1] - timestamps[:, 0]) / (timestamps.shape[1] - 1)
             log_interval = torch.log(interval.clamp_min(1e-3))
-        return self.pose_head(actions, log_interval)
+        out = self.pose_head(actions, log_interval)
+        if pixel_flow is not None:  # the head's rotation is a residual on the flow's
+            # The field of view only converts pixels to angles here: no gradient teaches it that.
+            seen = geometry.rotation_from_flow(pixel_flow, out["fov"].detach())
+            q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
+            out["quaternion"] = geometry.canonical_quaternion(q)
+        return out
 
     def predict(self, frames: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frames to pose outputs (see :class:`PoseHead`)."""
-        return self.pose(self.window_actions(frames, timestamps), timestamps)
+        motion, pixel_flow = self.window_motion(frames)
+        actions = self.actions(self.encode_frames(frames, timestamps), timestamps, motion=motion)
+        return self.pose(actions, timestamps, pixel_flow)
 
     # ----------------------------------------------------------------- objectives
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -145,8 +162,9 @@ class LaPose(nn.Module):
         frames, ts = batch["frames"], batch["timestamps"]
         backbone_frozen = not any(p.requires_grad for p in self.idm.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not backbone_frozen):
-            actions = self.window_actions(frames, ts)
-        pred = self.pose(actions, ts)
+            motion, pixel_flow = self.window_motion(frames)
+            actions = self.actions(self.encode_frames(frames, ts), ts, motion=motion)
+        pred = self.pose(actions, ts, pixel_flow)
         tgt = geometry.pose_targets(batch["poses"].double(), batch["fov"].double(),
                                     self.cfg.translation_floor)
         tgt = {k: v.float() for k, v in tgt.items()}

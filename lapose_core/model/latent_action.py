@@ -120,6 +120,7 @@ class MotionEncoder(nn.Module):
         self.radius = cfg.motion_radius
         self.centred = cfg.motion_centred
         self.flow = cfg.motion_flow
+        self.rotation_from_flow = cfg.rotation_from_flow
         k = cfg.patch_size // 4  # fine cells per patch side
         volume = (len(self.LEVELS) * ((2 * self.radius + 1) ** 2 + (2 if self.flow else 0))
                   + (2 if self.centred else 0))
@@ -165,7 +166,13 @@ class MotionEncoder(nn.Module):
         """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, V, h, w) what the read-out sees:
         each level's (2r+1)^2 correlations [and its flow (dy, dx) in 4 px cells / r], finest first,
         [then the global shift (dy, dx) / r]."""
-        volumes, shift = [], None
+        return self.read_pair(a, b)[0]
+
+    @torch.no_grad()
+    def read_pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`correlations`, and with ``rotation_from_flow`` the finest level's flow (M, 2, h, w)
+        (dy, dx) in pixels, the input of :func:`geometry.rotation_from_flow` (else None)."""
+        volumes, shift, pixel_flow = [], None, None
         for level in reversed(self.LEVELS):  # coarsest first: it finds the global shift
             pa, pb = ((F.normalize(F.avg_pool2d(x, level), dim=1, eps=1e-3) if level > 1 else x)
                       for x in (a, b))
@@ -173,11 +180,15 @@ class MotionEncoder(nn.Module):
             if shift is not None:  # centred: search around the global shift, in this level's cells
                 pb = shift_cells(pb, shift * in_cells)
             volume = local_correlation(pa, pb, self.radius)
-            if self.flow:  # where each cell moved, in 4 px cells over the radius
+            finest = level == self.LEVELS[0]
+            if self.flow or (self.rotation_from_flow and finest):  # where each cell moved
                 offsets = self.cell_offsets(volume)
                 if shift is not None:
                     offsets = offsets + (shift * in_cells)[:, :, None, None]
-                volume = torch.cat([volume, offsets * (level / self.radius)], 1)
+                if finest and self.rotation_from_flow:
+                    pixel_flow = offsets * 4.0
+                if self.flow:  # in 4 px cells over the radius
+                    volume = torch.cat([volume, offsets * (level / self.radius)], 1)
             if self.centred and shift is None:
                 shift = self.global_shift(volume[:, :(2 * self.radius + 1) ** 2])
             volumes.append(F.interpolate(volume, size=a.shape[-2:], mode="nearest")
@@ -185,15 +196,21 @@ class MotionEncoder(nn.Module):
         volumes.reverse()  # finest first, the order the read-out was trained on
         if self.centred:
             volumes.append((shift / self.radius)[:, :, None, None].expand(-1, -1, *a.shape[-2:]))
-        return torch.cat(volumes, 1)
+        return torch.cat(volumes, 1), pixel_flow
 
     def pair_tokens(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1.
+        """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1."""
+        return self.pair(a, b)[0]
 
-        A pair's tokens depend on its two frames only, so a streaming window computes them once per
+    def pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1
+        and, with ``rotation_from_flow``, the pair's (M, 2, h, w) pixel flow (else None).
+
+        A pair's outputs depend on its two frames only, so a streaming window computes them once per
         new frame and keeps them while the pair stays in the window.
         """
-        return self.to_tokens(self.correlations(a, b)).flatten(2).transpose(1, 2)
+        volume, pixel_flow = self.read_pair(a, b)
+        return self.to_tokens(volume).flatten(2).transpose(1, 2), pixel_flow
 
     @staticmethod
     def per_frame(pairs: torch.Tensor) -> torch.Tensor:
@@ -201,11 +218,14 @@ class MotionEncoder(nn.Module):
         getting pair t's and frame 0, with no pair in the window, zeros."""
         return torch.cat([torch.zeros_like(pairs[:, :1]), pairs], 1)
 
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, T, 16, h, w) descriptor maps -> (B, T, N, C) motion tokens (zeros for frame 0)."""
+    def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, 16, h, w) descriptor maps -> (B, T, N, C) motion tokens (zeros for frame 0) and, with
+        ``rotation_from_flow``, the pairs' (B, T-1, 2, h, w) pixel flows (else None)."""
         B, T = maps.shape[:2]
-        tokens = self.pair_tokens(maps[:, :-1].flatten(0, 1), maps[:, 1:].flatten(0, 1))
-        return self.per_frame(tokens.unflatten(0, (B, T - 1)))
+        tokens, pixel_flow = self.pair(maps[:, :-1].flatten(0, 1), maps[:, 1:].flatten(0, 1))
+        if pixel_flow is not None:
+            pixel_flow = pixel_flow.unflatten(0, (B, T - 1))
+        return self.per_frame(tokens.unflatten(0, (B, T - 1))), pixel_flow
 
 
 class InverseDynamics(nn.Module):
