@@ -101,11 +101,10 @@ def rotation_from_flow(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> 
     discards what translation adds near the edges of the expanding image and cells without texture.
     """
     h, w = flow.shape[-2:]
-    f = (w * cell / 2) / torch.tan(fov.clamp(0.2, 3.0) / 2)[..., None]
     dtype, flow = flow.dtype, flow.float()
+    f = ((w * cell / 2) / torch.tan(fov.float().clamp(0.2, 3.0) / 2))[..., None, None]  # (..., 1, 1)
     ys = (torch.arange(h, device=flow.device, dtype=flow.dtype) - (h - 1) / 2) * cell
     xs = (torch.arange(w, device=flow.device, dtype=flow.dtype) - (w - 1) / 2) * cell
-    f = f.float()[..., None]  # (..., 1, 1)
     to_x, to_y = xs + flow[..., 1, :, :], ys[:, None] + flow[..., 0, :, :]
     yaw = torch.atan(xs / f) - torch.atan(to_x / f)
     pitch = torch.atan(to_y / f) - torch.atan(ys[:, None] / f)

@@ -321,7 +321,7 @@ class PoseEstimator:
         if len(features) != self.num_frames or len(timestamps) != self.num_frames:
             raise InferenceError(f"a window needs {self.num_frames} frames, got {len(features)} "
                                  f"features and {len(timestamps)} timestamps")
-        per_frame = [f if isinstance(f, (tuple, list)) else (f,) for f in features]
+        per_frame = [_as_tuple(f) for f in features]
         cached = torch.stack([f[0] for f in per_frame], 1).to(self.device, self.dtype)
         ts = np.asarray(timestamps, dtype=np.float64)
         ts = torch.as_tensor(ts - ts[0], dtype=self.dtype, device=self.device)[None]
@@ -329,9 +329,8 @@ class PoseEstimator:
         extra = []
         if self.pair_part is not None:
             maps = [f[1] for f in per_frame]
-            pairs = [self.pair_cache.get(a, b, self._pair_tokens) for a, b in zip(maps, maps[1:])]
-            pairs = [p if isinstance(p, (tuple, list)) else (p,) for p in pairs]
-            extra += [torch.stack(part, 1) for part in zip(*pairs)]  # tokens [, pixel flows]
+            pairs = [self.pair_cache.get(a, b, self._pair_outputs) for a, b in zip(maps, maps[1:])]
+            extra += [torch.stack(part, 1) for part in zip(*map(_as_tuple, pairs))]  # tokens [, flows]
         t, q, fov, scale = self.window_part(cached, ts, *extra)
         if self.views == 2:
             t, q, fov, scale = average_with_mirror(t.float(), q.float(), fov.float(), scale.float())
@@ -341,12 +340,17 @@ class PoseEstimator:
                                 poses=geometry.compose_relative(rel).cpu().numpy(),
                                 scale=float(scale[0]), fov=float(fov.float().mean()))
 
-    def _pair_tokens(self, earlier: torch.Tensor, later: torch.Tensor):
+    def _pair_outputs(self, earlier: torch.Tensor, later: torch.Tensor):
         prep = lambda m: m.to(self.device, self.dtype)  # noqa: E731
         return self.pair_part(prep(earlier), prep(later))
 
     def predict_window(self, images: Sequence[np.ndarray], timestamps: Sequence[float]) -> WindowPrediction:
         return self.predict_features([self.encode_frame(im) for im in images], timestamps)
+
+
+def _as_tuple(x) -> tuple:
+    """A part's output, one tensor or several, as a tuple."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
 def _resolve_device(device: str) -> str:

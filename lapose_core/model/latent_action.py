@@ -198,10 +198,6 @@ class MotionEncoder(nn.Module):
             volumes.append((shift / self.radius)[:, :, None, None].expand(-1, -1, *a.shape[-2:]))
         return torch.cat(volumes, 1), pixel_flow
 
-    def pair_tokens(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1."""
-        return self.pair(a, b)[0]
-
     def pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1
         and, with ``rotation_from_flow``, the pair's (M, 2, h, w) pixel flow (else None).
