@@ -193,6 +193,21 @@ def test_unsupported_encoding_and_wrong_type(tmp_path):
         RosbagSource(tmp_path)
 
 
+def test_bag_folder_named_like_a_ros1_bag(sequence, tmp_path):
+    # `ros2 bag record -o drive.bag` and `lapose bag-from-sequence SEQ out/drive.bag` make a rosbag2
+    # folder whose name rosbags would otherwise take for a ROS 1 bag file.
+    for storage in ("mcap", "sqlite3"):
+        out = tmp_path / f"drive_{storage}.bag"
+        write_bag_from_sequence(sequence.path, out, storage=storage, max_frames=3)
+        source = open_source(out)
+        assert isinstance(source, RosbagSource) and len(source) == 3
+        np.testing.assert_array_equal(source.read(2), sequence.read(2))
+    split = tmp_path / "drive_mcap.bag"
+    (split / "second.mcap").write_bytes(b"")
+    with pytest.raises(DataError, match=r"drive_mcap\.bag: .*holds 2; rename the folder"):
+        RosbagSource(split)
+
+
 def test_bag_from_sequence_cli(sequence, tmp_path, capsys):
     from lapose_ros import cli
 

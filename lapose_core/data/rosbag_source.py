@@ -41,7 +41,9 @@ def resolve_bag_path(path: str | Path) -> Path:
     """The path ``rosbags`` should open: a bag folder with ``metadata.yaml``, or a single storage file.
 
     A folder without ``metadata.yaml`` (copied without it) is accepted when it holds exactly one
-    ``.db3`` or ``.mcap`` file.
+    ``.db3`` or ``.mcap`` file. So is a bag folder named ``*.bag`` (``ros2 bag record -o drive.bag``):
+    ``rosbags`` takes any path ending in ``.bag`` for a ROS 1 bag file, so its storage file is
+    opened instead.
     """
     path = Path(path)
     if not path.exists():
@@ -50,9 +52,13 @@ def resolve_bag_path(path: str | Path) -> Path:
         if path.suffix.lower() not in BAG_SUFFIXES:
             raise DataError(f"{path}: not a rosbag2 storage file (expected {' or '.join(BAG_SUFFIXES)})")
         return path
-    if (path / "metadata.yaml").is_file():
+    has_metadata = (path / "metadata.yaml").is_file()
+    if has_metadata and path.suffix != ".bag":
         return path
     files = sorted(f for f in path.iterdir() if f.suffix.lower() in BAG_SUFFIXES)
+    if len(files) != 1 and has_metadata:
+        raise DataError(f"{path}: a rosbag2 folder named *.bag is read through its one storage file, "
+                        f"and it holds {len(files)}; rename the folder")
     if len(files) != 1:
         raise DataError(f"{path}: not a rosbag2 bag (no metadata.yaml, and {len(files)} "
                         f"{'/'.join(BAG_SUFFIXES)} files instead of one)")
