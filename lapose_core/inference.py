@@ -261,10 +261,12 @@ class PoseEstimator:
         cache.mkdir(parents=True, exist_ok=True)
         gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
         # "p2": the window part takes pair motion tokens, not feature maps (older engines differ);
-        # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow.
+        # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow;
+        # "focus": the window part reads their rotation with the focus-of-expansion fit.
+        m = self.config.model
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
                f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else "")
-               + ("_f" if self.config.model.rotation_from_flow else ""))
+               + ("_f" if m.rotation_from_flow else "") + ("_focus" if m.rotation_fit == "focus" else ""))
         modules = [("frame", FramePart(self.model)), ("window", WindowPart(self.model))]
         if self.pair_part is not None:
             modules.append(("pair", PairPart(self.model)))

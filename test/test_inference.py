@@ -24,8 +24,11 @@ def window(shared_data):
                                    {"motion_features": "correlation", "motion_centred": True,
                                     "motion_flow": True},
                                    {"motion_features": "correlation", "motion_centred": True,
-                                    "motion_flow": True, "rotation_from_flow": True}],
-                         ids=["paper", "motion", "centred", "flow", "rotation_from_flow"])
+                                    "motion_flow": True, "rotation_from_flow": True},
+                                   {"motion_features": "correlation", "motion_centred": True,
+                                    "motion_flow": True, "rotation_from_flow": True,
+                                    "rotation_fit": "focus"}],
+                         ids=["paper", "motion", "centred", "flow", "rotation_from_flow", "rotation_fit_focus"])
 def test_streaming_equals_whole_window(window, model):
     images, ts = window
     est = PoseEstimator.random("tiny", seed=3, model=model)

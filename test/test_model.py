@@ -161,8 +161,9 @@ def test_motion_flow_reads_the_shift_below_a_cell():
         LaPoseConfig.from_dict({"model": {"motion_flow": True}})
 
 
+@pytest.mark.parametrize("fit", ["median", "focus"])
 @pytest.mark.parametrize("yaw_deg, pitch_deg", [(6.0, 1.0), (-15.0, 0.0), (2.0, 0.0)])
-def test_rotation_from_flow_reads_a_rotated_camera(shared_data, yaw_deg, pitch_deg):
+def test_rotation_from_flow_reads_a_rotated_camera(shared_data, yaw_deg, pitch_deg, fit):
     """rotation_from_flow: a real frame and the same view from a camera turned by R (the exact
     rotation homography K R K^-1) give R's yaw and pitch to 0.15 degrees + 2%, a standing pair
     under 0.02 degrees, and the pair played backwards the opposite turn. (Below a pixel, about 0.6 degrees
@@ -184,16 +185,47 @@ def test_rotation_from_flow_reads_a_rotated_camera(shared_data, yaw_deg, pitch_d
     fov = torch.tensor(geometry.horizontal_fov(K[0], m.image_width))
     model = LaPose(m).eval()
     maps = model.motion_maps(torch.stack([a, b, a], 1))
+    read_rotation = geometry.rotation_from_flow_and_focus if fit == "focus" else geometry.rotation_from_flow
     with torch.no_grad():
         _, pixel_flow = model.motion(maps)
-        read = torch.rad2deg(geometry.rotation_from_flow(pixel_flow[0], fov))
-        standing = geometry.rotation_from_flow(model.motion(maps[:, [0, 0]])[1][0], fov)
+        read = torch.rad2deg(read_rotation(pixel_flow[0], fov))
+        standing = read_rotation(model.motion(maps[:, [0, 0]])[1][0], fov)
     for row, sign in ((0, 1), (1, -1)):  # forwards, backwards
         for got, true in zip(read[row, :2].tolist(), (pitch_deg, yaw_deg)):
             assert abs(got - sign * true) <= 0.15 + 0.02 * abs(true), (row, got, true)
     assert torch.all(read[:, 2] == 0) and standing.abs().max() < math.radians(0.02)
     with pytest.raises(ConfigError, match="rotation_from_flow"):
         LaPoseConfig.from_dict({"model": {"rotation_from_flow": True}})
+
+
+def test_focus_fit_does_not_read_the_drive_as_a_turn():
+    """rotation_fit focus: the exact flow of a camera that turns while it drives 1 m forwards between
+    walls 5-6.5 m away, its direction of travel 8.5 degrees off its optical axis. The median reads
+    part of that translation as yaw (0.5-1.8 degrees off); the focus-of-expansion fit reads the turn
+    to 0.1 degrees."""
+    g = torch.Generator().manual_seed(0)
+    h, w, cell = 24, 64, 4
+    fov = torch.tensor(math.radians(70.0))
+    f = (w * cell / 2) / math.tan(fov / 2)
+    ys = (torch.arange(h, dtype=torch.float64) - (h - 1) / 2) * cell
+    xs = (torch.arange(w, dtype=torch.float64) - (w - 1) / 2) * cell
+    x, y = torch.broadcast_tensors(xs[None, :], ys[:, None])
+    depth = 5.0 * (1 + 0.3 * torch.rand(h, w, generator=g, dtype=torch.float64))
+    points = torch.stack([x * depth / f, y * depth / f, depth], -1)  # earlier camera's frame
+    for yaw_deg, pitch_deg in ((3.0, 0.5), (-1.0, 0.0), (0.0, 0.0)):
+        R = geometry.pitch_yaw_matrix(torch.tensor(math.radians(pitch_deg), dtype=torch.float64),
+                                      torch.tensor(math.radians(yaw_deg), dtype=torch.float64))
+        t = torch.tensor([0.15, 0.0, 1.0], dtype=torch.float64)
+        later = (points - t) @ R  # the later camera, at t and turned: X' = R^T (X - t)
+        to = f * later[..., :2] / later[..., 2:]
+        flow = torch.stack([to[..., 1] - y, to[..., 0] - x])  # (dy, dx)
+        truth = torch.tensor([pitch_deg, yaw_deg], dtype=torch.float64)
+        median = torch.rad2deg(geometry.rotation_from_flow(flow, fov))[:2]
+        focus = torch.rad2deg(geometry.rotation_from_flow_and_focus(flow, fov))[:2]
+        assert (focus - truth).abs().max() < 0.1, (yaw_deg, focus)
+        assert (median - truth).abs().max() > 0.5, (yaw_deg, median)  # what the fit is for
+    with pytest.raises(ConfigError, match="rotation_fit"):
+        LaPoseConfig.from_dict({"model": {"rotation_fit": "focus"}})
 
 
 def test_rotation_residual_starts_at_the_flow_rotation():

@@ -114,6 +114,10 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_rotflow --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true"
     "val_rotflow_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set train.seed=1"
     "val_rotflow_seed2 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set train.seed=2"
+    # The rotation fitted together with the flow's focus of expansion (rotation_fit focus), three seeds
+    "val_rotfocus --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus"
+    "val_rotfocus_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set train.seed=1"
+    "val_rotfocus_seed2 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set train.seed=2"
   )
   pids=()
   for v in "${variants[@]}"; do

@@ -116,7 +116,9 @@ class LaPose(nn.Module):
         out = self.pose_head(actions, log_interval)
         if pixel_flow is not None:  # the head's rotation is a residual on the flow's
             # The field of view only converts pixels to angles here: no gradient teaches it that.
-            seen = geometry.rotation_from_flow(pixel_flow, out["fov"].detach())
+            read = (geometry.rotation_from_flow_and_focus if self.cfg.rotation_fit == "focus"
+                    else geometry.rotation_from_flow)
+            seen = read(pixel_flow, out["fov"].detach())
             q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
             out["quaternion"] = geometry.canonical_quaternion(q)
         return out
