@@ -135,7 +135,6 @@ _FOCUS_CELL_STRIDE = 3
 _FOCUS_ROUNDS = 2
 
 
-
 @torch.no_grad()
 def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> torch.Tensor:
     """:func:`rotation_from_flow`, with what the car's own translation adds to the flow taken out.
