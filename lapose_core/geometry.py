@@ -91,6 +91,21 @@ def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                         aw * bz + ax * by - ay * bx + az * bw], -1)
 
 
+def _flow_camera(flow: torch.Tensor, fov: torch.Tensor, cell: int):
+    """The pinhole camera both flow readings assume, centred on the image: the focal length in
+    pixels (fov's shape) and the cells' centres xs (w,), ys (h,) in pixels from the image centre."""
+    h, w = flow.shape[-2:]
+    f = (w * cell / 2) / torch.tan(fov.float().clamp(0.2, 3.0) / 2)
+    ys = (torch.arange(h, device=flow.device, dtype=flow.dtype) - (h - 1) / 2) * cell
+    xs = (torch.arange(w, device=flow.device, dtype=flow.dtype) - (w - 1) / 2) * cell
+    return f, xs, ys
+
+
+def _lands_inside(x: torch.Tensor, y: torch.Tensor, h: int, w: int, cell: int) -> torch.Tensor:
+    """Whether a cell's match lies inside the later image (one outside matched something else)."""
+    return (x.abs() <= w * cell / 2 - cell) & (y.abs() <= h * cell / 2 - cell)
+
+
 def rotation_from_flow(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> torch.Tensor:
     """(..., 2, h, w) image flow (dy, dx) in pixels of cells ``cell`` px apart, (...) horizontal
     field of view in radians -> (..., 3) rotation vector (pitch, yaw, 0) of the step it shows.
@@ -102,14 +117,12 @@ def rotation_from_flow(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> 
     """
     h, w = flow.shape[-2:]
     dtype, flow = flow.dtype, flow.float()
-    f = ((w * cell / 2) / torch.tan(fov.float().clamp(0.2, 3.0) / 2))[..., None, None]  # (..., 1, 1)
-    ys = (torch.arange(h, device=flow.device, dtype=flow.dtype) - (h - 1) / 2) * cell
-    xs = (torch.arange(w, device=flow.device, dtype=flow.dtype) - (w - 1) / 2) * cell
+    f, xs, ys = _flow_camera(flow, fov, cell)
+    f = f[..., None, None]  # (..., 1, 1)
     to_x, to_y = xs + flow[..., 1, :, :], ys[:, None] + flow[..., 0, :, :]
     yaw = torch.atan(xs / f) - torch.atan(to_x / f)
     pitch = torch.atan(to_y / f) - torch.atan(ys[:, None] / f)
-    # A cell whose match would lie outside the later image matched something else.
-    inside = (to_x.abs() <= w * cell / 2 - cell) & (to_y.abs() <= h * cell / 2 - cell)
+    inside = _lands_inside(to_x, to_y, h, w, cell)
     angles = torch.stack([pitch, yaw], -3).masked_fill(~inside[..., None, :, :], float("nan"))
     angles = angles.flatten(-2).nanmedian(-1).values.nan_to_num(0.0)  # (..., 2)
     return torch.cat([angles, torch.zeros_like(angles[..., :1])], -1).to(dtype)
@@ -156,13 +169,11 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
     flow = flow.float().reshape(-1, 2, h, w)
     fov = fov.float().expand(lead).reshape(-1)
     start = rotation_from_flow(flow, fov, cell)[:, :2]  # (M, 2) pitch, yaw
-    f = (w * cell / 2) / torch.tan(fov.clamp(0.2, 3.0) / 2)  # (M,)
-    ys = (torch.arange(h, device=flow.device, dtype=flow.dtype) - (h - 1) / 2) * cell
-    xs = (torch.arange(w, device=flow.device, dtype=flow.dtype) - (w - 1) / 2) * cell
+    f, xs, ys = _flow_camera(flow, fov, cell)  # f: (M,)
     s = _FOCUS_CELL_STRIDE
     p = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), -1)[::s, ::s].reshape(-1, 2)  # (n, 2) x, y
     q = p + flow[..., ::s, ::s].flip(1).flatten(2).transpose(1, 2)  # (M, n, 2): where each cell went
-    inside = ((q[..., 0].abs() <= w * cell / 2 - cell) & (q[..., 1].abs() <= h * cell / 2 - cell)).float()
+    inside = _lands_inside(q[..., 0], q[..., 1], h, w, cell).float()
     near = 0.08 * w * cell  # px: a cell this close to the focus says little about its direction
     half = flow.new_tensor([w * cell / 4, h * cell / 4])
     best = start
