@@ -8,12 +8,25 @@ metric scale predicted as s itself.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 SCALE_FLOOR = 1.0  # translation targets are t / max(s, SCALE_FLOOR)
 MIN_SCALE = 1e-3  # log(s) target is clamped here so a standing car does not give -inf
+
+
+def full_precision(fn):
+    """Run ``fn`` with autocast off, on CUDA and CPU alike: for the weight-free readings of image
+    motion, whose pixel positions and small differences bf16's 8-bit mantissa would round away
+    (under the trainer's bf16 autocast the focus fit read a 3-degree turn 0.1 degrees off). Tensors
+    keep the dtype they come in."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def relative_poses(poses: torch.Tensor) -> torch.Tensor:
@@ -106,6 +119,7 @@ def _lands_inside(x: torch.Tensor, y: torch.Tensor, h: int, w: int, cell: int) -
     return (x.abs() <= w * cell / 2 - cell) & (y.abs() <= h * cell / 2 - cell)
 
 
+@full_precision
 def rotation_from_flow(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> torch.Tensor:
     """(..., 2, h, w) image flow (dy, dx) in pixels of cells ``cell`` px apart, (...) horizontal
     field of view in radians -> (..., 3) rotation vector (pitch, yaw, 0) of the step it shows.
@@ -149,6 +163,7 @@ _FOCUS_ROUNDS = 2
 
 
 @torch.no_grad()
+@full_precision
 def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> torch.Tensor:
     """:func:`rotation_from_flow`, with what the car's own translation adds to the flow taken out.
 

@@ -228,6 +228,30 @@ def test_focus_fit_does_not_read_the_drive_as_a_turn():
         LaPoseConfig.from_dict({"model": {"rotation_fit": "focus"}})
 
 
+def test_motion_readings_keep_full_precision_under_autocast():
+    """The trainer's bf16 autocast (CUDA) must not round the weight-free motion readings: the
+    correlations, each cell's sub-cell flow and the rotation read from it come out exactly as in
+    float32 (checked with CPU autocast, which casts the same matrix products; without the guard the
+    flow moved by up to a pixel and the focus fit's reading by a grid step)."""
+    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "motion_flow": True,
+                                            "motion_centred": True, "rotation_from_flow": True,
+                                            "rotation_fit": "focus"}})
+    torch.manual_seed(0)
+    model = LaPose(cfg.model).eval()
+    frames, _ = clip(cfg, B=1)
+    frames = frames.clone()
+    frames[:, 1:] = torch.roll(frames[:, :1], shifts=(1, 3), dims=(-2, -1))  # a real shift to read
+    with torch.no_grad():
+        _, flow = model.window_motion(frames)
+        seen = geometry.rotation_from_flow_and_focus(flow, torch.tensor(1.2))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, flow_bf16 = model.window_motion(frames)
+            seen_bf16 = geometry.rotation_from_flow_and_focus(flow, torch.tensor(1.2))
+    assert flow.abs().max() > 1.0  # the shift was read
+    assert flow_bf16.dtype == torch.float32 and torch.equal(flow, flow_bf16)
+    assert torch.equal(seen, seen_bf16)
+
+
 def test_rotation_residual_starts_at_the_flow_rotation():
     """The head's rotation composes onto the flow's: a fresh head (identity rotation) predicts
     exactly the rotation the flow shows."""

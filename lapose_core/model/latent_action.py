@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import geometry
 from ..config import ModelConfig
 from .layers import MLP, Block, STBlock, TimestampEmbedding
 
@@ -169,6 +170,7 @@ class MotionEncoder(nn.Module):
         return self.read_pair(a, b)[0]
 
     @torch.no_grad()
+    @geometry.full_precision  # bf16 correlations would blur the sub-cell peaks the flow is read from
     def read_pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`correlations`, and with ``rotation_from_flow`` the finest level's flow (M, 2, h, w)
         (dy, dx) in pixels, the input of :func:`geometry.rotation_from_flow` (else None)."""
