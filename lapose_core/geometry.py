@@ -15,6 +15,9 @@ import torch
 
 SCALE_FLOOR = 1.0  # translation targets are t / max(s, SCALE_FLOOR)
 MIN_SCALE = 1e-3  # log(s) target is clamped here so a standing car does not give -inf
+# The field of view a pair's flow is fitted at once (rotation_fit focus), before the window predicts
+# its own: the labelled rig's at the tiny input (183.5 px focal length at 256 px wide).
+FLOW_READING_FOV = math.radians(70.0)
 
 
 def full_precision(fn):
@@ -142,14 +145,18 @@ def rotation_from_flow(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> 
     return torch.cat([angles, torch.zeros_like(angles[..., :1])], -1).to(dtype)
 
 
-def pitch_yaw_matrix(pitch: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
-    """(...) pitch and yaw in radians, as :func:`rotation_from_flow` reads them -> (..., 3, 3)
-    rotation that turns a ray of the later camera back into the earlier camera's orientation."""
-    cp, sp, cy, sy = pitch.cos(), pitch.sin(), yaw.cos(), yaw.sin()
-    one, zero = torch.ones_like(pitch), torch.zeros_like(pitch)
-    rx = torch.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], -1).unflatten(-1, (3, 3))
-    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).unflatten(-1, (3, 3))
-    return ry @ rx
+def rotation_at_fov(reading: torch.Tensor, fov: torch.Tensor,
+                    read_at: float | torch.Tensor) -> torch.Tensor:
+    """(..., 2) pitch and yaw read from a flow with the field of view ``read_at`` -> (..., 3) rotation
+    vector (pitch, yaw, 0) for the field of view ``fov`` (...).
+
+    An angle a seen at focal length f0 is an image shift f0 tan(a); the same shift at focal length f
+    is the angle atan(f0 tan(a) / f), and f0 / f = tan(fov / 2) / tan(read_at / 2). Exact for the
+    image centre, second order elsewhere: a reading made once per pair serves any later field of
+    view."""
+    ratio = torch.tan(fov.float() / 2) / math.tan(float(read_at) / 2)
+    angles = torch.atan(torch.tan(reading.float()) * ratio[..., None])
+    return torch.cat([angles, torch.zeros_like(angles[..., :1])], -1).to(reading.dtype)
 
 
 # The search of :func:`rotation_from_flow_and_focus`, in degrees: a coarse grid around the median
@@ -196,7 +203,8 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
         dp = torch.arange(-pitch_n, pitch_n + 1, device=flow.device, dtype=flow.dtype) * math.radians(pitch_step)
         dy = torch.arange(-yaw_n, yaw_n + 1, device=flow.device, dtype=flow.dtype) * math.radians(yaw_step)
         cand = best[:, None, :] + torch.stack(torch.meshgrid(dp, dy, indexing="ij"), -1).reshape(1, -1, 2)
-        R = pitch_yaw_matrix(cand[..., 0], cand[..., 1])  # (M, K, 3, 3)
+        rotvec = torch.cat([cand, torch.zeros_like(cand[..., :1])], -1)
+        R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))  # (M, K, 3, 3): as the model applies it
         rays = torch.cat([q, f[:, None, None].expand(-1, q.shape[1], 1)], -1)  # (M, n, 3)
         back = torch.einsum("mkij,mnj->mkni", R, rays)
         r = f[:, None, None, None] * back[..., :2] / back[..., 2:].clamp_min(1e-3) - p  # remaining flow

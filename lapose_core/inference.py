@@ -81,33 +81,33 @@ class FramePart(nn.Module):
 
 class PairPart(nn.Module):
     """(M, D, h, w) feature maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1 [and,
-    with ``rotation_from_flow``, the pair's (M, 2, h, w) pixel flow]."""
+    with ``rotation_from_flow``, the pair's flow reading (``LaPose.flow_reading``)]."""
 
     def __init__(self, model: LaPose):
         super().__init__()
-        self.motion = model.motion
+        self.model = model
 
     def forward(self, earlier: torch.Tensor, later: torch.Tensor):
-        tokens, pixel_flow = self.motion.pair(earlier, later)
-        return tokens if pixel_flow is None else (tokens, pixel_flow)
+        tokens, pixel_flow = self.model.motion.pair(earlier, later)
+        return tokens if pixel_flow is None else (tokens, self.model.flow_reading(pixel_flow))
 
 
 class WindowPart(nn.Module):
     """(B, T, ...) cached frame features, (B, T) timestamps [, (B, T-1, N, C) motion tokens of the
-    window's pairs [, their (B, T-1, 2, h, w) pixel flows]] -> translation, quaternion, fov, scale."""
+    window's pairs [, their flow readings]] -> translation, quaternion, fov, scale."""
 
     def __init__(self, model: LaPose):
         super().__init__()
         self.model = model
 
     def forward(self, cached: torch.Tensor, timestamps: torch.Tensor,
-                motion: torch.Tensor | None = None, pixel_flow: torch.Tensor | None = None):
+                motion: torch.Tensor | None = None, flow_reading: torch.Tensor | None = None):
         tokens = (cached if self.model.cfg.time_embedding_at == "dynamics"
                   else self.model.encode_frames(cached, timestamps))
         if motion is not None:  # the window's first frame has no pair inside the window
             motion = self.model.motion.per_frame(motion)
         out = self.model.pose(self.model.actions(tokens, timestamps, motion=motion), timestamps,
-                              pixel_flow)
+                              flow_reading)
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
 
 
@@ -130,7 +130,7 @@ def average_with_mirror(translation: torch.Tensor, quaternion: torch.Tensor, fov
 
 
 class PairCache:
-    """What the pair part gave for the frame pairs seen recently (motion tokens [, pixel flow]), keyed
+    """What the pair part gave for the frame pairs seen recently (motion tokens [, flow reading]), keyed
     by the identity of the two cached maps.
 
     A sliding window shares 14 of its 15 pairs with the previous one. Each entry holds both maps, so
@@ -242,9 +242,9 @@ class PoseEstimator:
         motion = torch.zeros(v, self.num_frames - 1, m.grid[0] * m.grid[1], m.width,
                              device=self.device, dtype=self.dtype)
         window = (tokens, ts, motion)
-        if m.rotation_from_flow:
-            window += (torch.zeros(v, self.num_frames - 1, 2, *maps.shape[-2:], device=self.device,
-                                   dtype=self.dtype),)
+        if m.rotation_from_flow:  # the pairs' flow readings: fitted angles, or the flows themselves
+            reading = (2,) if m.rotation_fit == "focus" else (2, *maps.shape[-2:])
+            window += (torch.zeros(v, self.num_frames - 1, *reading, device=self.device, dtype=self.dtype),)
         return (frame,), window, (maps, maps.clone())
 
     def _compile_tensorrt(self, digest: str, cache_dir: str | Path | None) -> None:
@@ -262,11 +262,12 @@ class PoseEstimator:
         gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
         # "p2": the window part takes pair motion tokens, not feature maps (older engines differ);
         # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow;
-        # "focus": the window part reads their rotation with the focus-of-expansion fit.
+        # "focuspair": each pair gives its focus-of-expansion fit (pitch, yaw) instead of its flow
+        # (the window part once took the flows and fitted them itself: "focus").
         m = self.config.model
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
                f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else "")
-               + ("_f" if m.rotation_from_flow else "") + ("_focus" if m.rotation_fit == "focus" else ""))
+               + ("_f" if m.rotation_from_flow else "") + ("_focuspair" if m.rotation_fit == "focus" else ""))
         modules = [("frame", FramePart(self.model)), ("window", WindowPart(self.model))]
         if self.pair_part is not None:
             modules.append(("pair", PairPart(self.model)))

@@ -213,8 +213,8 @@ def test_focus_fit_does_not_read_the_drive_as_a_turn():
     depth = 5.0 * (1 + 0.3 * torch.rand(h, w, generator=g, dtype=torch.float64))
     points = torch.stack([x * depth / f, y * depth / f, depth], -1)  # earlier camera's frame
     for yaw_deg, pitch_deg in ((3.0, 0.5), (-1.0, 0.0), (0.0, 0.0)):
-        R = geometry.pitch_yaw_matrix(torch.tensor(math.radians(pitch_deg), dtype=torch.float64),
-                                      torch.tensor(math.radians(yaw_deg), dtype=torch.float64))
+        rotvec = torch.tensor([math.radians(pitch_deg), math.radians(yaw_deg), 0.0], dtype=torch.float64)
+        R = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(rotvec))
         t = torch.tensor([0.15, 0.0, 1.0], dtype=torch.float64)
         later = (points - t) @ R  # the later camera, at t and turned: X' = R^T (X - t)
         to = f * later[..., :2] / later[..., 2:]
@@ -226,6 +226,48 @@ def test_focus_fit_does_not_read_the_drive_as_a_turn():
         assert (median - truth).abs().max() > 0.5, (yaw_deg, median)  # what the fit is for
     with pytest.raises(ConfigError, match="rotation_fit"):
         LaPoseConfig.from_dict({"model": {"rotation_fit": "focus"}})
+
+
+@pytest.mark.parametrize("fov_deg", [60.0, 80.0])
+def test_focus_reading_serves_another_field_of_view(fov_deg):
+    """rotation_fit focus fits each pair once, at geometry.FLOW_READING_FOV, before the window
+    predicts its field of view; geometry.rotation_at_fov converts the reading. For the exact flow of a
+    camera 10 degrees wider or narrower, turning while it drives, the converted reading is within 0.15
+    degrees of the turn (the error grows with the difference: 0.2-0.35 at 90 degrees), and the
+    model's pose applies exactly that conversion."""
+    h, w, cell = 24, 64, 4
+    fov = torch.tensor(math.radians(fov_deg))
+    f = (w * cell / 2) / math.tan(fov / 2)
+    ys = (torch.arange(h, dtype=torch.float64) - (h - 1) / 2) * cell
+    xs = (torch.arange(w, dtype=torch.float64) - (w - 1) / 2) * cell
+    x, y = torch.broadcast_tensors(xs[None, :], ys[:, None])
+    depth = 6.0 * (1 + 0.3 * torch.rand(h, w, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    points = torch.stack([x * depth / f, y * depth / f, depth], -1)
+    rotvec = torch.tensor([math.radians(-0.4), math.radians(2.5), 0.0], dtype=torch.float64)
+    later = (points - torch.tensor([0.1, 0.0, 1.0], dtype=torch.float64)) @ geometry.quaternion_to_matrix(
+        geometry.rotvec_to_quaternion(rotvec))
+    to = f * later[..., :2] / later[..., 2:]
+    flow = torch.stack([to[..., 1] - y, to[..., 0] - x]).float()
+    reading = geometry.rotation_from_flow_and_focus(flow, torch.tensor(geometry.FLOW_READING_FOV))[:2]
+    seen = geometry.rotation_at_fov(reading, fov, geometry.FLOW_READING_FOV)
+    assert (torch.rad2deg(seen) - torch.rad2deg(rotvec).float()).abs().max() < 0.15, torch.rad2deg(seen)
+    assert (torch.rad2deg(reading) - torch.rad2deg(rotvec[:2]).float()).abs().max() > 0.3  # converted
+
+    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "rotation_from_flow": True,
+                                            "rotation_fit": "focus"}})
+    torch.manual_seed(0)
+    model = LaPose(cfg.model).eval()
+    torch.nn.init.zeros_(model.pose_head.step_mlp.net[-1].weight)  # the head's initial prior only
+    frames, ts = clip(cfg, B=1)
+    with torch.no_grad():
+        actions = model.actions(model.encode_frames(frames, ts), ts, model.motion_maps(frames))
+        plain = model.pose(actions, ts)
+        out = model.pose(actions, ts, reading.expand(1, 15, 2))
+    expected = geometry.quaternion_multiply(
+        geometry.rotvec_to_quaternion(geometry.rotation_at_fov(reading, plain["fov"][..., None],
+                                                               geometry.FLOW_READING_FOV)),
+        plain["quaternion"])
+    assert torch.allclose(out["quaternion"], geometry.canonical_quaternion(expected), atol=1e-6)
 
 
 def test_motion_readings_keep_full_precision_under_autocast():
@@ -242,14 +284,14 @@ def test_motion_readings_keep_full_precision_under_autocast():
     frames = frames.clone()
     frames[:, 1:] = torch.roll(frames[:, :1], shifts=(1, 3), dims=(-2, -1))  # a real shift to read
     with torch.no_grad():
-        _, flow = model.window_motion(frames)
-        seen = geometry.rotation_from_flow_and_focus(flow, torch.tensor(1.2))
+        flow = model.motion(model.motion_maps(frames))[1]
+        reading = model.window_motion(frames)[1]  # the focus fit of each pair's flow
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, flow_bf16 = model.window_motion(frames)
-            seen_bf16 = geometry.rotation_from_flow_and_focus(flow, torch.tensor(1.2))
-    assert flow.abs().max() > 1.0  # the shift was read
+            flow_bf16 = model.motion(model.motion_maps(frames))[1]
+            reading_bf16 = model.window_motion(frames)[1]
+    assert flow.abs().max() > 1.0 and reading.shape == (1, 15, 2)
     assert flow_bf16.dtype == torch.float32 and torch.equal(flow, flow_bf16)
-    assert torch.equal(seen, seen_bf16)
+    assert torch.equal(reading, reading_bf16)
 
 
 def test_rotation_residual_starts_at_the_flow_rotation():

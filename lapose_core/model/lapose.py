@@ -93,10 +93,23 @@ class LaPose(nn.Module):
 
     def window_motion(self, frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(B, T, 3, H, W) frames -> motion tokens (B, T, N, C) and, with ``rotation_from_flow``, the
-        pairs' pixel flows (B, T-1, 2, h, w); None for what the model does not have."""
+        pairs' flow readings (:meth:`flow_reading`); None for what the model does not have."""
         if self.motion is None:
             return None, None
-        return self.motion(self.motion_maps(frames))
+        motion, pixel_flow = self.motion(self.motion_maps(frames))
+        return motion, self.flow_reading(pixel_flow)
+
+    def flow_reading(self, pixel_flow: torch.Tensor | None) -> torch.Tensor | None:
+        """Pairs' pixel flows (..., 2, h, w) -> what :meth:`pose` reads their rotation from.
+
+        ``rotation_fit`` median: the flows themselves, read at the window's predicted field of view
+        (cheap). focus: the fitted (pitch, yaw) (..., 2) at ``geometry.FLOW_READING_FOV``, converted
+        to the predicted field of view in :meth:`pose`. The fit costs ~2 ms a pair on a 2-core CPU, so
+        a streaming window makes it once per pair as the pair enters, not 15 times per keyframe."""
+        if pixel_flow is None or self.cfg.rotation_fit != "focus":
+            return pixel_flow
+        fov = pixel_flow.new_tensor(geometry.FLOW_READING_FOV)
+        return geometry.rotation_from_flow_and_focus(pixel_flow, fov)[..., :2]
 
     def window_actions(self, frames: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) frames -> (B, T-1, C) latent actions."""
@@ -104,9 +117,9 @@ class LaPose(nn.Module):
                             motion=self.window_motion(frames)[0])
 
     def pose(self, actions: torch.Tensor, timestamps: torch.Tensor,
-             pixel_flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """(B, T-1, C) actions and the window's (B, T) timestamps [+ the pairs' pixel flows, with
-        ``rotation_from_flow``] -> pose outputs (:class:`PoseHead`)."""
+             flow_reading: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, T-1, C) actions and the window's (B, T) timestamps [+ the pairs' flow readings
+        (:meth:`flow_reading`), with ``rotation_from_flow``] -> pose outputs (:class:`PoseHead`)."""
         if self.cfg.pose_head_input == "bottleneck":
             actions = self.bottleneck(actions)
         log_interval = None
@@ -114,20 +127,20 @@ class LaPose(nn.Module):
             interval = (timestamps[:, -1] - timestamps[:, 0]) / (timestamps.shape[1] - 1)
             log_interval = torch.log(interval.clamp_min(1e-3))
         out = self.pose_head(actions, log_interval)
-        if pixel_flow is not None:  # the head's rotation is a residual on the flow's
+        if flow_reading is not None:  # the head's rotation is a residual on the flow's
             # The field of view only converts pixels to angles here: no gradient teaches it that.
-            read = (geometry.rotation_from_flow_and_focus if self.cfg.rotation_fit == "focus"
-                    else geometry.rotation_from_flow)
-            seen = read(pixel_flow, out["fov"].detach())
+            fov = out["fov"].detach()
+            seen = (geometry.rotation_at_fov(flow_reading, fov, geometry.FLOW_READING_FOV)
+                    if self.cfg.rotation_fit == "focus" else geometry.rotation_from_flow(flow_reading, fov))
             q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
             out["quaternion"] = geometry.canonical_quaternion(q)
         return out
 
     def predict(self, frames: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frames to pose outputs (see :class:`PoseHead`)."""
-        motion, pixel_flow = self.window_motion(frames)
+        motion, flow_reading = self.window_motion(frames)
         actions = self.actions(self.encode_frames(frames, timestamps), timestamps, motion=motion)
-        return self.pose(actions, timestamps, pixel_flow)
+        return self.pose(actions, timestamps, flow_reading)
 
     # ----------------------------------------------------------------- objectives
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -164,9 +177,9 @@ class LaPose(nn.Module):
         frames, ts = batch["frames"], batch["timestamps"]
         backbone_frozen = not any(p.requires_grad for p in self.idm.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not backbone_frozen):
-            motion, pixel_flow = self.window_motion(frames)
+            motion, flow_reading = self.window_motion(frames)
             actions = self.actions(self.encode_frames(frames, ts), ts, motion=motion)
-        pred = self.pose(actions, ts, pixel_flow)
+        pred = self.pose(actions, ts, flow_reading)
         tgt = geometry.pose_targets(batch["poses"].double(), batch["fov"].double(),
                                     self.cfg.translation_floor)
         tgt = {k: v.float() for k, v in tgt.items()}
