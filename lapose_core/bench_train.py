@@ -31,7 +31,8 @@ def synthetic_batch(cfg, batch_size: int, device):
             "poses": poses, "fov": torch.full((batch_size,), 1.4, device=device)}
 
 
-def measure(preset_name: str, stage: str, steps: int, batch_size: int, device: str) -> dict:
+def measure(preset_name: str, stage: str, steps: int, batch_size: int, device: str,
+            recompute: bool = False) -> dict:
     import torch
 
     from .config import preset
@@ -42,6 +43,7 @@ def measure(preset_name: str, stage: str, steps: int, batch_size: int, device: s
     with dev:
         model = LaPose(cfg.model)
     model.set_stage(stage)
+    model.recompute_activations(recompute)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     batch = synthetic_batch(cfg, batch_size, dev)
@@ -67,6 +69,7 @@ def measure(preset_name: str, stage: str, steps: int, batch_size: int, device: s
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     dt = time.perf_counter() - t0
     return {"preset": preset_name, "stage": stage, "device": device, "batch": batch_size,
+            "recompute": recompute,
             "clips_per_s": steps * batch_size / dt, "step_s": dt / steps, "peak_mib": peak,
             "trainable_m": sum(p.numel() for p in params) / 1e6}
 
@@ -106,7 +109,8 @@ def run_bench_train(args: argparse.Namespace) -> int:
                 continue
             out = subprocess.run(
                 [sys.executable, "-m", "lapose_core.bench_train", preset_name, stage, str(args.steps),
-                 str(args.batch_size), args.device], capture_output=True, text=True)
+                 str(args.batch_size), args.device, str(int(args.recompute_activations))],
+                capture_output=True, text=True)
             if out.returncode != 0:
                 reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
                 print(f"{preset_name:<7} {stage:<10} {args.device:<6} failed: {reason}")
@@ -120,5 +124,5 @@ def run_bench_train(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    p, s, n, b, d = sys.argv[1:6]
-    print(json.dumps(measure(p, s, int(n), int(b), d)))
+    p, s, n, b, d, r = sys.argv[1:7]
+    print(json.dumps(measure(p, s, int(n), int(b), d, recompute=r == "1")))

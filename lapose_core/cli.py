@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--recompute-activations", action="store_true",
+                   help="measure with train.recompute_activations (memory for compute)")
     p.set_defaults(func=cmd_bench_train)
     from .bench_data import add_parser as add_bench_data
 

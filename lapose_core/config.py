@@ -175,6 +175,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 20
     grad_clip: float = 1.0
+    # Recompute each transformer block's activations in the backward pass instead of keeping them:
+    # the same results for about one more forward pass, in a fraction of the memory.
+    recompute_activations: bool = False
     freeze_idm: bool = True  # post-training: inverse-dynamics model frozen (default) or fine-tuned
     init_from: str = ""  # checkpoint of the previous stage (vqvae for pretrain, pretrain for posttrain)
     vqvae_checkpoint: str = ""  # frozen tokenizer used by pretraining

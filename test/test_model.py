@@ -454,3 +454,41 @@ def test_frozen_vqvae_stays_in_eval_mode_when_the_trainer_calls_train():
     model.set_stage("vqvae")
     model.train()
     assert model.vqvae.training
+
+
+@pytest.mark.parametrize("stage, share", [("pretrain", 0.6), ("posttrain", 0.8)])
+def test_recomputed_activations_give_the_same_step_in_less_memory(stage, share):
+    """train.recompute_activations: the same loss and gradients, with fewer bytes kept for the
+    backward pass (what ran the paper preset's pretraining out of a 141 GB GPU). At the tiny size the
+    motion read-out, outside the transformer stacks, keeps much of what post-training keeps."""
+    from lapose_core.bench_train import synthetic_batch
+
+    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation"}})
+    torch.manual_seed(0)
+    model = LaPose(cfg.model)
+    model.set_stage(stage, freeze_idm=False)
+    batch = synthetic_batch(cfg, 2, torch.device("cpu"))
+
+    def step(recompute):
+        model.recompute_activations(recompute)
+        model.zero_grad(set_to_none=True)
+        kept = []
+
+        def pack(t):
+            kept.append(t.numel() * t.element_size())
+            return t
+
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = model(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, sum(kept)
+
+    loss, grads, kept = step(False)
+    loss_r, grads_r, kept_r = step(True)
+    assert torch.allclose(loss, loss_r, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == grads_r.keys() and len(grads) > 10
+    for name in grads:
+        assert torch.allclose(grads[name], grads_r[name], rtol=1e-4, atol=1e-6), name
+    assert kept_r < share * kept, (kept_r, kept)

@@ -45,6 +45,13 @@ class LaPose(nn.Module):
         self.loss_weights = {"translation": 1.0, "rotation": 1.0, "fov": 0.1, "scale": 0.5}
         self.rotation_loss = "quaternion_l1"
 
+    def recompute_activations(self, on: bool = True) -> None:
+        """Training memory for compute: every transformer stack keeps only its blocks' inputs and
+        recomputes the rest in the backward pass (``layers.run_blocks``)."""
+        for module in self.modules():
+            if hasattr(module, "recompute"):
+                module.recompute = on
+
     def set_stage(self, stage: str, freeze_idm: bool = True) -> None:
         """Select the objective and freeze every part the stage does not train."""
         self.objective = stage

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import geometry
 from ..config import ModelConfig
-from .layers import MLP, Block, STBlock, TimestampEmbedding
+from .layers import MLP, Block, STBlock, TimestampEmbedding, run_blocks
 
 
 class ImageTokenizer(nn.Module):
@@ -41,15 +41,14 @@ class FrameEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio)
                                     for _ in range(cfg.encoder_layers))
         self.norm = nn.LayerNorm(cfg.width)
+        self.recompute = False  # layers.run_blocks; set by LaPose.recompute_activations
 
     def forward(self, images: torch.Tensor, time_emb: torch.Tensor | None = None) -> torch.Tensor:
         """(M, 3, H, W) [+ (M, C) timestamp embedding when it enters here] -> (M, N, C)."""
         x = self.tokenizer(images)
         if time_emb is not None:
             x = x + time_emb[:, None]
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, x, self.recompute))
 
 
 def local_correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
@@ -240,6 +239,7 @@ class InverseDynamics(nn.Module):
         self.blocks = nn.ModuleList(STBlock(cfg.width, cfg.heads, cfg.mlp_ratio, causal=True)
                                     for _ in range(cfg.idm_layers))
         self.norm = nn.LayerNorm(cfg.width)
+        self.recompute = False
 
     def forward(self, tokens: torch.Tensor, time_emb: torch.Tensor | None = None,
                 motion: torch.Tensor | None = None) -> torch.Tensor:
@@ -252,9 +252,7 @@ class InverseDynamics(nn.Module):
         x = torch.cat([tokens, q], dim=2)
         if time_emb is not None:
             x = x + time_emb[:, :, None]
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x[:, 1:, -1])
+        return self.norm(run_blocks(self.blocks, x, self.recompute)[:, 1:, -1])
 
 
 class ActionBottleneck(nn.Module):
@@ -288,6 +286,7 @@ class ForwardDynamics(nn.Module):
                                    for _ in range(cfg.fdm_extra_layers))
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.vq_codebook_size)
+        self.recompute = False
 
     def forward(self, codes: torch.Tensor, actions: torch.Tensor,
                 time_emb: torch.Tensor) -> torch.Tensor:
@@ -296,9 +295,6 @@ class ForwardDynamics(nn.Module):
         B, S = codes.shape[:2]
         x = self.code_embed(codes.flatten(2)) + self.pos
         x = x + (self.action_proj(actions) + time_emb)[:, :, None]
-        for blk in self.blocks:
-            x = blk(x)
-        x = x.flatten(0, 1)
-        for blk in self.extra:
-            x = blk(x)
+        x = run_blocks(self.blocks, x, self.recompute).flatten(0, 1)
+        x = run_blocks(self.extra, x, self.recompute)
         return self.head(self.norm(x)).view(B, S, -1, self.head.out_features)

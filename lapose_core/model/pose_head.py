@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import MLP, Block
+from .layers import MLP, Block, run_blocks
 
 
 class PoseHead(nn.Module):
@@ -23,6 +23,7 @@ class PoseHead(nn.Module):
                          if cfg.pose_step_embedding else None)
         self.blocks = nn.ModuleList(Block(W, cfg.pose_heads, cfg.mlp_ratio) for _ in range(cfg.pose_layers))
         self.norm = nn.LayerNorm(W)
+        self.recompute = False  # layers.run_blocks; set by LaPose.recompute_activations
         self.step_mlp = MLP(W, W, 8)
         self.scale_mlp = MLP(W, W, 1)
         # Start near "identity rotation, forward motion, ~1 m steps": a sane prior speeds training.
@@ -39,9 +40,7 @@ class PoseHead(nn.Module):
         if self.step_pos is not None:
             x = x + self.step_pos[:, :S]
         x = torch.cat([self.scale_token.expand(B, 1, -1), x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        x = self.norm(x)
+        x = self.norm(run_blocks(self.blocks, x, self.recompute))
         steps = self.step_mlp(x[:, 1:])
         q = steps[..., 3:7]
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-6)

@@ -376,6 +376,8 @@ def _train(stage: Stage, cfg: LaPoseConfig, ctx: DistributedContext, *, resume: 
 
     model = stage.model.to(device)
     model.train()
+    if t.recompute_activations:
+        model.recompute_activations(True)
     optimizer = build_optimizer(model, t, device)
     scheduler = LambdaLR(optimizer, lambda step_index: lr_factor(step_index, t))
     trainable = [p for p in model.parameters() if p.requires_grad]
