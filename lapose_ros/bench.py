@@ -236,7 +236,7 @@ def run_bench(args: argparse.Namespace) -> int:
     lapose_name, make_lapose = models[0]
     calib = Path(args.sequence) / "calib.txt"  # what the camera's CameraInfo would carry
     intrinsics = np.loadtxt(calib)[:4] if calib.is_file() else None
-    models.append((f"hybrid:{lapose_name}"[:13], lambda device, backend: HybridEstimator(
+    models.append((f"hybrid:{lapose_name}", lambda device, backend: HybridEstimator(
         make_lapose(device, backend), intrinsics=intrinsics)))
     if args.camera_height_m > 0:  # the road-scale path: one dense road alignment per new pair
         from lapose_core.hybrid import HybridConfig
@@ -283,14 +283,15 @@ def run_bench(args: argparse.Namespace) -> int:
                           f"motions and scale on one window: {diff:.2e}")
                     eager = reference
 
-    header = (f"{'model':<14}{'device':<7}{'backend':<10}{'key p50':>9}{'key p95':>9}{'key max':>9}"
+    width = max([14] + [len(m.model) + 1 for m in results])  # a checkpoint's path is a model's name
+    header = (f"{'model':<{width}}{'device':<7}{'backend':<10}{'key p50':>9}{'key p95':>9}{'key max':>9}"
               f"{'mid p50':>9}{'mid p95':>9}{'max Hz':>9}" +
               "".join(f"{f'load@{hz:g}Hz':>11}" for hz in CAMERA_RATES_HZ))
     print("\nlatency from image publication to odometry reception, ms (key: keyframe, one encoder pass "
           "+ window model; mid: between keyframes)")
     print(header)
     for m in results:
-        print(f"{m.model:<14}{m.device:<7}{m.backend:<10}{percentile(m.keyframe_ms, 50)} "
+        print(f"{m.model:<{width}}{m.device:<7}{m.backend:<10}{percentile(m.keyframe_ms, 50)} "
               f"{percentile(m.keyframe_ms, 95)} {percentile(m.keyframe_ms, 100)} "
               f"{percentile(m.between_ms, 50)} "
               f"{percentile(m.between_ms, 95)} {m.achievable_hz():8.1f}" +

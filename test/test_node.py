@@ -303,7 +303,7 @@ def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
     table = out[out.index("latency from image publication"):].splitlines()[2:]
     rows = [line.split() for line in table if line.split()[1:3] == ["cpu", "eager"] and " at " not in line]
     # LA-Pose alone and the hybrid around the same model, with LA-Pose's and with the road's scale.
-    assert [r[0] for r in rows] == ["bundled", "hybrid:bundle", "hybrid-road"], out
+    assert [r[0] for r in rows] == ["bundled", "hybrid:bundled", "hybrid-road"], out
     for row in rows:
         key_p50, key_p95, key_max, mid_p50, mid_p95, max_hz = map(float, row[3:9])
         assert 0 < key_p50 <= key_p95 <= key_max and 0 < mid_p50 <= mid_p95 and max_hz > 0
