@@ -262,11 +262,11 @@ def test_focus_reading_serves_another_field_of_view(fov_deg):
     with torch.no_grad():
         actions = model.actions(model.encode_frames(frames, ts), ts, model.motion_maps(frames))
         plain = model.pose(actions, ts)
-        out = model.pose(actions, ts, reading.expand(1, 15, 2))
-    expected = geometry.quaternion_multiply(
-        geometry.rotvec_to_quaternion(geometry.rotation_at_fov(reading, plain["fov"][..., None],
-                                                               geometry.FLOW_READING_FOV)),
-        plain["quaternion"])
+        readings = reading.expand(1, 15, 2)
+        out = model.pose(actions, ts, readings)
+    seen = geometry.rotation_at_fov(readings, plain["fov"], geometry.FLOW_READING_FOV)  # (1, 15, 3)
+    expected = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), plain["quaternion"])
+    assert expected.shape == out["quaternion"].shape == (1, 15, 4)
     assert torch.allclose(out["quaternion"], geometry.canonical_quaternion(expected), atol=1e-6)
 
 
