@@ -144,3 +144,14 @@ def test_small_gpu_config_keeps_the_tiny_recipe():
     assert differ == {"num_workers"}
     differ = {k for k, v in small.train.__dict__.items() if getattr(tiny.train, k) != v}
     assert differ == {"batch_size", "max_steps", "warmup_steps", "ckpt_every", "out_dir"}
+
+
+def test_bench_train_measures_with_recomputed_activations():
+    """lapose bench-train --recompute-activations runs a measurement and prints its row."""
+    out = subprocess.run([sys.executable, "-m", "lapose_core.cli", "bench-train", "--presets", "tiny",
+                          "--stages", "posttrain", "--steps", "1", "--batch-size", "1", "--device", "cpu",
+                          "--recompute-activations"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = out.stdout.strip().splitlines()[-1].split()
+    assert row[:4] == ["tiny", "posttrain", "cpu", "1"], out.stdout
+    assert float(row[4]) > 0 and float(row[6]) > 0  # clips/s, peak MiB
