@@ -78,8 +78,8 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_flow_mirror_seed2": "val_flow_seed2's weights run with mirror averaging",
     "val_rotflow": "val_flow_mirror with each step's rotation read from the flow, the head's as a residual (rotation_from_flow)",
     "val_rotflow_seed1": "val_flow_mirror_seed1 with the flow's rotation and a learned residual (rotation_from_flow)",
-    "val_rotflow_seed2": "val_flow_mirror_seed2 with the flow's rotation and a learned residual (rotation_from_flow; shipped)",
-    "val_rotfocus": "val_rotflow with the rotation fitted with the flow's focus of expansion (rotation_fit focus)",
+    "val_rotflow_seed2": "val_flow_mirror_seed2 with the flow's rotation and a learned residual (rotation_from_flow; shipped before the focus fit)",
+    "val_rotfocus": "val_rotflow with the rotation fitted with the flow's focus of expansion (rotation_fit focus; shipped)",
     "val_rotfocus_seed1": "val_rotflow_seed1 with the rotation fitted with the focus of expansion (rotation_fit focus)",
     "val_rotfocus_seed2": "val_rotflow_seed2 with the rotation fitted with the focus of expansion (rotation_fit focus)",
 }
