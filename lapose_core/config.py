@@ -68,8 +68,8 @@ class ModelConfig:
     # How rotation_from_flow reads the flow: "median" of every cell read as a pure rotation, or
     # "focus": the rotation whose removal leaves the flow most nearly an expansion from one point,
     # the focus of expansion, so the car's own translation is not read as a turn. Slower: a search
-    # over candidate rotations, 1.8 ms a pair on a 2-core CPU, and a keyframe fits all 15 pairs of
-    # the window (of both views with mirror_average) again.
+    # over candidate rotations, ~2 ms a pair on a 2-core CPU, made once per pair as it enters the
+    # window (LaPose.flow_reading), at geometry.FLOW_READING_FOV and converted to the predicted one.
     rotation_fit: str = "median"
     # Inference only: True runs every window also mirrored (the image flipped left to right, a batch
     # of two through every part) and averages the mirrored prediction, reflected back, with the

@@ -198,6 +198,7 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
     inside = _lands_inside(q[..., 0], q[..., 1], h, w, cell).float()
     near = 0.08 * w * cell  # px: a cell this close to the focus says little about its direction
     half = flow.new_tensor([w * cell / 4, h * cell / 4])
+    rays = torch.cat([q, f[:, None, None].expand(-1, q.shape[1], 1)], -1)  # (M, n, 3)
     best = start
     for pitch_step, pitch_n, yaw_step, yaw_n in _FOCUS_SEARCH:
         dp = torch.arange(-pitch_n, pitch_n + 1, device=flow.device, dtype=flow.dtype) * math.radians(pitch_step)
@@ -205,7 +206,6 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
         cand = best[:, None, :] + torch.stack(torch.meshgrid(dp, dy, indexing="ij"), -1).reshape(1, -1, 2)
         rotvec = torch.cat([cand, torch.zeros_like(cand[..., :1])], -1)
         R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))  # (M, K, 3, 3): as the model applies it
-        rays = torch.cat([q, f[:, None, None].expand(-1, q.shape[1], 1)], -1)  # (M, n, 3)
         back = torch.einsum("mkij,mnj->mkni", R, rays)
         r = f[:, None, None, None] * back[..., :2] / back[..., 2:].clamp_min(1e-3) - p  # remaining flow
         rx, ry = r[..., 0], r[..., 1]
