@@ -198,27 +198,32 @@ def test_rotation_from_flow_reads_a_rotated_camera(shared_data, yaw_deg, pitch_d
         LaPoseConfig.from_dict({"model": {"rotation_from_flow": True}})
 
 
+def exact_drive_flow(fov, pitch_deg, yaw_deg, t, depth_m, seed, h=24, w=64, cell=4):
+    """The exact (2, h, w) flow (dy, dx) of 4 px cells of a camera of horizontal field of view ``fov``
+    that turns by the rotation vector (pitch, yaw, 0) while it moves by ``t`` (its own frame, metres)
+    in front of points depth_m to 1.3 depth_m away (random per cell)."""
+    f = (w * cell / 2) / math.tan(fov / 2)
+    ys = (torch.arange(h, dtype=torch.float64) - (h - 1) / 2) * cell
+    xs = (torch.arange(w, dtype=torch.float64) - (w - 1) / 2) * cell
+    x, y = torch.broadcast_tensors(xs[None, :], ys[:, None])
+    g = torch.Generator().manual_seed(seed)
+    depth = depth_m * (1 + 0.3 * torch.rand(h, w, generator=g, dtype=torch.float64))
+    points = torch.stack([x * depth / f, y * depth / f, depth], -1)  # earlier camera's frame
+    rotvec = torch.tensor([math.radians(pitch_deg), math.radians(yaw_deg), 0.0], dtype=torch.float64)
+    R = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(rotvec))
+    later = (points - torch.tensor(t, dtype=torch.float64)) @ R  # the later camera: X' = R^T (X - t)
+    to = f * later[..., :2] / later[..., 2:]
+    return torch.stack([to[..., 1] - y, to[..., 0] - x])
+
+
 def test_focus_fit_does_not_read_the_drive_as_a_turn():
     """rotation_fit focus: the exact flow of a camera that turns while it drives 1 m forwards between
     walls 5-6.5 m away, its direction of travel 8.5 degrees off its optical axis. The median reads
     part of that translation as yaw (0.5-1.8 degrees off); the focus-of-expansion fit reads the turn
     to 0.1 degrees."""
-    g = torch.Generator().manual_seed(0)
-    h, w, cell = 24, 64, 4
     fov = torch.tensor(math.radians(70.0))
-    f = (w * cell / 2) / math.tan(fov / 2)
-    ys = (torch.arange(h, dtype=torch.float64) - (h - 1) / 2) * cell
-    xs = (torch.arange(w, dtype=torch.float64) - (w - 1) / 2) * cell
-    x, y = torch.broadcast_tensors(xs[None, :], ys[:, None])
-    depth = 5.0 * (1 + 0.3 * torch.rand(h, w, generator=g, dtype=torch.float64))
-    points = torch.stack([x * depth / f, y * depth / f, depth], -1)  # earlier camera's frame
     for yaw_deg, pitch_deg in ((3.0, 0.5), (-1.0, 0.0), (0.0, 0.0)):
-        rotvec = torch.tensor([math.radians(pitch_deg), math.radians(yaw_deg), 0.0], dtype=torch.float64)
-        R = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(rotvec))
-        t = torch.tensor([0.15, 0.0, 1.0], dtype=torch.float64)
-        later = (points - t) @ R  # the later camera, at t and turned: X' = R^T (X - t)
-        to = f * later[..., :2] / later[..., 2:]
-        flow = torch.stack([to[..., 1] - y, to[..., 0] - x])  # (dy, dx)
+        flow = exact_drive_flow(fov, pitch_deg, yaw_deg, (0.15, 0.0, 1.0), depth_m=5.0, seed=0)
         truth = torch.tensor([pitch_deg, yaw_deg], dtype=torch.float64)
         median = torch.rad2deg(geometry.rotation_from_flow(flow, fov))[:2]
         focus = torch.rad2deg(geometry.rotation_from_flow_and_focus(flow, fov))[:2]
@@ -235,19 +240,9 @@ def test_focus_reading_serves_another_field_of_view(fov_deg):
     camera 10 degrees wider or narrower, turning while it drives, the converted reading is within 0.15
     degrees of the turn (the error grows with the difference: 0.2-0.35 at 90 degrees), and the
     model's pose applies exactly that conversion."""
-    h, w, cell = 24, 64, 4
     fov = torch.tensor(math.radians(fov_deg))
-    f = (w * cell / 2) / math.tan(fov / 2)
-    ys = (torch.arange(h, dtype=torch.float64) - (h - 1) / 2) * cell
-    xs = (torch.arange(w, dtype=torch.float64) - (w - 1) / 2) * cell
-    x, y = torch.broadcast_tensors(xs[None, :], ys[:, None])
-    depth = 6.0 * (1 + 0.3 * torch.rand(h, w, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
-    points = torch.stack([x * depth / f, y * depth / f, depth], -1)
     rotvec = torch.tensor([math.radians(-0.4), math.radians(2.5), 0.0], dtype=torch.float64)
-    later = (points - torch.tensor([0.1, 0.0, 1.0], dtype=torch.float64)) @ geometry.quaternion_to_matrix(
-        geometry.rotvec_to_quaternion(rotvec))
-    to = f * later[..., :2] / later[..., 2:]
-    flow = torch.stack([to[..., 1] - y, to[..., 0] - x]).float()
+    flow = exact_drive_flow(fov, -0.4, 2.5, (0.1, 0.0, 1.0), depth_m=6.0, seed=1).float()
     reading = geometry.rotation_from_flow_and_focus(flow, torch.tensor(geometry.FLOW_READING_FOV))[:2]
     seen = geometry.rotation_at_fov(reading, fov, geometry.FLOW_READING_FOV)
     assert (torch.rad2deg(seen) - torch.rad2deg(rotvec).float()).abs().max() < 0.15, torch.rad2deg(seen)
