@@ -42,7 +42,6 @@ setup(
             "ros = lapose_ros.cli:register",
             "bench = lapose_ros.bench:register",
             "demo = lapose_ros.demo:register",
-            "eval = lapose_core.eval.cli:register",
         ],
     },
 )

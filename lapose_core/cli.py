@@ -2,8 +2,9 @@
 
 Training: ``lapose train-vqvae``, ``lapose pretrain``, ``lapose posttrain`` (each takes a YAML config
 from ``training/configs/``); the same command runs as one CPU process or under ``torchrun`` on many
-GPUs. Benchmarks: ``lapose bench-train``, ``lapose bench-data``. Other groups (evaluation, bags,
-replay, the node benchmark) register themselves through the ``lapose.commands`` entry point, so this module imports no ROS code.
+GPUs. Benchmarks: ``lapose bench-train``, ``lapose bench-data``. Evaluation: ``lapose eval``,
+``lapose diagnose``. The ROS groups (bags, replay, the node benchmark, the demo) register themselves
+through the ``lapose.commands`` entry point, so this module imports no ROS code.
 """
 from __future__ import annotations
 
@@ -123,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench_data import add_parser as add_bench_data
 
     add_bench_data(sub)
+    from .eval.cli import register as add_eval
+
+    add_eval(sub)  # core commands register here, so a source checkout (no entry points) has them too
     for ep in sorted(entry_points(group="lapose.commands"), key=lambda e: e.name):
+        if ep.name in sub.choices:  # an older install's entry point for a command now registered above
+            continue
         try:
             ep.load()(sub)
         except ImportError as e:  # a group whose dependencies are missing must not break the rest
