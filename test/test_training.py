@@ -155,3 +155,24 @@ def test_bench_train_measures_with_recomputed_activations():
     row = out.stdout.strip().splitlines()[-1].split()
     assert row[:4] == ["tiny", "posttrain", "cpu", "1"], out.stdout
     assert float(row[4]) > 0 and float(row[6]) > 0  # clips/s, peak MiB
+
+
+def test_core_commands_need_no_installed_entry_points(monkeypatch):
+    """Run from a source checkout (no package metadata, so no ``lapose.commands`` entry points),
+    ``python -m lapose_core.cli`` still has evaluation; an installed entry point of the same name is
+    not registered twice."""
+    import lapose_core.cli as cli
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])
+    choices = cli.build_parser()._subparsers._group_actions[0].choices
+    assert {"eval", "diagnose", "bench-eval", "posttrain"} <= set(choices)
+
+    class Stale:  # what an older install's metadata still lists
+        name = "eval"
+
+        @staticmethod
+        def load():
+            raise AssertionError("registered twice")
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [Stale()])
+    assert "eval" in cli.build_parser()._subparsers._group_actions[0].choices
