@@ -189,6 +189,8 @@ class TrainConfig:
     w_rotation: float = 1.0
     w_fov: float = 0.1
     w_scale: float = 0.5
+    # Each moving step's direction error in degrees (0: the paper's losses only); see pose_losses.
+    w_direction: float = 0.0
     # "quaternion_l1" (the paper: L1 on quaternion components, about 0.01 for a degree, so the
     # gradient settles on the median: no rotation) or "rotvec_deg" (L1 on rotation vectors in
     # degrees, as large as the angle itself).

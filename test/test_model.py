@@ -406,6 +406,21 @@ def test_targets_round_trip(step, floor):
     assert torch.allclose(back, torch.linalg.inv(poses[:, :1]) @ poses, atol=1e-9)
 
 
+def test_step_direction_loss_measures_degrees_of_moving_steps():
+    """train.w_direction's term: the angle between predicted and true steps in degrees, standing
+    steps left out, with a finite gradient where prediction and truth agree."""
+    from lapose_core.model.lapose import step_direction_error_deg
+
+    a = math.radians(2.0)
+    true = torch.tensor([[[math.sin(a), 0.0, math.cos(a)], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
+    pred = torch.tensor([[[0.0, 0.0, 1.3], [0.5, 0.0, 0.5], [0.0, 0.0, 0.7]]], requires_grad=True)
+    err = step_direction_error_deg(pred, true)
+    assert err.item() == pytest.approx(1.0, abs=1e-4)  # (2 + 0) / 2: the standing step is left out
+    err.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[0, 1].abs().sum() == 0
+    assert step_direction_error_deg(pred, torch.zeros_like(true)).item() == 0.0
+
+
 def test_quaternion_conventions():
     g = torch.Generator().manual_seed(1)
     q = geometry.canonical_quaternion(torch.randn(500, 4, generator=g, dtype=torch.float64))

@@ -46,7 +46,7 @@ class LaPoseStage:
         self.model = LaPose(cfg.model)
         t = cfg.train
         self.model.loss_weights = {"translation": t.w_translation, "rotation": t.w_rotation,
-                                   "fov": t.w_fov, "scale": t.w_scale}
+                                   "fov": t.w_fov, "scale": t.w_scale, "direction": t.w_direction}
         self.model.rotation_loss = t.rotation_loss
         self._inherit_weights(root)
         self.model.set_stage(self.name, freeze_idm=t.freeze_idm)
