@@ -176,3 +176,29 @@ def test_core_commands_need_no_installed_entry_points(monkeypatch):
 
     monkeypatch.setattr(cli, "entry_points", lambda group: [Stale()])
     assert "eval" in cli.build_parser()._subparsers._group_actions[0].choices
+
+
+def test_results_gpu_section_reads_small_gpu_runs(tmp_path):
+    """make_results.py --gpu-only writes training/small_gpu.sh's figures (its JSON and the logs'
+    clips/s) between its markers, leaving the rest of the file as it was."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "make_results", Path(__file__).resolve().parents[1] / "training" / "make_results.py")
+    make_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_results)
+    runs = tmp_path / "small"
+    (runs / "val").mkdir(parents=True)
+    (runs / "val" / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "clips_per_s": c}) for s, c in ((10, 30.0), (20, 170.0), (30, 180.0))))
+    (runs / "val.07_head.2fps.diagnose.json").write_text(json.dumps(
+        {"windows": 10, "auc5": 0.6763, "ate_s": 0.0832, "prior_auc5": 0.4005, "yaw_corr": 0.97, "scale_ratio": 1.01}))
+    (runs / "device.txt").write_text("Some GPU\n")
+    out = tmp_path / "results.md"
+    out.write_text("# Results\n\nkept\n")
+    make_results.replace_section(out, make_results.gpu_section(runs), make_results.GPU_START, make_results.GPU_END)
+    make_results.replace_section(out, make_results.gpu_section(runs), make_results.GPU_START, make_results.GPU_END)
+    text = out.read_text()
+    assert text.count(make_results.GPU_START) == 1 and "kept" in text and "Device: Some GPU" in text
+    assert "| val | 30 | 170 | 07_head | 2 | 10 | 0.676 | 0.0832 | n/a | 0.401 | 0.970 | 1.010 |" in text

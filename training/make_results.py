@@ -89,6 +89,7 @@ RECIPE_RERUNS = ("val_speed", "val_speed_rerun", "val_speed_seed1")
 VALIDATION = "07_head"
 TABLE3_FPS = (1.0, 1.3, 2.0, 4.0)
 HYBRID_START, HYBRID_END = "<!-- hybrid section: start -->", "<!-- hybrid section: end -->"
+GPU_START, GPU_END = "<!-- gpu section: start -->", "<!-- gpu section: end -->"
 
 
 def fmt(v, spec=".3f"):
@@ -246,12 +247,46 @@ def hybrid_section(lapose: PoseEstimator, model_name: str, stride_s: float, asse
     return lines + [HYBRID_END]
 
 
-def replace_hybrid_section(path: Path, section: list[str]) -> None:
+def gpu_section(gpu_runs: Path) -> list[str]:
+    """The `small` preset trained by training/small_gpu.sh: its JSON figures and its logs' clips/s."""
+    def load(name: str) -> dict | None:
+        path = gpu_runs / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    device = (gpu_runs / "device.txt").read_text().strip() if (gpu_runs / "device.txt").is_file() else "GPU"
+    lines = [GPU_START, "## The `small` preset on one GPU (`training/small_gpu.sh`)", "",
+             f"Device: {device}. The tiny recipe at the `small` preset's size "
+             "(`training/configs/small/posttrain.yaml`: 128x320 input, width 256, batches of 32, bf16), "
+             "no pretraining, the validation model (00_head + 06_head, measured on 07_head) and the "
+             "final model (00/07/06, reported on the test drives) trained side by side. The prior is "
+             "the straight-ahead prior on the same windows.", "",
+             "| run | steps | clips/s (median, per run) | data | fps | windows | AUC@5 | ATE-S | ATE-M (m) "
+             "| prior AUC@5 | yaw corr | scale ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- "
+             "| --- | --- | --- |"]
+    for run, seqs in (("val", ("07_head",)), ("posttrain", ("03_head", "01_head"))):
+        metrics = gpu_runs / run / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        speed = float(np.median([r["clips_per_s"] for r in rows if "clips_per_s" in r]))
+        for seq in seqs:
+            for fps in (1.0, 1.3, 2.0, 4.0):
+                r = load(f"{run}.{seq}.{fps:g}fps.diagnose") or load(f"{run}.{seq}.{fps:g}fps.eval")
+                if r is None:
+                    continue
+                prior = r.get("prior_auc5", (r.get("prior") or {}).get("auc5"))
+                lines.append(f"| {run} | {rows[-1]['step']} | {speed:.0f} | {seq} | {fps:g} | {r['windows']} "
+                             f"| {fmt(r['auc5'])} | {fmt(r['ate_s'], '.4f')} | {fmt(r.get('ate_m'), '.2f')} "
+                             f"| {fmt(prior)} | {fmt(r.get('yaw_corr'))} | {fmt(r.get('scale_ratio'))} |")
+    return lines + ["", "yaw corr and scale ratio come from `lapose diagnose` (2 fps rows only).", GPU_END]
+
+
+def replace_section(path: Path, section: list[str], start: str = HYBRID_START, end: str = HYBRID_END) -> None:
     text = path.read_text() if path.exists() else "# Results\n"
     block = "\n".join(section)
-    if HYBRID_START in text and HYBRID_END in text:
-        head, rest = text.split(HYBRID_START, 1)
-        text = head + block + rest.split(HYBRID_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
@@ -265,8 +300,15 @@ def main() -> int:
     ap.add_argument("--hybrid-only", action="store_true",
                     help="only (re)write the hybrid section of --out, with --checkpoint's model")
     ap.add_argument("--checkpoint", default=None, help="--hybrid-only: model (default: the bundled one)")
+    ap.add_argument("--gpu-runs", default="runs/small", help="training/small_gpu.sh's RUNS folder")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="only (re)write the section of --out on the small preset's GPU run (--gpu-runs)")
     args = ap.parse_args()
     runs, out = Path(args.runs), Path(args.out)
+    if args.gpu_only:
+        replace_section(out, gpu_section(Path(args.gpu_runs)), GPU_START, GPU_END)
+        print(f"wrote the GPU section of {out}")
+        return 0
     if args.hybrid_only:
         assets = out.parent / "results"
         assets.mkdir(parents=True, exist_ok=True)
@@ -276,7 +318,7 @@ def main() -> int:
         section = hybrid_section(lapose, name, args.stride_s, assets)
         section.insert(-1, f"\nWritten by `python training/make_results.py --hybrid-only` at commit "
                            f"{code_version()}; evaluation took {time.time() - t0:.0f} s.")
-        replace_hybrid_section(out, section)
+        replace_section(out, section)
         print(f"wrote the hybrid section of {out}")
         return 0
     commit = code_version()
@@ -481,6 +523,8 @@ def main() -> int:
         if variant != base and variant != "val_recipe" and base in ABLATIONS:
             compare(base, variant, f"{base} vs {variant} ({desc})")
     lines += [""] + hybrid_section(estimators[SHIPPED], f"{SHIPPED} (bundled default)", args.stride_s, assets)
+    if Path(args.gpu_runs).is_dir():
+        lines += [""] + gpu_section(Path(args.gpu_runs))
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
     return 0

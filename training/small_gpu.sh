@@ -18,6 +18,7 @@ STEPS=${STEPS:-1000}
 WINDOWS=${MAX_WINDOWS:+--max-windows $MAX_WINDOWS}  # a quick check of the script itself
 K=../shared/data/kitti
 mkdir -p "$RUNS"
+{ nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | grep . || echo "$DEVICE"; } > "$RUNS/device.txt"
 
 train() {  # NAME ARGS...
   local name=$1; shift
@@ -50,3 +51,4 @@ measure eval posttrain 03_head 4 & p6=$!
 measure eval posttrain 01_head 4 & p7=$!
 all $p1 $p2 $p3 $p4 $p5 $p6 $p7
 grep -h "clips/s" "$RUNS"/val.log "$RUNS"/posttrain.log | tail -n 2
+echo "docs/results.md: python training/make_results.py --gpu-only --gpu-runs $RUNS"
