@@ -63,6 +63,7 @@ def test_oracle_passes_every_diagnostic(shared_data):
     assert d.scale_ratio == pytest.approx(1.0) and d.scale_abs_rel_error < 1e-9
     assert d.yaw_gain == pytest.approx(1.0) and abs(d.yaw_bias_deg) < 1e-9
     assert d.backward_step_share == 0.0
+    assert d.direction_error_deg < 1e-6 and d.auc5_true_rotation == d.auc5_true_direction == 1.0
 
 
 def test_backward_steps_see_a_car_driving_the_wrong_way(shared_data):
@@ -79,6 +80,9 @@ def test_backward_steps_see_a_car_driving_the_wrong_way(shared_data):
     d = diagnose_sequence(seq_dir, predictor=backwards, metric=True, max_windows=3)
     assert d.angles["yaw"]["corr"] > 0.9999 and d.backward_step_share == 1.0
     assert d.auc5 < 0.1 and d.to_dict()["backward_step_share"] == 1.0
+    # Where AUC@5 is lost: all of it in the directions, none in the rotations.
+    assert d.direction_error_deg == pytest.approx(180.0)
+    assert d.auc5_true_direction == 1.0 and d.auc5_true_rotation < 0.1
 
 
 def test_yaw_gain_sees_turns_read_at_half_their_size(shared_data):
@@ -98,6 +102,9 @@ def test_yaw_gain_sees_turns_read_at_half_their_size(shared_data):
     assert d.angles["yaw"]["corr"] > 0.999
     assert d.yaw_gain == pytest.approx(0.5, abs=0.01)
     assert d.to_dict()["yaw_gain"] == d.yaw_gain
+    # Every step goes where it should: all of the lost AUC@5 is in the rotations.
+    assert d.direction_error_deg < 1e-6 and d.auc5_true_direction == pytest.approx(d.auc5) and d.auc5 < 0.9
+    assert d.auc5_true_rotation == 1.0
 
 
 def test_prior_has_no_yaw_correlation_and_scores_its_own_reference(shared_data, tmp_path):

@@ -28,6 +28,11 @@ reversed test
     Every window played backwards (frames reversed, time still running forwards): a method that
     reads the motion from the images predicts the opposite turns. Reported: the correlation of the
     predicted yaw with minus the true yaw of the same step.
+where AUC@5 is lost
+    Each step's direction of travel against the true one (median angle in degrees, moving steps),
+    and AUC@5 again with one half of each predicted step replaced by the truth: with the true
+    rotations (what the directions alone lose) and with the true directions at the predicted step
+    lengths (what the rotations alone lose).
 prior
     The straight-ahead prior's AUC@5 and ATE-S on the same windows (:mod:`lapose_core.eval.prior`).
 metric scale (metric methods only)
@@ -87,6 +92,29 @@ def backward_steps(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return ((t_pred * t_true).sum(-1) < 0)[moving]
 
 
+def direction_errors_deg(pred: np.ndarray, gt: np.ndarray, min_step_m: float = 1e-3) -> np.ndarray:
+    """Angle in degrees between each predicted step's translation and the true one's, over the
+    steps that move (true length above ``min_step_m``)."""
+    t, t_true = metrics.step_motions(pred)[:, :3, 3], metrics.step_motions(gt)[:, :3, 3]
+    moving = np.linalg.norm(t_true, axis=-1) > min_step_m
+    t, t_true = t[moving], t_true[moving]
+    cross = np.linalg.norm(np.cross(t, t_true), axis=-1)
+    return np.degrees(np.arctan2(cross, np.einsum("nd,nd->n", t, t_true)))
+
+
+def with_true_part(pred: np.ndarray, gt: np.ndarray, part: str) -> np.ndarray:
+    """The predicted poses with each step's ``part`` replaced by the truth: "rotation", or
+    "direction" (the true direction of travel at the predicted step length)."""
+    steps, true = metrics.step_motions(pred), metrics.step_motions(gt)
+    if part == "rotation":
+        steps[:, :3, :3] = true[:, :3, :3]
+    else:
+        length = np.linalg.norm(steps[:, :3, 3], axis=-1, keepdims=True)
+        norm = np.linalg.norm(true[:, :3, 3], axis=-1, keepdims=True)
+        steps[:, :3, 3] = np.where(norm > 0, true[:, :3, 3] / np.maximum(norm, 1e-12), 0.0) * length
+    return metrics.compose_steps(steps)
+
+
 def reversed_stamps(stamps: np.ndarray) -> np.ndarray:
     """Timestamps of a window played backwards: the same intervals in reverse order, increasing."""
     stamps = np.asarray(stamps, dtype=np.float64)
@@ -111,6 +139,9 @@ class Diagnosis:
     scale_ratio: Optional[float] = None  # metric methods: mean over windows of predicted/true mean step
     scale_abs_rel_error: Optional[float] = None
     fallback_steps: int = 0
+    direction_error_deg: float = math.nan  # median over moving steps
+    auc5_true_rotation: float = math.nan  # the predicted steps with the true rotations
+    auc5_true_direction: float = math.nan  # ... with the true directions, at the predicted lengths
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +156,9 @@ class Diagnosis:
                    prior_auc5=self.prior["auc5"], prior_ate_s=self.prior["ate_s"],
                    ate_s_uniform_steps=self.prior["ate_s_uniform_steps"],
                    scale_ratio=self.scale_ratio, scale_abs_rel_error=self.scale_abs_rel_error,
-                   fallback_steps=self.fallback_steps, **self.extra)
+                   fallback_steps=self.fallback_steps, direction_error_deg=self.direction_error_deg,
+                   auc5_true_rotation=self.auc5_true_rotation, auc5_true_direction=self.auc5_true_direction,
+                   **self.extra)
         # JSON has no NaN: an undefined value is null.
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
@@ -138,6 +171,9 @@ class Diagnosis:
             rows.append((f"{name} per step", f"corr {fmt(a['corr'], '.3f')}, MAE {fmt(a['mae_deg'], '.3f')} deg"))
         rows.append(("yaw gain", f"{fmt(self.yaw_gain, '.3f')} (1 = turns at their size), bias "
                                  f"{fmt(self.yaw_bias_deg, '+.3f')} deg per step"))
+        rows.append(("direction per step", f"median error {fmt(self.direction_error_deg, '.3f')} deg; "
+                                           f"AUC@5 with the true rotations {fmt(self.auc5_true_rotation, '.3f')}, "
+                                           f"with the true directions {fmt(self.auc5_true_direction, '.3f')}"))
         rows.append(("backward steps", f"{fmt(self.backward_step_share, '.3f')} of the steps point more "
                                        "than 90 deg from the true direction (0 = knows forwards)"))
         rows += [("static test", f"predicted / true mean step {fmt(self.static_step_ratio, '.3f')} "
@@ -174,6 +210,7 @@ def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
     windows = eval_windows(seq, fps, num_frames, stride_s)
 
     pooled, ate_s, gts = [], [], []
+    directions, pooled_true_rotation, pooled_true_direction = [], [], []
     true_angles, pred_angles, reversed_yaw, true_reversed_yaw = [], [], [], []
     static_ratios, scale_ratios, backward = [], [], []
     fallbacks = 0
@@ -188,6 +225,9 @@ def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
         true_angles.append(true)
         pred_angles.append(step_angles_deg(pred))
         backward.append(backward_steps(pred, gt))
+        directions.append(direction_errors_deg(pred, gt))
+        pooled_true_rotation.append(metrics.pose_pair_errors(with_true_part(pred, gt, "rotation"), gt))
+        pooled_true_direction.append(metrics.pose_pair_errors(with_true_part(pred, gt, "direction"), gt))
 
         true_step, pred_step = metrics.mean_step_length(gt), metrics.mean_step_length(pred)
         static, _ = predictor([images[0]] * len(images), stamps)
@@ -207,6 +247,7 @@ def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
               for i, name in enumerate(ANGLES)}
     ratios = np.asarray(scale_ratios)
     yaw_true, yaw_pred = true_all[:, 0], pred_all[:, 0]
+    direction_all = np.concatenate(directions)
     return Diagnosis(
         method=method, data=str(seq.path), fps=float(fps), windows=len(gts),
         auc5=metrics.auc(np.concatenate(pooled), 5), ate_s=float(np.mean(ate_s)), angles=angles,
@@ -217,4 +258,7 @@ def diagnose_sequence(seq_dir: str | Path, method: str = "lapose", estimator=Non
         backward_step_share=float(np.concatenate(backward).mean()),
         scale_ratio=float(ratios.mean()) if metric else None,
         scale_abs_rel_error=float(np.abs(ratios - 1.0).mean()) if metric else None,
-        fallback_steps=fallbacks)
+        fallback_steps=fallbacks,
+        direction_error_deg=float(np.median(direction_all)) if direction_all.size else math.nan,
+        auc5_true_rotation=metrics.auc(np.concatenate(pooled_true_rotation), 5),
+        auc5_true_direction=metrics.auc(np.concatenate(pooled_true_direction), 5))
