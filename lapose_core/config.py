@@ -71,6 +71,13 @@ class ModelConfig:
     # over candidate rotations, ~2 ms a pair on a 2-core CPU, made once per pair as it enters the
     # window (LaPose.flow_reading), at geometry.FLOW_READING_FOV and converted to the predicted one.
     rotation_fit: str = "median"
+    # The frame the head's step translation is predicted in (needs rotation_from_flow). "camera":
+    # the earlier frame's, as the paper. "half_turn": turned by half the step's flow rotation. A
+    # car's step runs along the chord of its arc, half the turn from where it pointed, so in this
+    # frame every step points about the same way (the camera's mount) and the head predicts only
+    # what departs from the chord; in the camera frame its directions came out shrunk towards
+    # straight ahead (on 07_head, predicted horizontal directions spread 15 % less than the true).
+    translation_frame: str = "camera"
     # Inference only: True runs every window also mirrored (the image flipped left to right, a batch
     # of two through every part) and averages the mirrored prediction, reflected back, with the
     # direct one. Training mirrors windows (data.hflip_prob), so both views are in distribution;
@@ -286,6 +293,12 @@ class LaPoseConfig:
                               f"got {m.rotation_fit!r}")
         if m.rotation_fit != "median" and not m.rotation_from_flow:
             raise ConfigError(f"{source}: model.rotation_fit={m.rotation_fit!r} needs "
+                              f"model.rotation_from_flow=true")
+        if m.translation_frame not in ("camera", "half_turn"):
+            raise ConfigError(f"{source}: model.translation_frame must be 'camera' or 'half_turn', "
+                              f"got {m.translation_frame!r}")
+        if m.translation_frame != "camera" and not m.rotation_from_flow:
+            raise ConfigError(f"{source}: model.translation_frame={m.translation_frame!r} needs "
                               f"model.rotation_from_flow=true")
         if m.rotation_from_flow and m.motion_features != "correlation":
             raise ConfigError(f"{source}: model.rotation_from_flow=true needs "

@@ -311,6 +311,29 @@ def test_rotation_residual_starts_at_the_flow_rotation():
     assert torch.equal(out["translation"], plain["translation"])  # only the rotation changes
 
 
+def test_half_turn_frame_turns_the_step_onto_the_chord():
+    """translation_frame half_turn: the head's step is turned by half the flow's rotation, so a
+    head that predicts straight ahead gives a step along the chord of the turn the flow shows."""
+    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "rotation_from_flow": True,
+                                            "translation_frame": "half_turn"}})
+    torch.manual_seed(0)
+    model = LaPose(cfg.model).eval()
+    frames, ts = clip(cfg, B=1)
+    pixel_flow = torch.zeros(1, 15, 2, 24, 64)
+    pixel_flow[:, :, 1] = -8.0  # the camera turns right
+    with torch.no_grad():
+        actions = model.window_actions(frames, ts)
+        out, plain = model.pose(actions, ts, pixel_flow), model.pose(actions, ts)
+    seen = geometry.rotation_from_flow(pixel_flow, plain["fov"])
+    half = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(seen / 2))
+    assert torch.allclose(out["translation"], (half @ plain["translation"][..., None])[..., 0], atol=1e-6)
+    heading = lambda t: torch.atan2(t[..., 0], t[..., 2])  # noqa: E731 - yaw of a step, right positive
+    assert torch.allclose(heading(out["translation"]) - heading(plain["translation"]), seen[..., 1] / 2, atol=1e-5)
+    assert torch.allclose(out["translation"].norm(dim=-1), plain["translation"].norm(dim=-1), atol=1e-6)
+    with pytest.raises(ConfigError, match="translation_frame"):
+        LaPoseConfig.from_dict({"model": {"translation_frame": "half_turn"}})
+
+
 def test_without_appearance_tokens_only_motion_counts():
     """appearance_tokens false: frames of other content give the same frame tokens, so the actions
     come from the motion tokens alone (a standing window's differ from a moving one's)."""

@@ -141,6 +141,9 @@ class LaPose(nn.Module):
                     if self.cfg.rotation_fit == "focus" else geometry.rotation_from_flow(flow_reading, fov))
             q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
             out["quaternion"] = geometry.canonical_quaternion(q)
+            if self.cfg.translation_frame == "half_turn":  # the head's step, turned onto the chord
+                half = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(seen / 2))
+                out["translation"] = (half @ out["translation"][..., None])[..., 0]
         return out
 
     def predict(self, frames: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
