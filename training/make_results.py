@@ -82,6 +82,9 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_rotfocus": "val_rotflow with the rotation fitted with the flow's focus of expansion (rotation_fit focus; shipped)",
     "val_rotfocus_seed1": "val_rotflow_seed1 with the rotation fitted with the focus of expansion (rotation_fit focus)",
     "val_rotfocus_seed2": "val_rotflow_seed2 with the rotation fitted with the focus of expansion (rotation_fit focus)",
+    "val_direction": "val_rotfocus with a loss on each step's direction in degrees (train.w_direction 1)",
+    "val_direction_seed1": "val_rotfocus_seed1 with a loss on each step's direction in degrees (train.w_direction 1)",
+    "val_halfturn": "val_rotfocus with each step predicted on the chord of the flow's turn (translation_frame half_turn)",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.
