@@ -288,18 +288,15 @@ class LaPoseConfig:
         if m.motion_flow and m.motion_features != "correlation":
             raise ConfigError(f"{source}: model.motion_flow=true needs "
                               f"model.motion_features='correlation'")
-        if m.rotation_fit not in ("median", "focus"):
-            raise ConfigError(f"{source}: model.rotation_fit must be 'median' or 'focus', "
-                              f"got {m.rotation_fit!r}")
-        if m.rotation_fit != "median" and not m.rotation_from_flow:
-            raise ConfigError(f"{source}: model.rotation_fit={m.rotation_fit!r} needs "
-                              f"model.rotation_from_flow=true")
-        if m.translation_frame not in ("camera", "half_turn"):
-            raise ConfigError(f"{source}: model.translation_frame must be 'camera' or 'half_turn', "
-                              f"got {m.translation_frame!r}")
-        if m.translation_frame != "camera" and not m.rotation_from_flow:
-            raise ConfigError(f"{source}: model.translation_frame={m.translation_frame!r} needs "
-                              f"model.rotation_from_flow=true")
+        # Switches that read the flow's rotation: a known choice, and anything but the first needs it.
+        for name, choices in (("rotation_fit", ("median", "focus")),
+                              ("translation_frame", ("camera", "half_turn"))):
+            value = getattr(m, name)
+            if value not in choices:
+                raise ConfigError(f"{source}: model.{name} must be one of {', '.join(map(repr, choices))}, "
+                                  f"got {value!r}")
+            if value != choices[0] and not m.rotation_from_flow:
+                raise ConfigError(f"{source}: model.{name}={value!r} needs model.rotation_from_flow=true")
         if m.rotation_from_flow and m.motion_features != "correlation":
             raise ConfigError(f"{source}: model.rotation_from_flow=true needs "
                               f"model.motion_features='correlation'")
