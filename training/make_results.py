@@ -85,6 +85,7 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_direction": "val_rotfocus with a loss on each step's direction in degrees (train.w_direction 1)",
     "val_direction_seed1": "val_rotfocus_seed1 with a loss on each step's direction in degrees (train.w_direction 1)",
     "val_halfturn": "val_rotfocus with each step predicted on the chord of the flow's turn (translation_frame half_turn)",
+    "val_halfturn_seed1": "val_rotfocus_seed1 with each step predicted on the chord of the flow's turn (translation_frame half_turn)",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.

@@ -119,10 +119,11 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_rotfocus_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set train.seed=1"
     "val_rotfocus_seed2 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set train.seed=2"
     # Where each step goes: a loss on its direction in degrees (two seeds); the step predicted on
-    # the chord of the flow's turn (translation_frame half_turn)
+    # the chord of the flow's turn (translation_frame half_turn, two seeds)
     "val_direction --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set train.w_direction=1.0"
     "val_direction_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set train.w_direction=1.0 --set train.seed=1"
     "val_halfturn --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set model.translation_frame=half_turn"
+    "val_halfturn_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set model.translation_frame=half_turn --set train.seed=1"
   )
   pids=()
   for v in "${variants[@]}"; do
