@@ -70,6 +70,8 @@ class ModelConfig:
     # the focus of expansion, so the car's own translation is not read as a turn. Slower: a search
     # over candidate rotations, ~2 ms a pair on a 2-core CPU, made once per pair as it enters the
     # window (LaPose.flow_reading), at geometry.FLOW_READING_FOV and converted to the predicted one.
+    # "focus_roll": the same fit also reading the roll about the optical axis (the others leave
+    # roll to the head, which did not learn it: on 07_head its roll error equalled predicting none).
     rotation_fit: str = "median"
     # The frame the head's step translation is predicted in (needs rotation_from_flow). "camera":
     # the earlier frame's, as the paper. "half_turn": turned by half the step's flow rotation. A
@@ -289,7 +291,7 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: model.motion_flow=true needs "
                               f"model.motion_features='correlation'")
         # Switches that read the flow's rotation: a known choice, and anything but the first needs it.
-        for name, choices in (("rotation_fit", ("median", "focus")),
+        for name, choices in (("rotation_fit", ("median", "focus", "focus_roll")),
                               ("translation_frame", ("camera", "half_turn"))):
             value = getattr(m, name)
             if value not in choices:

@@ -147,16 +147,18 @@ def rotation_from_flow(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> 
 
 def rotation_at_fov(reading: torch.Tensor, fov: torch.Tensor,
                     read_at: float | torch.Tensor) -> torch.Tensor:
-    """(..., 2) pitch and yaw read from a flow with the field of view ``read_at`` -> (..., 3) rotation
-    vector (pitch, yaw, 0) for the field of view ``fov`` (...).
+    """(..., 2) pitch and yaw [+ roll] read from a flow with the field of view ``read_at`` -> (..., 3)
+    rotation vector (pitch, yaw, roll or 0) for the field of view ``fov`` (...). Roll, a turn about
+    the optical axis, looks the same at every field of view.
 
     An angle a seen at focal length f0 is an image shift f0 tan(a); the same shift at focal length f
     is the angle atan(f0 tan(a) / f), and f0 / f = tan(fov / 2) / tan(read_at / 2). Exact for the
     image centre, second order elsewhere: a reading made once per pair serves any later field of
     view."""
     ratio = torch.tan(fov.float() / 2) / math.tan(float(read_at) / 2)
-    angles = torch.atan(torch.tan(reading.float()) * ratio[..., None])
-    return torch.cat([angles, torch.zeros_like(angles[..., :1])], -1).to(reading.dtype)
+    angles = torch.atan(torch.tan(reading[..., :2].float()) * ratio[..., None])
+    roll = reading[..., 2:].float() if reading.shape[-1] == 3 else torch.zeros_like(angles[..., :1])
+    return torch.cat([angles, roll], -1).to(reading.dtype)
 
 
 # The search of :func:`rotation_from_flow_and_focus`, in degrees: a coarse grid around the median
@@ -171,7 +173,8 @@ _FOCUS_ROUNDS = 2
 
 @torch.no_grad()
 @full_precision
-def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> torch.Tensor:
+def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4,
+                                  roll: bool = False) -> torch.Tensor:
     """:func:`rotation_from_flow`, with what the car's own translation adds to the flow taken out.
 
     Driving forwards, every static point also moves away from the focus of expansion (the image of
@@ -186,6 +189,11 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
     the median reading, then a finer one around the best, over every third cell. No gradient: the result
     is a fixed reading the pose head's residual builds on. On 07_head's 71 distinct 2 fps pairs (true
     field of view) it reads yaw to 0.44 degrees and pitch to 0.19, the median to 0.61 and 0.26.
+
+    ``roll``: also read the roll about the optical axis (otherwise 0). A small roll moves every point
+    by roll x (-y, x) about the image centre, across the lines from the focus, which no expansion
+    does: each candidate's roll is the least-squares one that takes that flow out, refitted with
+    its focus in every reweighting round. Roll does not depend on the field of view.
     """
     lead, (h, w), dtype = flow.shape[:-3], flow.shape[-2:], flow.dtype
     flow = flow.float().reshape(-1, 2, h, w)
@@ -212,6 +220,8 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
         # The focus e: the line through p along r passes through it, ry e_x - rx e_y = ry p_x - rx p_y.
         b = ry * p[:, 0] - rx * p[:, 1]
         weight = inside[:, None].expand_as(rx)
+        r0, spin = r, torch.stack([-(p[:, 1] + r[..., 1]), p[:, 0] + r[..., 0]], -1)  # roll's flow per radian
+        rho = torch.zeros_like(r[..., 0, 0])  # (M, K)
         for _ in range(_FOCUS_ROUNDS):
             wn = weight / (r.norm(dim=-1) + 1e-3)  # each cell's equation scaled to unit flow length
             a11, a12, a22 = (wn * ry * ry).sum(-1), (-wn * ry * rx).sum(-1), (wn * rx * rx).sum(-1)
@@ -226,12 +236,21 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
             # forwards, nothing static comes closer to it), in pixels.
             away = p - e[..., None, :]
             dist = away.norm(dim=-1) + near
+            if roll:  # the roll whose flow best cancels what crosses the lines from the focus
+                cross = lambda v: v[..., 0] * away[..., 1] - v[..., 1] * away[..., 0]  # noqa: E731
+                c0, c1, wr = cross(r0), cross(spin), weight / dist.square()
+                rho = -(wr * c0 * c1).sum(-1) / (wr * c1 * c1).sum(-1).clamp_min(1e-9)
+                r = r0 + rho[..., None, None] * spin
+                rx, ry = r[..., 0], r[..., 1]
+                b = ry * p[:, 0] - rx * p[:, 1]
             misfit = ((ry * e[..., None, 0] - rx * e[..., None, 1] - b).abs()
                       + (-(r * away).sum(-1)).clamp_min(0)) / dist
             weight = inside[:, None] / misfit.clamp_min(0.2)
         cost = (misfit.clamp_max(3.0) * inside[:, None]).sum(-1)  # (M, K)
-        best = cand.gather(1, cost.argmin(1)[:, None, None].expand(-1, 1, 2))[:, 0]
-    out = torch.cat([best, torch.zeros_like(best[:, :1])], -1)
+        pick = cost.argmin(1)[:, None]
+        best = cand.gather(1, pick[..., None].expand(-1, 1, 2))[:, 0]
+        best_roll = rho.gather(1, pick)  # (M, 1)
+    out = torch.cat([best, best_roll], -1)
     return out.reshape(*lead, 3).to(dtype)
 
 

@@ -243,7 +243,7 @@ class PoseEstimator:
                              device=self.device, dtype=self.dtype)
         window = (tokens, ts, motion)
         if m.rotation_from_flow:  # the pairs' flow readings: fitted angles, or the flows themselves
-            reading = (2,) if m.rotation_fit == "focus" else (2, *maps.shape[-2:])
+            reading = {"focus": (2,), "focus_roll": (3,)}.get(m.rotation_fit, (2, *maps.shape[-2:]))
             window += (torch.zeros(v, self.num_frames - 1, *reading, device=self.device, dtype=self.dtype),)
         return (frame,), window, (maps, maps.clone())
 
@@ -263,11 +263,11 @@ class PoseEstimator:
         # "p2": the window part takes pair motion tokens, not feature maps (older engines differ);
         # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow;
         # "focuspair": each pair gives its focus-of-expansion fit (pitch, yaw) instead of its flow
-        # (the window part once took the flows and fitted them itself: "focus").
+        # (the window part once took the flows and fitted them itself: "focus"); "focusroll": and roll.
         m = self.config.model
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
                f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else "")
-               + ("_f" if m.rotation_from_flow else "") + ("_focuspair" if m.rotation_fit == "focus" else ""))
+               + ("_f" if m.rotation_from_flow else "") + {"focus": "_focuspair", "focus_roll": "_focusroll"}.get(m.rotation_fit, ""))
         modules = [("frame", FramePart(self.model)), ("window", WindowPart(self.model))]
         if self.pair_part is not None:
             modules.append(("pair", PairPart(self.model)))

@@ -111,12 +111,14 @@ class LaPose(nn.Module):
 
         ``rotation_fit`` median: the flows themselves, read at the window's predicted field of view
         (cheap). focus: the fitted (pitch, yaw) (..., 2) at ``geometry.FLOW_READING_FOV``, converted
-        to the predicted field of view in :meth:`pose`. The fit costs ~2 ms a pair on a 2-core CPU, so
+        to the predicted field of view in :meth:`pose`; focus_roll: (pitch, yaw, roll) (..., 3). The fit costs ~2 ms a pair on a 2-core CPU, so
         a streaming window makes it once per pair as the pair enters, not 15 times per keyframe."""
-        if pixel_flow is None or self.cfg.rotation_fit != "focus":
+        if pixel_flow is None or self.cfg.rotation_fit == "median":
             return pixel_flow
         fov = pixel_flow.new_tensor(geometry.FLOW_READING_FOV)
-        return geometry.rotation_from_flow_and_focus(pixel_flow, fov)[..., :2]
+        roll = self.cfg.rotation_fit == "focus_roll"
+        reading = geometry.rotation_from_flow_and_focus(pixel_flow, fov, roll=roll)
+        return reading if roll else reading[..., :2]
 
     def window_actions(self, frames: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) frames -> (B, T-1, C) latent actions."""
@@ -138,7 +140,7 @@ class LaPose(nn.Module):
             # The field of view only converts pixels to angles here: no gradient teaches it that.
             fov = out["fov"].detach()
             seen = (geometry.rotation_at_fov(flow_reading, fov, geometry.FLOW_READING_FOV)
-                    if self.cfg.rotation_fit == "focus" else geometry.rotation_from_flow(flow_reading, fov))
+                    if self.cfg.rotation_fit != "median" else geometry.rotation_from_flow(flow_reading, fov))
             q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
             out["quaternion"] = geometry.canonical_quaternion(q)
             if self.cfg.translation_frame == "half_turn":  # the head's step, turned onto the chord
