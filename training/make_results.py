@@ -86,6 +86,8 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_direction_seed1": "val_rotfocus_seed1 with a loss on each step's direction in degrees (train.w_direction 1)",
     "val_halfturn": "val_rotfocus with each step predicted on the chord of the flow's turn (translation_frame half_turn)",
     "val_halfturn_seed1": "val_rotfocus_seed1 with each step predicted on the chord of the flow's turn (translation_frame half_turn)",
+    "val_rotroll": "val_rotfocus with the roll read by the focus fit too (rotation_fit focus_roll)",
+    "val_rotroll_halfturn": "val_halfturn with the roll read by the focus fit too (rotation_fit focus_roll)",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.
@@ -456,8 +458,9 @@ def main() -> int:
               row(f"LA-Pose tiny, {SHIPPED} (bundled default)", results[("01_head", SHIPPED, 4.0)])]
     lines += ["", f"## Ablations of the recipe ({VALIDATION}, 2 fps; trained on 00_head + 06_head)", "",
               "| variant | description | AUC@5 | AUC@30 | ATE-S | ATE-M (m) | yaw corr | yaw gain | "
-              "static step ratio | reversed yaw corr | backward steps | scale ratio |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "static step ratio | reversed yaw corr | backward steps | scale ratio | direction error (deg) | "
+              "AUC@5, true rotations | AUC@5, true directions |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     ablation = {v: results.get((VALIDATION, v, 2.0)) for v in ABLATIONS}
     missing = []
     for variant, desc in ABLATIONS.items():
@@ -468,7 +471,9 @@ def main() -> int:
                          f"{fmt(r['ate_s'], '.4f')} | {fmt(r['ate_m'])} | {fmt(d['yaw_corr'])} | "
                          f"{fmt(d.get('yaw_gain'))} | "
                          f"{fmt(d['static_step_ratio'])} | {fmt(d['reversed_yaw_corr'])} | "
-                         f"{fmt(d.get('backward_step_share'))} | {fmt(d['scale_ratio'])} |")
+                         f"{fmt(d.get('backward_step_share'))} | {fmt(d['scale_ratio'])} | "
+                         f"{fmt(d.get('direction_error_deg'), '.2f')} | {fmt(d.get('auc5_true_rotation'))} | "
+                         f"{fmt(d.get('auc5_true_direction'))} |")
         else:
             missing.append(variant)
     if missing:
@@ -486,7 +491,10 @@ def main() -> int:
               f"(the prior scores {fmt(diagnoses[VALIDATION]['prior_auc5'])}): read it with the yaw "
               "correlation, which says whether a variant "
               "reads turns at all. Backward steps: the share of steps whose predicted direction of "
-              "travel is more than 90 degrees from the true one (`lapose diagnose`)."]
+              "travel is more than 90 degrees from the true one (`lapose diagnose`). Where AUC@5 is "
+              "lost: each step's direction of travel against the true one (median), and AUC@5 with "
+              "each predicted step's rotation, or its direction, replaced by the truth (n/a: stored "
+              "before `lapose diagnose` measured it)."]
     rerun_names = [v for v in RECIPE_RERUNS if ablation.get(v)]
     reruns = [ablation[v] for v in rerun_names]
     if len(reruns) > 1:
