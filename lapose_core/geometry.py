@@ -220,8 +220,9 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
         # The focus e: the line through p along r passes through it, ry e_x - rx e_y = ry p_x - rx p_y.
         b = ry * p[:, 0] - rx * p[:, 1]
         weight = inside[:, None].expand_as(rx)
-        r0, spin = r, torch.stack([-(p[:, 1] + r[..., 1]), p[:, 0] + r[..., 0]], -1)  # roll's flow per radian
-        rho = torch.zeros_like(r[..., 0, 0])  # (M, K)
+        rho = torch.zeros_like(r[..., 0, 0])  # (M, K): each candidate's roll, 0 unless read
+        if roll:  # the flow a roll of one radian adds at each cell's new position, (M, K, n, 2)
+            r0, spin = r, torch.stack([-(p[:, 1] + r[..., 1]), p[:, 0] + r[..., 0]], -1)
         for _ in range(_FOCUS_ROUNDS):
             wn = weight / (r.norm(dim=-1) + 1e-3)  # each cell's equation scaled to unit flow length
             a11, a12, a22 = (wn * ry * ry).sum(-1), (-wn * ry * rx).sum(-1), (wn * rx * rx).sum(-1)

@@ -265,9 +265,10 @@ class PoseEstimator:
         # "focuspair": each pair gives its focus-of-expansion fit (pitch, yaw) instead of its flow
         # (the window part once took the flows and fitted them itself: "focus"); "focusroll": and roll.
         m = self.config.model
+        fit = {"focus": "_focuspair", "focus_roll": "_focusroll"}.get(m.rotation_fit, "")
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
                f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else "")
-               + ("_f" if m.rotation_from_flow else "") + {"focus": "_focuspair", "focus_roll": "_focusroll"}.get(m.rotation_fit, ""))
+               + ("_f" if m.rotation_from_flow else "") + fit)
         modules = [("frame", FramePart(self.model)), ("window", WindowPart(self.model))]
         if self.pair_part is not None:
             modules.append(("pair", PairPart(self.model)))

@@ -171,9 +171,10 @@ class Diagnosis:
             rows.append((f"{name} per step", f"corr {fmt(a['corr'], '.3f')}, MAE {fmt(a['mae_deg'], '.3f')} deg"))
         rows.append(("yaw gain", f"{fmt(self.yaw_gain, '.3f')} (1 = turns at their size), bias "
                                  f"{fmt(self.yaw_bias_deg, '+.3f')} deg per step"))
-        rows.append(("direction per step", f"median error {fmt(self.direction_error_deg, '.3f')} deg; "
-                                           f"AUC@5 with the true rotations {fmt(self.auc5_true_rotation, '.3f')}, "
-                                           f"with the true directions {fmt(self.auc5_true_direction, '.3f')}"))
+        rows.append(("direction per step",
+                     f"median error {fmt(self.direction_error_deg, '.3f')} deg; AUC@5 with the true "
+                     f"rotations {fmt(self.auc5_true_rotation, '.3f')}, with the true directions "
+                     f"{fmt(self.auc5_true_direction, '.3f')}"))
         rows.append(("backward steps", f"{fmt(self.backward_step_share, '.3f')} of the steps point more "
                                        "than 90 deg from the true direction (0 = knows forwards)"))
         rows += [("static test", f"predicted / true mean step {fmt(self.static_step_ratio, '.3f')} "

@@ -111,8 +111,9 @@ class LaPose(nn.Module):
 
         ``rotation_fit`` median: the flows themselves, read at the window's predicted field of view
         (cheap). focus: the fitted (pitch, yaw) (..., 2) at ``geometry.FLOW_READING_FOV``, converted
-        to the predicted field of view in :meth:`pose`; focus_roll: (pitch, yaw, roll) (..., 3). The fit costs ~2 ms a pair on a 2-core CPU, so
-        a streaming window makes it once per pair as the pair enters, not 15 times per keyframe."""
+        to the predicted field of view in :meth:`pose`; focus_roll: (pitch, yaw, roll) (..., 3). The
+        fit costs ~2 ms a pair on a 2-core CPU, so a streaming window makes it once per pair as the
+        pair enters, not 15 times per keyframe."""
         if pixel_flow is None or self.cfg.rotation_fit == "median":
             return pixel_flow
         fov = pixel_flow.new_tensor(geometry.FLOW_READING_FOV)
@@ -202,7 +203,7 @@ class LaPose(nn.Module):
             metric = metric.to(torch.bool) | (tgt["scale"] <= geometry.MIN_SCALE)
         losses = pose_losses(pred, tgt, self.rotation_loss, metric)
         w = self.loss_weights
-        loss = sum(w.get(k, 0.0) * losses[k] for k in ("translation", "rotation", "fov", "scale", "direction"))
+        loss = sum(w.get(k, 0.0) * v for k, v in losses.items())
         with torch.no_grad():
             rot_err = quaternion_angle_deg(pred["quaternion"], tgt["quaternion"]).mean()
             scale_err = (pred["scale"] - tgt["scale"]).abs()
@@ -258,10 +259,8 @@ def step_direction_error_deg(t: torch.Tensor, t_true: torch.Tensor, min_step: fl
     atan2 of the cross and dot products: accurate, and finite in gradient, near zero."""
     cross = torch.linalg.cross(t, t_true)
     angle = torch.atan2((cross.square().sum(-1) + 1e-12).sqrt(), (t * t_true).sum(-1))
-    moving = t_true.norm(dim=-1) > min_step
-    if not moving.any():
-        return t.sum() * 0.0
-    return torch.rad2deg(angle[moving]).mean()
+    moving = (t_true.norm(dim=-1) > min_step).to(angle.dtype)  # a mask, not a branch: no host sync
+    return torch.rad2deg(angle * moving).sum() / moving.sum().clamp_min(1.0)
 
 
 def quaternion_angle_deg(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
