@@ -309,22 +309,29 @@ def test_motion_readings_keep_full_precision_under_autocast():
     assert torch.equal(reading, reading_bf16)
 
 
+def poses_of_a_right_turn(model: dict, fresh_head: bool = False):
+    """A window whose flow shows the camera turning right (the image moves 8 px left), through
+    ``pose`` with and without that flow (rotation_from_flow median): (out, plain, the flow's
+    rotation). ``fresh_head``: the head's last layer zeroed, so it gives its initial prior only."""
+    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "rotation_from_flow": True,
+                                            **model}})
+    torch.manual_seed(0)
+    net = LaPose(cfg.model).eval()
+    if fresh_head:
+        torch.nn.init.zeros_(net.pose_head.step_mlp.net[-1].weight)
+    frames, ts = clip(cfg, B=1)
+    pixel_flow = torch.zeros(1, 15, 2, 24, 64)
+    pixel_flow[:, :, 1] = -8.0
+    with torch.no_grad():
+        actions = net.window_actions(frames, ts)
+        out, plain = net.pose(actions, ts, pixel_flow), net.pose(actions, ts)
+    return out, plain, geometry.rotation_from_flow(pixel_flow, plain["fov"])
+
+
 def test_rotation_residual_starts_at_the_flow_rotation():
     """The head's rotation composes onto the flow's: a fresh head (identity rotation) predicts
     exactly the rotation the flow shows."""
-    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation",
-                                            "rotation_from_flow": True}})
-    torch.manual_seed(0)
-    model = LaPose(cfg.model).eval()
-    torch.nn.init.zeros_(model.pose_head.step_mlp.net[-1].weight)  # the head's initial prior only
-    frames, ts = clip(cfg, B=1)
-    pixel_flow = torch.zeros(1, 15, 2, 24, 64)
-    pixel_flow[:, :, 1] = -8.0  # the image moves 8 px left: the camera turns right (+yaw)
-    with torch.no_grad():
-        actions = model.window_actions(frames, ts)
-        out = model.pose(actions, ts, pixel_flow)
-        plain = model.pose(actions, ts)
-    seen = geometry.rotation_from_flow(pixel_flow, plain["fov"])
+    out, plain, seen = poses_of_a_right_turn({}, fresh_head=True)
     assert torch.allclose(plain["quaternion"], torch.tensor([1.0, 0, 0, 0]).expand(1, 15, 4))
     assert torch.allclose(geometry.quaternion_to_rotvec(out["quaternion"]), seen, atol=1e-6)
     assert bool((seen[..., 1] > 0).all())
@@ -334,17 +341,7 @@ def test_rotation_residual_starts_at_the_flow_rotation():
 def test_half_turn_frame_turns_the_step_onto_the_chord():
     """translation_frame half_turn: the head's step is turned by half the flow's rotation, so a
     head that predicts straight ahead gives a step along the chord of the turn the flow shows."""
-    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "rotation_from_flow": True,
-                                            "translation_frame": "half_turn"}})
-    torch.manual_seed(0)
-    model = LaPose(cfg.model).eval()
-    frames, ts = clip(cfg, B=1)
-    pixel_flow = torch.zeros(1, 15, 2, 24, 64)
-    pixel_flow[:, :, 1] = -8.0  # the camera turns right
-    with torch.no_grad():
-        actions = model.window_actions(frames, ts)
-        out, plain = model.pose(actions, ts, pixel_flow), model.pose(actions, ts)
-    seen = geometry.rotation_from_flow(pixel_flow, plain["fov"])
+    out, plain, seen = poses_of_a_right_turn({"translation_frame": "half_turn"})
     half = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(seen / 2))
     assert torch.allclose(out["translation"], (half @ plain["translation"][..., None])[..., 0], atol=1e-6)
     heading = lambda t: torch.atan2(t[..., 0], t[..., 2])  # noqa: E731 - yaw of a step, right positive

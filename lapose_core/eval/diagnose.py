@@ -84,20 +84,26 @@ def gain(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.cov(pred, true, bias=True)[0, 1] / true.var())
 
 
+def moving_step_translations(pred: np.ndarray, gt: np.ndarray,
+                             min_step_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 4, 4) predicted and true poses -> the (n, 3) predicted and true translations of the steps
+    where the camera truly moved (true length above ``min_step_m``)."""
+    t_pred, t_true = metrics.step_motions(pred)[:, :3, 3], metrics.step_motions(gt)[:, :3, 3]
+    moving = np.linalg.norm(t_true, axis=-1) > min_step_m
+    return t_pred[moving], t_true[moving]
+
+
 def backward_steps(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """(T, 4, 4) predicted and true poses -> per step where the camera truly moved: whether the
     predicted direction of travel points away from the true one (more than 90 degrees)."""
-    t_pred, t_true = metrics.step_motions(pred)[:, :3, 3], metrics.step_motions(gt)[:, :3, 3]
-    moving = np.linalg.norm(t_true, axis=-1) > 1e-6
-    return ((t_pred * t_true).sum(-1) < 0)[moving]
+    t_pred, t_true = moving_step_translations(pred, gt, 1e-6)
+    return (t_pred * t_true).sum(-1) < 0
 
 
 def direction_errors_deg(pred: np.ndarray, gt: np.ndarray, min_step_m: float = 1e-3) -> np.ndarray:
     """Angle in degrees between each predicted step's translation and the true one's, over the
     steps that move (true length above ``min_step_m``)."""
-    t, t_true = metrics.step_motions(pred)[:, :3, 3], metrics.step_motions(gt)[:, :3, 3]
-    moving = np.linalg.norm(t_true, axis=-1) > min_step_m
-    t, t_true = t[moving], t_true[moving]
+    t, t_true = moving_step_translations(pred, gt, min_step_m)
     cross = np.linalg.norm(np.cross(t, t_true), axis=-1)
     return np.degrees(np.arctan2(cross, np.einsum("nd,nd->n", t, t_true)))
 

@@ -376,7 +376,7 @@ def _train(stage: Stage, cfg: LaPoseConfig, ctx: DistributedContext, *, resume: 
 
     model = stage.model.to(device)
     model.train()
-    if t.recompute_activations:
+    if t.recompute_activations:  # only when asked: a Stage's model need not be a LaPose
         model.recompute_activations(True)
     optimizer = build_optimizer(model, t, device)
     scheduler = LambdaLR(optimizer, lambda step_index: lr_factor(step_index, t))
