@@ -72,6 +72,11 @@ class ModelConfig:
     # window (LaPose.flow_reading), at geometry.FLOW_READING_FOV and converted to the predicted one.
     # "focus_roll": the same fit also reading the roll about the optical axis (the others leave
     # roll to the head, which did not learn it: on 07_head its roll error equalled predicting none).
+    # "head_focus": trained as "focus"; at inference each window's pitch and yaw are refitted with
+    # the focus put where the head says the car drives (geometry.rotation_given_focus), and the
+    # head's residual, learned on the focus fit, is left out (roll 0). The head reads the direction
+    # of travel better than the flow's focus does, and a focus fitted off to one side passes for a
+    # turn; the residual put back errors the refit had taken out (docs/results.md).
     rotation_fit: str = "median"
     # The frame the head's step translation is predicted in (needs rotation_from_flow). "camera":
     # the earlier frame's, as the paper. "half_turn": turned by half the step's flow rotation. A
@@ -291,7 +296,7 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: model.motion_flow=true needs "
                               f"model.motion_features='correlation'")
         # Switches that read the flow's rotation: a known choice, and anything but the first needs it.
-        for name, choices in (("rotation_fit", ("median", "focus", "focus_roll")),
+        for name, choices in (("rotation_fit", ("median", "focus", "focus_roll", "head_focus")),
                               ("translation_frame", ("camera", "half_turn"))):
             value = getattr(m, name)
             if value not in choices:

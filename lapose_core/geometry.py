@@ -255,6 +255,67 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
     return out.reshape(*lead, 3).to(dtype)
 
 
+# rotation_given_focus: Gauss-Newton rounds, and the misfit (pixels across a cell's line to the
+# focus) beyond which a cell is taken for an outlier (a moving car, a wrong match): the cut of the
+# focus fit's cost.
+_GIVEN_FOCUS_ROUNDS = 5
+_GIVEN_FOCUS_OUTLIER_PX = 3.0
+
+
+@torch.no_grad()
+@full_precision
+def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch.Tensor,
+                         start: torch.Tensor, cell: int = 4) -> torch.Tensor:
+    """(..., 2, h, w) flow in pixels, (...) field of view, (..., 3) direction of travel in the earlier
+    camera's frame, (..., 2) pitch and yaw to start from -> (..., 2) the pitch and yaw that leave
+    the flow most nearly an expansion from that direction's image, the focus of expansion.
+
+    :func:`rotation_from_flow_and_focus` must find the focus and the rotation together, and a focus
+    off to one side explains a flow almost as well as a turn does: its yaw errors follow the
+    direction of travel. With the focus given, each cell's remaining flow must lie along its line
+    from the focus, a condition on the rotation alone, solved by Gauss-Newton with iteratively
+    reweighted least absolute misfits (derivatives by finite differences; cells further than
+    ``_GIVEN_FOCUS_OUTLIER_PX`` off their line left out). Where there is no forward direction (a
+    standing or reversing window) the start is returned unchanged. No gradient.
+    """
+    lead, (h, w), dtype = flow.shape[:-3], flow.shape[-2:], start.dtype
+    flow = flow.float().reshape(-1, 2, h, w)
+    fov = fov.float().expand(lead).reshape(-1)
+    d = direction.float().reshape(-1, 3)
+    omega = start.float().reshape(-1, 2)
+    f, xs, ys = _flow_camera(flow, fov, cell)
+    p = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), -1).reshape(-1, 2)  # (n, 2)
+    q = p + flow.flip(1).flatten(2).transpose(1, 2)  # (M, n, 2): where each cell went
+    inside = _lands_inside(q[..., 0], q[..., 1], h, w, cell).float()
+    rays = torch.cat([q, f[:, None, None].expand(-1, q.shape[1], 1)], -1)
+    length = d.norm(dim=-1)
+    forward = (d[:, 2] > 0.5 * length) & (length > 1e-6)
+    focus = f[:, None] * d[:, :2] / d[:, 2:].clamp_min(1e-6)
+    away = p - focus[:, None, :]  # (M, n, 2)
+    dist = away.norm(dim=-1) + 0.08 * w * cell  # as the focus fit: cells near the focus say little
+
+    def across(rotation: torch.Tensor) -> torch.Tensor:
+        """(M, K, 2) pitch, yaw -> (M, K, n) each cell's remaining flow across its line, pixels."""
+        rotvec = torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
+        R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))
+        back = torch.einsum("mkij,mnj->mkni", R, rays)
+        r = f[:, None, None, None] * back[..., :2] / back[..., 2:].clamp_min(1e-3) - p
+        return (r[..., 0] * away[:, None, :, 1] - r[..., 1] * away[:, None, :, 0]) / dist[:, None]
+
+    eps = 1e-3
+    probes = flow.new_tensor([[0.0, 0.0], [eps, 0.0], [0.0, eps]])
+    limit = math.radians(2.0)
+    for _ in range(_GIVEN_FOCUS_ROUNDS):
+        c = across(omega[:, None, :] + probes)
+        c0, J = c[:, 0], (c[:, 1:] - c[:, :1]) / eps  # (M, n), (M, 2, n)
+        weight = inside * (c0.abs() < _GIVEN_FOCUS_OUTLIER_PX) / c0.abs().clamp_min(0.2)
+        A = torch.einsum("man,mbn->mab", J * weight[:, None], J) + 1e-6 * torch.eye(2, device=flow.device)
+        b = -torch.einsum("man,mn->ma", J * weight[:, None], c0)
+        omega = omega + torch.linalg.solve(A, b).clamp(-limit, limit)
+    out = torch.where(forward[:, None], omega, start.float().reshape(-1, 2))
+    return out.reshape(*lead, 2).to(dtype)
+
+
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """(..., 4) quaternion (w, x, y, z), normalised here -> (..., 3, 3) rotation."""
     q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -243,7 +243,9 @@ class PoseEstimator:
                              device=self.device, dtype=self.dtype)
         window = (tokens, ts, motion)
         if m.rotation_from_flow:  # the pairs' flow readings: fitted angles, or the flows themselves
-            reading = {"focus": (2,), "focus_roll": (3,)}.get(m.rotation_fit, (2, *maps.shape[-2:]))
+            flow_size = 2 * maps.shape[-2] * maps.shape[-1]
+            reading = {"focus": (2,), "focus_roll": (3,),
+                       "head_focus": (2 + flow_size,)}.get(m.rotation_fit, (2, *maps.shape[-2:]))
             window += (torch.zeros(v, self.num_frames - 1, *reading, device=self.device, dtype=self.dtype),)
         return (frame,), window, (maps, maps.clone())
 
@@ -263,9 +265,11 @@ class PoseEstimator:
         # "p2": the window part takes pair motion tokens, not feature maps (older engines differ);
         # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow;
         # "focuspair": each pair gives its focus-of-expansion fit (pitch, yaw) instead of its flow
-        # (the window part once took the flows and fitted them itself: "focus"); "focusroll": and roll.
+        # (the window part once took the flows and fitted them itself: "focus"); "focusroll": and roll;
+        # "headfocus": the fit and the flow, refitted in the window part.
         m = self.config.model
-        fit = {"focus": "_focuspair", "focus_roll": "_focusroll"}.get(m.rotation_fit, "")
+        fit = {"focus": "_focuspair", "focus_roll": "_focusroll",
+               "head_focus": "_headfocus"}.get(m.rotation_fit, "")
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
                f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else "")
                + ("_f" if m.rotation_from_flow else "") + fit)

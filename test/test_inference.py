@@ -30,9 +30,12 @@ def window(shared_data):
                                     "rotation_fit": "focus"},
                                    {"motion_features": "correlation", "motion_centred": True,
                                     "motion_flow": True, "rotation_from_flow": True,
-                                    "rotation_fit": "focus_roll", "translation_frame": "half_turn"}],
+                                    "rotation_fit": "focus_roll", "translation_frame": "half_turn"},
+                                   {"motion_features": "correlation", "motion_centred": True,
+                                    "motion_flow": True, "rotation_from_flow": True,
+                                    "rotation_fit": "head_focus", "translation_frame": "half_turn"}],
                          ids=["paper", "motion", "centred", "flow", "rotation_from_flow", "rotation_fit_focus",
-                              "focus_roll_half_turn"])
+                              "focus_roll_half_turn", "head_focus_half_turn"])
 def test_streaming_equals_whole_window(window, model):
     images, ts = window
     est = PoseEstimator.random("tiny", seed=3, model=model)

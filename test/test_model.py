@@ -253,6 +253,29 @@ def test_focus_fit_reads_the_roll():
     assert seen[2] == reading[2] and seen[1] < reading[1]
 
 
+def test_rotation_given_focus_reads_the_turn_about_the_direction_of_travel():
+    """rotation_fit head_focus: with the direction of travel given, the exact flow of a camera that
+    turns while it drives 17 degrees off its optical axis (a sharp turn), a tenth of its cells
+    matched onto something else (a passing car), is read to 0.03 degrees from a start a degree off.
+    The same flow read about the wrong direction (straight ahead) is a degree off: the direction is
+    what the refit rests on. Without a forward direction (standing, reversing) the start stands."""
+    fov = torch.tensor(math.radians(70.0))
+    t = (0.3, 0.02, 1.0)
+    for pitch_deg, yaw_deg in ((0.5, 3.0), (-0.3, -6.0), (0.0, 0.0)):
+        flow = exact_drive_flow(fov, pitch_deg, yaw_deg, t, depth_m=5.0, seed=1).float()
+        flow[:, 4:10, 20:36] += torch.tensor([1.5, -6.0])[:, None, None]  # the car's cells
+        truth = torch.tensor([pitch_deg, yaw_deg])
+        start = torch.deg2rad(truth + torch.tensor([0.5, -1.0]))
+        read = torch.rad2deg(geometry.rotation_given_focus(flow, fov, torch.tensor(t), start))
+        assert (read - truth).abs().max() < 0.03, ((pitch_deg, yaw_deg), read)
+        wrong = torch.rad2deg(geometry.rotation_given_focus(flow, fov, torch.tensor([0.0, 0.0, 1.0]), start))
+        assert (wrong - truth).abs().max() > 1.0, wrong
+    flows = torch.stack([flow, flow])
+    for direction in (torch.zeros(2, 3), torch.tensor([[0.0, 0.0, -1.0], [1.0, 0.0, 0.2]])):
+        starts = torch.tensor([[0.01, 0.02], [-0.01, 0.03]])
+        assert torch.equal(geometry.rotation_given_focus(flows, fov, direction, starts), starts)
+
+
 @pytest.mark.parametrize("fov_deg", [60.0, 80.0])
 def test_focus_reading_serves_another_field_of_view(fov_deg):
     """rotation_fit focus fits each pair once, at geometry.FLOW_READING_FOV, before the window
@@ -283,6 +306,37 @@ def test_focus_reading_serves_another_field_of_view(fov_deg):
     expected = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), plain["quaternion"])
     assert expected.shape == out["quaternion"].shape == (1, 15, 4)
     assert torch.allclose(out["quaternion"], geometry.canonical_quaternion(expected), atol=1e-6)
+
+
+def test_head_focus_refits_about_the_heads_direction():
+    """rotation_fit head_focus: each pair's reading carries its flow. At inference the window's pitch
+    and yaw are refitted (geometry.rotation_given_focus) about the direction of travel the head
+    predicts, at the field of view it predicts, from the focus fit's reading, and the head's residual
+    is left out (roll 0). In training it is the focus fit with the residual, the loss unchanged."""
+    cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "rotation_from_flow": True,
+                                            "rotation_fit": "head_focus", "translation_frame": "half_turn"}})
+    torch.manual_seed(0)
+    model = LaPose(cfg.model).eval()
+    frames, ts = clip(cfg, B=1)
+    fov = torch.tensor(math.radians(70.0))
+    flows = torch.stack([exact_drive_flow(fov, 0.2 * k - 1.0, 0.5 * k - 3.0, (0.1, 0.0, 1.0), depth_m=5.0,
+                                          seed=k) for k in range(15)]).float()[None]  # (1, 15, 2, h, w)
+    with torch.no_grad():
+        readings = model.flow_reading(flows)
+        assert readings.shape == (1, 15, 2 + flows[0, 0].numel())
+        actions = model.actions(model.encode_frames(frames, ts), ts, model.motion_maps(frames))
+        out = model.pose(actions, ts, readings)
+        trained = model.train().pose(actions, ts, readings)
+    start = geometry.rotation_at_fov(readings[..., :2], out["fov"], geometry.FLOW_READING_FOV)[..., :2]
+    refit = geometry.rotation_given_focus(flows, out["fov"], out["translation"], start)
+    expected = geometry.rotvec_to_quaternion(torch.cat([refit, torch.zeros_like(refit[..., :1])], -1))
+    assert torch.allclose(out["quaternion"], geometry.canonical_quaternion(expected), atol=1e-6)
+    assert not torch.allclose(refit, start, atol=1e-4)  # the refit moved the reading
+    model.cfg.rotation_fit = "focus"
+    with torch.no_grad():
+        focus = model.pose(actions, ts, readings[..., :2])
+    assert all(torch.equal(trained[k], focus[k]) for k in focus)
+    assert not torch.allclose(out["quaternion"], focus["quaternion"], atol=1e-4)
 
 
 def test_motion_readings_keep_full_precision_under_autocast():

@@ -111,14 +111,18 @@ class LaPose(nn.Module):
 
         ``rotation_fit`` median: the flows themselves, read at the window's predicted field of view
         (cheap). focus: the fitted (pitch, yaw) (..., 2) at ``geometry.FLOW_READING_FOV``, converted
-        to the predicted field of view in :meth:`pose`; focus_roll: (pitch, yaw, roll) (..., 3). The
-        fit costs ~2 ms a pair on a 2-core CPU, so a streaming window makes it once per pair as the
-        pair enters, not 15 times per keyframe."""
+        to the predicted field of view in :meth:`pose`; focus_roll: (pitch, yaw, roll) (..., 3);
+        head_focus: (pitch, yaw) followed by the flow itself, flattened (..., 2 + 2 h w), which
+        :meth:`pose` refits at inference once the head has said where the car drives. The fit costs ~2 ms a pair
+        on a 2-core CPU, so a streaming window makes it once per pair as the pair enters, not 15
+        times per keyframe."""
         if pixel_flow is None or self.cfg.rotation_fit == "median":
             return pixel_flow
         fov = pixel_flow.new_tensor(geometry.FLOW_READING_FOV)
         roll = self.cfg.rotation_fit == "focus_roll"
         reading = geometry.rotation_from_flow_and_focus(pixel_flow, fov, roll=roll)
+        if self.cfg.rotation_fit == "head_focus":
+            return torch.cat([reading[..., :2].to(pixel_flow.dtype), pixel_flow.flatten(-3)], -1)
         return reading if roll else reading[..., :2]
 
     def window_actions(self, frames: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
@@ -137,16 +141,27 @@ class LaPose(nn.Module):
             interval = (timestamps[:, -1] - timestamps[:, 0]) / (timestamps.shape[1] - 1)
             log_interval = torch.log(interval.clamp_min(1e-3))
         out = self.pose_head(actions, log_interval)
-        if flow_reading is not None:  # the head's rotation is a residual on the flow's
+        if flow_reading is not None:  # the step's rotation from the flow's
             # The field of view only converts pixels to angles here: no gradient teaches it that.
             fov = out["fov"].detach()
+            pixel_flow = None
+            if self.cfg.rotation_fit == "head_focus":  # the focus fit's reading, then the flow
+                grid = (2, self.cfg.image_height // 4, self.cfg.image_width // 4)
+                flow_reading, pixel_flow = flow_reading[..., :2], flow_reading[..., 2:].unflatten(-1, grid)
+                if self.training:  # the residual is learned on the focus fit's reading
+                    pixel_flow = None
             seen = (geometry.rotation_at_fov(flow_reading, fov, geometry.FLOW_READING_FOV)
                     if self.cfg.rotation_fit != "median" else geometry.rotation_from_flow(flow_reading, fov))
-            q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
-            out["quaternion"] = geometry.canonical_quaternion(q)
             if self.cfg.translation_frame == "half_turn":  # the head's step, turned onto the chord
                 half = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(seen / 2))
                 out["translation"] = (half @ out["translation"][..., None])[..., 0]
+            if pixel_flow is not None:  # pitch and yaw refitted about the head's direction of travel
+                refit = geometry.rotation_given_focus(pixel_flow, fov, out["translation"].detach(),
+                                                      seen[..., :2])
+                q = geometry.rotvec_to_quaternion(torch.cat([refit, torch.zeros_like(refit[..., :1])], -1))
+            else:  # the head's rotation is a residual on the flow's
+                q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
+            out["quaternion"] = geometry.canonical_quaternion(q)
         return out
 
     def predict(self, frames: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
