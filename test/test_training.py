@@ -195,10 +195,12 @@ def test_results_gpu_section_reads_small_gpu_runs(tmp_path):
     (runs / "val.07_head.2fps.diagnose.json").write_text(json.dumps(
         {"windows": 10, "auc5": 0.6763, "ate_s": 0.0832, "prior_auc5": 0.4005, "yaw_corr": 0.97, "scale_ratio": 1.01}))
     (runs / "device.txt").write_text("Some GPU\n")
+    (runs / "recipe.txt").write_text("rotation_fit: focus; translation_frame: camera\n")
     out = tmp_path / "results.md"
     out.write_text("# Results\n\nkept\n")
     make_results.replace_section(out, make_results.gpu_section(runs), make_results.GPU_START, make_results.GPU_END)
     make_results.replace_section(out, make_results.gpu_section(runs), make_results.GPU_START, make_results.GPU_END)
     text = out.read_text()
     assert text.count(make_results.GPU_START) == 1 and "kept" in text and "Device: Some GPU" in text
+    assert "as trained: rotation_fit: focus; translation_frame: camera)" in text
     assert "| val | 30 | 170 | 07_head | 2 | 10 | 0.676 | 0.0832 | n/a | 0.401 | 0.970 | 1.010 |" in text

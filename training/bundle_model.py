@@ -94,7 +94,9 @@ def main() -> int:
                   f"correlations centred on the pair's global shift: {m.motion_centred}",
                   f"each level's flow beside its correlations: {m.motion_flow}",
                   f"each step's rotation from the flow, the head's as a residual: {m.rotation_from_flow}",
-                  f"that rotation read by: {m.rotation_fit} (the focus-of-expansion fit or the median)",
+                  f"that rotation read by: {m.rotation_fit} (the median, the focus-of-expansion fit, "
+                  f"or that fit refitted at inference about the head's direction of travel: head_focus)",
+                  f"the step translation's frame: {m.translation_frame} (half_turn: on the chord of the turn)",
                   f"mirror averaging at inference: {m.mirror_average}",
                   f"per-step position embedding in the pose head: {m.pose_step_embedding}",
                   f"scale token output: {m.scale_output}",

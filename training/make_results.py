@@ -79,7 +79,7 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_rotflow": "val_flow_mirror with each step's rotation read from the flow, the head's as a residual (rotation_from_flow)",
     "val_rotflow_seed1": "val_flow_mirror_seed1 with the flow's rotation and a learned residual (rotation_from_flow)",
     "val_rotflow_seed2": "val_flow_mirror_seed2 with the flow's rotation and a learned residual (rotation_from_flow; shipped before the focus fit)",
-    "val_rotfocus": "val_rotflow with the rotation fitted with the flow's focus of expansion (rotation_fit focus; shipped)",
+    "val_rotfocus": "val_rotflow with the rotation fitted with the flow's focus of expansion (rotation_fit focus)",
     "val_rotfocus_seed1": "val_rotflow_seed1 with the rotation fitted with the focus of expansion (rotation_fit focus)",
     "val_rotfocus_seed2": "val_rotflow_seed2 with the rotation fitted with the focus of expansion (rotation_fit focus)",
     "val_direction": "val_rotfocus with a loss on each step's direction in degrees (train.w_direction 1)",
@@ -88,6 +88,10 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_halfturn_seed1": "val_rotfocus_seed1 with each step predicted on the chord of the flow's turn (translation_frame half_turn)",
     "val_rotroll": "val_rotfocus with the roll read by the focus fit too (rotation_fit focus_roll)",
     "val_rotroll_halfturn": "val_halfturn with the roll read by the focus fit too (rotation_fit focus_roll)",
+    "val_halfturn_seed2": "val_rotfocus_seed2 with each step predicted on the chord of the flow's turn (translation_frame half_turn)",
+    "val_halfturn_refit": "val_halfturn run with pitch and yaw refitted about the head's direction of travel (rotation_fit head_focus; shipped)",
+    "val_halfturn_refit_seed1": "val_halfturn_seed1 run with the refit about the head's direction (rotation_fit head_focus)",
+    "val_halfturn_refit_seed2": "val_halfturn_seed2 run with the refit about the head's direction (rotation_fit head_focus)",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.
@@ -260,9 +264,12 @@ def gpu_section(gpu_runs: Path) -> list[str]:
         return json.loads(path.read_text()) if path.is_file() else None
 
     device = (gpu_runs / "device.txt").read_text().strip() if (gpu_runs / "device.txt").is_file() else "GPU"
+    recipe = gpu_runs / "recipe.txt"  # the rotation switches it was trained with (the recipe moves on)
+    switches = recipe.read_text().strip() if recipe.is_file() else "not recorded"
     lines = [GPU_START, "## The `small` preset on one GPU (`training/small_gpu.sh`)", "",
              f"Device: {device}. The tiny recipe at the `small` preset's size "
-             "(`training/configs/small/posttrain.yaml`: 128x320 input, width 256, batches of 32, bf16), "
+             "(`training/configs/small/posttrain.yaml`: 128x320 input, width 256, batches of 32, bf16; "
+             f"as trained: {switches}), "
              "no pretraining, the validation model (00_head + 06_head, measured on 07_head) and the "
              "final model (00/07/06, reported on the test drives) trained side by side. The prior is "
              "the straight-ahead prior on the same windows.", "",

@@ -124,6 +124,7 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     "val_direction_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set train.w_direction=1.0 --set train.seed=1"
     "val_halfturn --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set model.translation_frame=half_turn"
     "val_halfturn_seed1 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set model.translation_frame=half_turn --set train.seed=1"
+    "val_halfturn_seed2 --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set model.translation_frame=half_turn --set train.seed=2"
     # The focus fit also reading the roll (rotation_fit focus_roll), without and with the half-turn frame
     "val_rotroll --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set model.rotation_fit=focus_roll"
     "val_rotroll_halfturn --set model.scale_output=speed --set model.appearance_tokens=false --set data.reverse_prob=0.0 --set model.motion_centred=true --set data.static_prob=0.15 --set model.motion_flow=true --set model.rotation_from_flow=true --set model.mirror_average=true --set model.rotation_fit=focus --set model.rotation_fit=focus_roll --set model.translation_frame=half_turn"
@@ -139,12 +140,17 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   # How long to train: val_speed resumed from its last checkpoint to twice the steps.
   if [ ! -d "$RUNS/val_speed_1000" ]; then cp -r "$RUNS/val_speed" "$RUNS/val_speed_1000"; fi
   posttrain val_speed_1000 --set model.scale_output=speed --max-steps $(( 2 * VAL_STEPS ))
-  # Mirror averaging is inference only: the flow runs' weights, run with it.
-  for seed in "" _seed1 _seed2; do
-    src="$RUNS/val_flow$seed/checkpoints/step_$VAL_STEPS" dst="$RUNS/val_flow_mirror$seed/checkpoints/step_$VAL_STEPS"
+  # An inference-only switch run on a trained variant's weights: run_with SRC DST KEY JSON_VALUE.
+  run_with() {
+    local src="$RUNS/$1/checkpoints/step_$VAL_STEPS" dst="$RUNS/$2/checkpoints/step_$VAL_STEPS"
     mkdir -p "$dst" && cp "$src"/model.safetensors "$dst"/
-    echo "step_$VAL_STEPS" > "$RUNS/val_flow_mirror$seed/checkpoints/latest"
-    .venv/bin/python -c 'import json, sys; c = json.load(open(sys.argv[1])); c["model"]["mirror_average"] = True; open(sys.argv[2], "w").write(json.dumps(c, indent=2, sort_keys=True) + "\n")' "$src/config.json" "$dst/config.json"
+    echo "step_$VAL_STEPS" > "$RUNS/$2/checkpoints/latest"
+    .venv/bin/python -c 'import json, sys; c = json.load(open(sys.argv[1])); c["model"][sys.argv[3]] = json.loads(sys.argv[4]); open(sys.argv[2], "w").write(json.dumps(c, indent=2, sort_keys=True) + "\n")' "$src/config.json" "$dst/config.json" "$3" "$4"
+  }
+  for seed in "" _seed1 _seed2; do
+    run_with "val_flow$seed" "val_flow_mirror$seed" mirror_average true  # mirror averaging
+    # rotation_fit head_focus trains as focus: the half-turn runs' weights, run with its refit.
+    run_with "val_halfturn$seed" "val_halfturn_refit$seed" rotation_fit '"head_focus"'
   done
   # Again for the recipe with centred correlations and standing windows 0.15.
   if [ ! -d "$RUNS/val_centred_static_1000" ]; then cp -r "$RUNS/val_centred_static" "$RUNS/val_centred_static_1000"; fi

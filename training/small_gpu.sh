@@ -19,6 +19,8 @@ WINDOWS=${MAX_WINDOWS:+--max-windows $MAX_WINDOWS}  # a quick check of the scrip
 K=../shared/data/kitti
 mkdir -p "$RUNS"
 { nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | grep . || echo "$DEVICE"; } > "$RUNS/device.txt"
+# The recipe's rotation switches as trained, for the results page.
+grep -E '^  (rotation_fit|translation_frame):' training/configs/small/posttrain.yaml | sed 's/#.*//; s/^ *//' | paste -sd ';' | sed 's/;/; /g' > "$RUNS/recipe.txt"
 
 train() {  # NAME ARGS...
   local name=$1; shift
