@@ -309,7 +309,8 @@ def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch
         c = across(omega[:, None, :] + probes)
         c0, J = c[:, 0], (c[:, 1:] - c[:, :1]) / eps  # (M, n), (M, 2, n)
         weight = inside * (c0.abs() < _GIVEN_FOCUS_OUTLIER_PX) / c0.abs().clamp_min(0.2)
-        A = torch.einsum("man,mbn->mab", J * weight[:, None], J) + 1e-6 * torch.eye(2, device=flow.device)
+        A = torch.einsum("man,mbn->mab", J * weight[:, None], J)
+        A = A + 1e-6 * torch.eye(2, device=flow.device)  # a flow with no texture: no step
         b = -torch.einsum("man,mn->ma", J * weight[:, None], c0)
         omega = omega + torch.linalg.solve(A, b).clamp(-limit, limit)
     out = torch.where(forward[:, None], omega, start.float().reshape(-1, 2))

@@ -113,9 +113,9 @@ class LaPose(nn.Module):
         (cheap). focus: the fitted (pitch, yaw) (..., 2) at ``geometry.FLOW_READING_FOV``, converted
         to the predicted field of view in :meth:`pose`; focus_roll: (pitch, yaw, roll) (..., 3);
         head_focus: (pitch, yaw) followed by the flow itself, flattened (..., 2 + 2 h w), which
-        :meth:`pose` refits at inference once the head has said where the car drives. The fit costs ~2 ms a pair
-        on a 2-core CPU, so a streaming window makes it once per pair as the pair enters, not 15
-        times per keyframe."""
+        :meth:`pose` refits at inference once the head has said where the car drives. The fit costs
+        ~2 ms a pair on a 2-core CPU, so a streaming window makes it once per pair as the pair
+        enters, not 15 times per keyframe."""
         if pixel_flow is None or self.cfg.rotation_fit == "median":
             return pixel_flow
         fov = pixel_flow.new_tensor(geometry.FLOW_READING_FOV)
@@ -147,7 +147,8 @@ class LaPose(nn.Module):
             pixel_flow = None
             if self.cfg.rotation_fit == "head_focus":  # the focus fit's reading, then the flow
                 grid = (2, self.cfg.image_height // 4, self.cfg.image_width // 4)
-                flow_reading, pixel_flow = flow_reading[..., :2], flow_reading[..., 2:].unflatten(-1, grid)
+                pixel_flow = flow_reading[..., 2:].unflatten(-1, grid)
+                flow_reading = flow_reading[..., :2]
                 if self.training:  # the residual is learned on the focus fit's reading
                     pixel_flow = None
             seen = (geometry.rotation_at_fov(flow_reading, fov, geometry.FLOW_READING_FOV)
