@@ -309,10 +309,15 @@ def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch
         c = across(omega[:, None, :] + probes)
         c0, J = c[:, 0], (c[:, 1:] - c[:, :1]) / eps  # (M, n), (M, 2, n)
         weight = inside * (c0.abs() < _GIVEN_FOCUS_OUTLIER_PX) / c0.abs().clamp_min(0.2)
-        A = torch.einsum("man,mbn->mab", J * weight[:, None], J)
-        A = A + 1e-6 * torch.eye(2, device=flow.device)  # a flow with no texture: no step
-        b = -torch.einsum("man,mn->ma", J * weight[:, None], c0)
-        omega = omega + torch.linalg.solve(A, b).clamp(-limit, limit)
+        # The 2x2 normal equations solved in closed form (as the focus fit's): no LAPACK call,
+        # which a compiled engine may not have; a flow with no texture gets no step.
+        wj = J * weight[:, None]
+        a11, a12 = (wj[:, 0] * J[:, 0]).sum(-1), (wj[:, 0] * J[:, 1]).sum(-1)
+        a22 = (wj[:, 1] * J[:, 1]).sum(-1)
+        b1, b2 = -(wj[:, 0] * c0).sum(-1), -(wj[:, 1] * c0).sum(-1)
+        det = (a11 * a22 - a12 * a12).clamp_min(1e-12)
+        step = torch.stack([(a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det], -1)
+        omega = omega + step.clamp(-limit, limit)
     out = torch.where(forward[:, None], omega, start.float().reshape(-1, 2))
     return out.reshape(*lead, 2).to(dtype)
 
