@@ -122,6 +122,29 @@ def _lands_inside(x: torch.Tensor, y: torch.Tensor, h: int, w: int, cell: int) -
     return (x.abs() <= w * cell / 2 - cell) & (y.abs() <= h * cell / 2 - cell)
 
 
+def _cell_rays(flow: torch.Tensor, f: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
+               cell: int, stride: int = 1):
+    """(M, 2, h, w) flow, (M,) focal lengths and the cells' centres (:func:`_flow_camera`) -> every
+    ``stride``-th cell's position p (n, 2) x, y from the image centre, whether where it went lies
+    inside the later image (M, n) as 0/1, and the ray through where it went (M, n, 3)."""
+    h, w = flow.shape[-2:]
+    p = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), -1)[::stride, ::stride].reshape(-1, 2)
+    q = p + flow[..., ::stride, ::stride].flip(1).flatten(2).transpose(1, 2)  # (M, n, 2)
+    inside = _lands_inside(q[..., 0], q[..., 1], h, w, cell).float()
+    rays = torch.cat([q, f[:, None, None].expand(-1, q.shape[1], 1)], -1)
+    return p, inside, rays
+
+
+def _derotated_flow(rotation: torch.Tensor, rays: torch.Tensor, f: torch.Tensor,
+                    p: torch.Tensor) -> torch.Tensor:
+    """(M, K, 2) candidate pitch and yaw, the cells' rays (M, n, 3) -> (M, K, n, 2) each cell's flow
+    in pixels once the candidate is undone exactly (a homography), as the model applies it."""
+    rotvec = torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
+    R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))  # (M, K, 3, 3)
+    back = torch.einsum("mkij,mnj->mkni", R, rays)
+    return f[:, None, None, None] * back[..., :2] / back[..., 2:].clamp_min(1e-3) - p
+
+
 @full_precision
 def rotation_from_flow(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> torch.Tensor:
     """(..., 2, h, w) image flow (dy, dx) in pixels of cells ``cell`` px apart, (...) horizontal
@@ -169,6 +192,9 @@ def rotation_at_fov(reading: torch.Tensor, fov: torch.Tensor,
 _FOCUS_SEARCH = ((0.3, 1, 0.5, 4), (0.1, 1, 0.1, 2))
 _FOCUS_CELL_STRIDE = 3
 _FOCUS_ROUNDS = 2
+# Both focus fits: a cell closer to the focus than this fraction of the image width says little
+# about the direction of its line from the focus.
+_NEAR_FOCUS = 0.08
 
 
 @torch.no_grad()
@@ -200,22 +226,15 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
     fov = fov.float().expand(lead).reshape(-1)
     start = rotation_from_flow(flow, fov, cell)[:, :2]  # (M, 2) pitch, yaw
     f, xs, ys = _flow_camera(flow, fov, cell)  # f: (M,)
-    s = _FOCUS_CELL_STRIDE
-    p = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), -1)[::s, ::s].reshape(-1, 2)  # (n, 2) x, y
-    q = p + flow[..., ::s, ::s].flip(1).flatten(2).transpose(1, 2)  # (M, n, 2): where each cell went
-    inside = _lands_inside(q[..., 0], q[..., 1], h, w, cell).float()
-    near = 0.08 * w * cell  # px: a cell this close to the focus says little about its direction
+    p, inside, rays = _cell_rays(flow, f, xs, ys, cell, _FOCUS_CELL_STRIDE)
+    near = _NEAR_FOCUS * w * cell  # px: a cell this close to the focus says little about its direction
     half = flow.new_tensor([w * cell / 4, h * cell / 4])
-    rays = torch.cat([q, f[:, None, None].expand(-1, q.shape[1], 1)], -1)  # (M, n, 3)
     best = start
     for pitch_step, pitch_n, yaw_step, yaw_n in _FOCUS_SEARCH:
         dp = torch.arange(-pitch_n, pitch_n + 1, device=flow.device, dtype=flow.dtype) * math.radians(pitch_step)
         dy = torch.arange(-yaw_n, yaw_n + 1, device=flow.device, dtype=flow.dtype) * math.radians(yaw_step)
         cand = best[:, None, :] + torch.stack(torch.meshgrid(dp, dy, indexing="ij"), -1).reshape(1, -1, 2)
-        rotvec = torch.cat([cand, torch.zeros_like(cand[..., :1])], -1)
-        R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))  # (M, K, 3, 3): as the model applies it
-        back = torch.einsum("mkij,mnj->mkni", R, rays)
-        r = f[:, None, None, None] * back[..., :2] / back[..., 2:].clamp_min(1e-3) - p  # remaining flow
+        r = _derotated_flow(cand, rays, f, p)  # remaining flow
         rx, ry = r[..., 0], r[..., 1]
         # The focus e: the line through p along r passes through it, ry e_x - rx e_y = ry p_x - rx p_y.
         b = ry * p[:, 0] - rx * p[:, 1]
@@ -284,22 +303,16 @@ def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch
     d = direction.float().reshape(-1, 3)
     omega = start.float().reshape(-1, 2)
     f, xs, ys = _flow_camera(flow, fov, cell)
-    p = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), -1).reshape(-1, 2)  # (n, 2)
-    q = p + flow.flip(1).flatten(2).transpose(1, 2)  # (M, n, 2): where each cell went
-    inside = _lands_inside(q[..., 0], q[..., 1], h, w, cell).float()
-    rays = torch.cat([q, f[:, None, None].expand(-1, q.shape[1], 1)], -1)
+    p, inside, rays = _cell_rays(flow, f, xs, ys, cell)
     length = d.norm(dim=-1)
     forward = (d[:, 2] > 0.5 * length) & (length > 1e-6)
     focus = f[:, None] * d[:, :2] / d[:, 2:].clamp_min(1e-6)
     away = p - focus[:, None, :]  # (M, n, 2)
-    dist = away.norm(dim=-1) + 0.08 * w * cell  # as the focus fit: cells near the focus say little
+    dist = away.norm(dim=-1) + _NEAR_FOCUS * w * cell
 
     def across(rotation: torch.Tensor) -> torch.Tensor:
         """(M, K, 2) pitch, yaw -> (M, K, n) each cell's remaining flow across its line, pixels."""
-        rotvec = torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
-        R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))
-        back = torch.einsum("mkij,mnj->mkni", R, rays)
-        r = f[:, None, None, None] * back[..., :2] / back[..., 2:].clamp_min(1e-3) - p
+        r = _derotated_flow(rotation, rays, f, p)
         return (r[..., 0] * away[:, None, :, 1] - r[..., 1] * away[:, None, :, 0]) / dist[:, None]
 
     eps = 1e-3

@@ -146,11 +146,10 @@ class LaPose(nn.Module):
             fov = out["fov"].detach()
             pixel_flow = None
             if self.cfg.rotation_fit == "head_focus":  # the focus fit's reading, then the flow
-                grid = (2, self.cfg.image_height // 4, self.cfg.image_width // 4)
-                pixel_flow = flow_reading[..., 2:].unflatten(-1, grid)
+                if not self.training:  # in training the residual is learned on the focus fit's reading
+                    grid = (2, self.cfg.image_height // 4, self.cfg.image_width // 4)
+                    pixel_flow = flow_reading[..., 2:].unflatten(-1, grid)
                 flow_reading = flow_reading[..., :2]
-                if self.training:  # the residual is learned on the focus fit's reading
-                    pixel_flow = None
             seen = (geometry.rotation_at_fov(flow_reading, fov, geometry.FLOW_READING_FOV)
                     if self.cfg.rotation_fit != "median" else geometry.rotation_from_flow(flow_reading, fov))
             if self.cfg.translation_frame == "half_turn":  # the head's step, turned onto the chord
