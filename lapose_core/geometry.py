@@ -137,8 +137,9 @@ def _cell_rays(flow: torch.Tensor, f: torch.Tensor, xs: torch.Tensor, ys: torch.
 
 def _derotated_flow(rotation: torch.Tensor, rays: torch.Tensor, f: torch.Tensor,
                     p: torch.Tensor) -> torch.Tensor:
-    """(M, K, 2) candidate pitch and yaw, the cells' rays (M, n, 3) -> (M, K, n, 2) each cell's flow
-    in pixels once the candidate is undone exactly (a homography), as the model applies it."""
+    """(M, K, 2) candidate pitch and yaw, the cells' rays (M, n, 3) and positions (n, 2), or
+    (M, 1, n, 2) -> (M, K, n, 2) each cell's flow in pixels once the candidate is undone exactly (a
+    homography), as the model applies it."""
     rotvec = torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
     R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))  # (M, K, 3, 3)
     back = torch.einsum("mkij,mnj->mkni", R, rays)
@@ -284,7 +285,8 @@ _GIVEN_FOCUS_OUTLIER_PX = 3.0
 @torch.no_grad()
 @full_precision
 def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch.Tensor,
-                         start: torch.Tensor, cell: int = 4) -> torch.Tensor:
+                         start: torch.Tensor, cell: int = 4,
+                         principal_point: torch.Tensor | None = None) -> torch.Tensor:
     """(..., 2, h, w) flow in pixels, (...) field of view, (..., 3) direction of travel in the earlier
     camera's frame, (..., 2) pitch and yaw to start from -> (..., 2) the pitch and yaw that leave
     the flow most nearly an expansion from that direction's image, the focus of expansion.
@@ -296,6 +298,11 @@ def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch
     reweighted least absolute misfits (derivatives by finite differences; cells further than
     ``_GIVEN_FOCUS_OUTLIER_PX`` off their line left out). Where there is no forward direction (a
     standing or reversing window) the start is returned unchanged. No gradient.
+
+    ``principal_point``: (..., 2) where the optical axis meets the image, x and y in pixels from the
+    image centre (0, the centre, when None). The focus and the rotation's flow are both laid out
+    about it: a real camera's lies a few pixels off the centre, and taking the centre for it biases
+    the yaw read.
     """
     lead, (h, w), dtype = flow.shape[:-3], flow.shape[-2:], start.dtype
     flow = flow.float().reshape(-1, 2, h, w)
@@ -304,6 +311,11 @@ def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch
     omega = start.float().reshape(-1, 2)
     f, xs, ys = _flow_camera(flow, fov, cell)
     p, inside, rays = _cell_rays(flow, f, xs, ys, cell)
+    if principal_point is not None:  # positions from the principal point instead of the centre
+        axis = principal_point.float().expand(*lead, 2).reshape(-1, 1, 2)
+        p = p - axis  # (M, n, 2)
+        rays = torch.cat([rays[..., :2] - axis, rays[..., 2:]], -1)
+    p = p.expand(len(flow), -1, -1)
     length = d.norm(dim=-1)
     forward = (d[:, 2] > 0.5 * length) & (length > 1e-6)
     focus = f[:, None] * d[:, :2] / d[:, 2:].clamp_min(1e-6)
@@ -312,7 +324,7 @@ def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch
 
     def across(rotation: torch.Tensor) -> torch.Tensor:
         """(M, K, 2) pitch, yaw -> (M, K, n) each cell's remaining flow across its line, pixels."""
-        r = _derotated_flow(rotation, rays, f, p)
+        r = _derotated_flow(rotation, rays, f, p[:, None])
         return (r[..., 0] * away[:, None, :, 1] - r[..., 1] * away[:, None, :, 0]) / dist[:, None]
 
     eps = 1e-3

@@ -277,7 +277,7 @@ class HybridEstimator:
         new = [(a, b) for a, b in pairs if (a.serial, b.serial) not in self._pairs
                and self._early.get((a.serial, b.serial), (None,))[0] != given]
         early = self._helper.submit(self._match, new, given) if given and new else None
-        lp = self.lapose.predict_features([f.lapose for f in frames], timestamps)
+        lp = self.lapose.predict_features([f.lapose for f in frames], timestamps, intrinsics=given)
         lp_relative = np.asarray(lp.relative, dtype=np.float64)
         K, source = self._choose_intrinsics(frames[0].size, lp.fov, given)
         if K == given:

@@ -17,6 +17,11 @@ An unavailable backend falls back to the next one in that order with one log lin
 With ``model.mirror_average`` every frame is also encoded flipped left to right, and every window
 runs as a batch of two, direct and mirrored; the mirrored motion, reflected back, is averaged with
 the direct one (:func:`average_with_mirror`). The mirror is about the model input's centre.
+
+Models that refit each step's rotation about the head's direction (``rotation_fit`` head_focus) also
+take the camera's principal point, which the images cannot show: from the intrinsics passed to
+:meth:`PoseEstimator.predict_features` or set as ``PoseEstimator.intrinsics`` (the node's
+CameraInfo), else the image centre.
 """
 from __future__ import annotations
 
@@ -94,20 +99,22 @@ class PairPart(nn.Module):
 
 class WindowPart(nn.Module):
     """(B, T, ...) cached frame features, (B, T) timestamps [, (B, T-1, N, C) motion tokens of the
-    window's pairs [, their flow readings]] -> translation, quaternion, fov, scale."""
+    window's pairs [, their flow readings [, (B, 2) the principal point, for a model that
+    ``refits_rotation``]]] -> translation, quaternion, fov, scale."""
 
     def __init__(self, model: LaPose):
         super().__init__()
         self.model = model
 
     def forward(self, cached: torch.Tensor, timestamps: torch.Tensor,
-                motion: torch.Tensor | None = None, flow_reading: torch.Tensor | None = None):
+                motion: torch.Tensor | None = None, flow_reading: torch.Tensor | None = None,
+                principal_point: torch.Tensor | None = None):
         tokens = (cached if self.model.cfg.time_embedding_at == "dynamics"
                   else self.model.encode_frames(cached, timestamps))
         if motion is not None:  # the window's first frame has no pair inside the window
             motion = self.model.motion.per_frame(motion)
         out = self.model.pose(self.model.actions(tokens, timestamps, motion=motion), timestamps,
-                              flow_reading)
+                              flow_reading, principal_point)
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
 
 
@@ -170,6 +177,11 @@ class PoseEstimator:
         self.window_part: nn.Module = WindowPart(self.model)
         # Two windows' worth: evaluation at several strides interleaves windows over the same frames.
         self.pair_cache = PairCache(2 * self.num_frames)
+        # The camera's (fx, fy, cx, cy) in the pixels of the images passed in, when known (the node
+        # sets it from CameraInfo): only its principal point is used, and only by a model that
+        # refits_rotation. The size of the last image encoded places it at the model's input.
+        self.intrinsics: tuple[float, float, float, float] | None = None
+        self._image_hw: tuple[int, int] | None = None
         self.backend = self._set_backend(backend, checkpoint_digest, engine_cache_dir)
 
     # ------------------------------------------------------------------ construction
@@ -247,6 +259,8 @@ class PoseEstimator:
             reading = {"focus": (2,), "focus_roll": (3,),
                        "head_focus": (2 + flow_size,)}.get(m.rotation_fit, (2, *maps.shape[-2:]))
             window += (torch.zeros(v, self.num_frames - 1, *reading, device=self.device, dtype=self.dtype),)
+        if self.model.refits_rotation:
+            window += (torch.zeros(v, 2, device=self.device, dtype=self.dtype),)
         return (frame,), window, (maps, maps.clone())
 
     def _compile_tensorrt(self, digest: str, cache_dir: str | Path | None) -> None:
@@ -266,10 +280,11 @@ class PoseEstimator:
         # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow;
         # "focuspair": each pair gives its focus-of-expansion fit (pitch, yaw) instead of its flow
         # (the window part once took the flows and fitted them itself: "focus"); "focusroll": and roll;
-        # "headfocus": the fit and the flow, refitted in the window part.
+        # "headfocus": the fit and the flow, refitted in the window part; "pp": about a principal
+        # point given to the window part.
         m = self.config.model
         fit = {"focus": "_focuspair", "focus_roll": "_focusroll",
-               "head_focus": "_headfocus"}.get(m.rotation_fit, "")
+               "head_focus": "_headfocuspp"}.get(m.rotation_fit, "")
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
                f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else "")
                + ("_f" if m.rotation_from_flow else "") + fit)
@@ -317,15 +332,19 @@ class PoseEstimator:
         """One camera frame -> what the window keeps of it, one row per view (encoder features
         (views, N, C) by default; with motion features, the pair (features, fine feature maps))."""
         x = self.preprocess(image).to(self.device, self.dtype)[None]
+        self._image_hw = (int(image.shape[0]), int(image.shape[1]))
         if self.views == 2:
             x = torch.cat([x, x.flip(-1)])
         out = self.frame_part(x)
         return tuple(out) if isinstance(out, (tuple, list)) else out
 
     @torch.inference_mode()
-    def predict_features(self, features: Sequence[torch.Tensor],
-                         timestamps: Sequence[float]) -> WindowPrediction:
-        """16 cached frame features + their timestamps (seconds) -> the window's motion."""
+    def predict_features(self, features: Sequence[torch.Tensor], timestamps: Sequence[float],
+                         intrinsics: Sequence[float] | None = None) -> WindowPrediction:
+        """16 cached frame features + their timestamps (seconds) -> the window's motion.
+
+        ``intrinsics``: the camera's (fx, fy, cx, cy) for this window, instead of
+        :attr:`intrinsics`."""
         if len(features) != self.num_frames or len(timestamps) != self.num_frames:
             raise InferenceError(f"a window needs {self.num_frames} frames, got {len(features)} "
                                  f"features and {len(timestamps)} timestamps")
@@ -339,6 +358,8 @@ class PoseEstimator:
             maps = [f[1] for f in per_frame]
             pairs = [self.pair_cache.get(a, b, self._pair_outputs) for a, b in zip(maps, maps[1:])]
             extra += [torch.stack(part, 1) for part in zip(*map(_as_tuple, pairs))]  # tokens [, flows]
+        if self.model.refits_rotation:
+            extra.append(self._principal_point(self.intrinsics if intrinsics is None else intrinsics))
         t, q, fov, scale = self.window_part(cached, ts, *extra)
         if self.views == 2:
             t, q, fov, scale = average_with_mirror(t.float(), q.float(), fov.float(), scale.float())
@@ -347,6 +368,24 @@ class PoseEstimator:
         return WindowPrediction(relative=rel.cpu().numpy(),
                                 poses=geometry.compose_relative(rel).cpu().numpy(),
                                 scale=float(scale[0]), fov=float(fov.float().mean()))
+
+    def _principal_point(self, intrinsics: Sequence[float] | None) -> torch.Tensor:
+        """(views, 2) where the camera's optical axis meets the model's input, pixels from its
+        centre, per view (mirrored: x reflected). The centre when the intrinsics are unknown or
+        unusable (not finite, or the point outside the image)."""
+        from .data.transforms import fitted_intrinsics
+
+        m = self.config.model
+        offset = np.zeros(2)
+        if intrinsics is not None and len(intrinsics) != 4:
+            raise InferenceError(f"intrinsics: expected (fx, fy, cx, cy), got {tuple(intrinsics)}")
+        if intrinsics is not None and self._image_hw is not None:
+            _, _, cx, cy = fitted_intrinsics(intrinsics, self._image_hw, (m.image_height, m.image_width))
+            centred = np.array([cx - (m.image_width - 1) / 2, cy - (m.image_height - 1) / 2])
+            if np.isfinite(centred).all() and (np.abs(centred) <= [m.image_width / 2, m.image_height / 2]).all():
+                offset = centred
+        views = np.array([offset, offset * [-1.0, 1.0]])[:self.views]
+        return torch.as_tensor(views, dtype=self.dtype, device=self.device)
 
     def _pair_outputs(self, earlier: torch.Tensor, later: torch.Tensor):
         prep = lambda m: m.to(self.device, self.dtype)  # noqa: E731

@@ -106,7 +106,8 @@ PARAMETERS: dict[str, Any] = {
     # transform (or tf2_ros is absent). Default: camera at the base origin looking along base x.
     "camera_to_base": list(DEFAULT_CAMERA_TO_BASE),
     # Intrinsics used when no CameraInfo arrives (0 = unknown). The hybrid matches features with them
-    # (without any, with LA-Pose's field of view); diagnostics report them next to the predicted one.
+    # (without any, with LA-Pose's field of view); a model that refits its rotations takes the
+    # principal point (without one, the image centre); diagnostics report them next to the predicted one.
     "fx": 0.0,
     "fy": 0.0,
     "cx": 0.0,
@@ -185,13 +186,14 @@ def wrap_estimator(lapose: Any, params: dict[str, Any]):
     if params["estimator"] not in ESTIMATOR_CHOICES:
         raise LaPoseNodeError(f"parameter 'estimator' must be one of {', '.join(ESTIMATOR_CHOICES)}, "
                               f"got '{params['estimator']}'")
+    intrinsics = [params[k] for k in ("fx", "fy", "cx", "cy")] if params["fx"] > 0 else None
     if params["estimator"] == "lapose":
+        lapose.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
         return lapose
     from lapose_core.hybrid import HybridConfig, HybridError, HybridEstimator
 
     config = HybridConfig.for_camera(float(params["camera_height_m"]),
                                      float(params["camera_pitch_deg"]))
-    intrinsics = [params[k] for k in ("fx", "fy", "cx", "cy")] if params["fx"] > 0 else None
     try:
         return HybridEstimator(lapose, config, intrinsics=intrinsics)
     except HybridError as e:
@@ -321,8 +323,7 @@ class LaPoseNode(Node):
         fx, fy, cx, cy = msg.k[0], msg.k[4], msg.k[2], msg.k[5]
         if fx > 0 and fy > 0:
             self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
-            if self.estimator_kind == "hybrid":
-                self.estimator.intrinsics = (float(fx), float(fy), float(cx), float(cy))
+            self.estimator.intrinsics = (float(fx), float(fy), float(cx), float(cy))
 
     def destroy_node(self) -> None:
         if hasattr(self, "_worker"):  # absent when the constructor failed before starting it

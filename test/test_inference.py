@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lapose_core.config import ConfigError, LaPoseConfig
 from lapose_core.data.sources import KittiSequence
 from lapose_core.data.windows import window_indices
 from lapose_core.inference import InferenceError, PoseEstimator
@@ -139,6 +140,48 @@ def test_backend_falls_back_to_eager(window, monkeypatch, caplog):
     images, ts = window
     reference = PoseEstimator.random("tiny", seed=3).predict_window(images, ts)
     assert np.allclose(est.predict_window(images, ts).relative, reference.relative, atol=1e-6)
+
+
+def test_principal_point_reaches_the_refit(window, shared_data):
+    """A model that refits its rotations about the head's direction (the bundled default) lays the
+    flow out about the camera's principal point: from intrinsics given per window, or set once as
+    the node does from CameraInfo (the same answer). 03_head's lies 2.3 px left of and 3.6 px above
+    the centre of the model's input; the steps' rotations move, their translations do not. The
+    mirrored view takes the mirrored principal point: a mirrored window with the mirrored camera
+    gives exactly the mirrored motion, and with the unmirrored camera it does not."""
+    from lapose_core.data.transforms import fit_to_model, fitted_intrinsics
+
+    images, ts = window
+    est = PoseEstimator.load()
+    assert est.model.refits_rotation and est.views == 2
+    m = est.config.model
+    native = KittiSequence(shared_data / "kitti" / "03_head").intrinsics
+    K = fitted_intrinsics(native, images[0].shape[:2], (m.image_height, m.image_width))
+    assert np.allclose(K[2:] - [(m.image_width - 1) / 2, (m.image_height - 1) / 2], [-2.3, -3.6], atol=0.05)
+    fitted = [fit_to_model(im, None, (m.image_height, m.image_width))[0] for im in images]
+    features = [est.encode_frame(im) for im in fitted]
+    centred = est.predict_features(features, ts)
+    given = est.predict_features(features, ts, intrinsics=K)
+    assert np.allclose(given.relative[:, :3, 3], centred.relative[:, :3, 3], atol=1e-6)
+    turned = np.einsum("kij,kij->k", given.relative[:, :3, :3], centred.relative[:, :3, :3])
+    assert np.degrees(np.arccos(np.clip((turned - 1) / 2, -1, 1))).max() > 0.01
+    est.intrinsics = tuple(K)
+    assert np.array_equal(est.predict_features(features, ts).relative, given.relative)
+
+    est.intrinsics = None
+    flipped = [est.encode_frame(np.ascontiguousarray(im[:, ::-1])) for im in fitted]
+    mirrored_K = (K[0], K[1], m.image_width - 1 - K[2], K[3])
+    M = np.diag([-1.0, 1.0, 1.0, 1.0])
+    mirrored = est.predict_features(flipped, ts, intrinsics=mirrored_K)
+    assert np.allclose(M @ mirrored.relative @ M, given.relative, atol=1e-5)
+    unmirrored = est.predict_features(flipped, ts, intrinsics=K)
+    assert not np.allclose(M @ unmirrored.relative @ M, given.relative, atol=1e-5)
+    with pytest.raises(InferenceError, match="intrinsics: expected"):
+        est.predict_features(features, ts, intrinsics=K[:3])
+    est.model.cfg.refit_about = "image_centre"  # the ablation: the camera taken as centred
+    assert np.array_equal(est.predict_features(features, ts, intrinsics=K).relative, centred.relative)
+    with pytest.raises(ConfigError, match="refit_about"):
+        LaPoseConfig.from_dict({"model": {"refit_about": "image_centre"}})
 
 
 def test_clear_errors(tmp_path, window):

@@ -293,6 +293,31 @@ def test_device_and_backend_parameters(caplog):
         load_estimator("random:tiny", "eager", "tpu", "", logger)
 
 
+def test_camera_intrinsics_reach_the_lapose_estimator(ros_context):
+    """Without the hybrid the node still hands LA-Pose the camera's intrinsics, for the principal
+    point its rotation refit lays the flow out about: from the fx fy cx cy parameters, then from
+    each CameraInfo."""
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo
+
+    from lapose_ros.node import LaPoseNode, PARAMETERS, wrap_estimator
+
+    from lapose_core.inference import PoseEstimator
+
+    params = dict(PARAMETERS, estimator="lapose", fx=360.0, fy=361.0, cx=304.5, cy=86.4)
+    assert wrap_estimator(PoseEstimator.random("tiny"), params).intrinsics == (360.0, 361.0, 304.5, 86.4)
+    assert wrap_estimator(PoseEstimator.random("tiny"), dict(params, fx=0.0)).intrinsics is None
+    node = LaPoseNode(estimator=PoseEstimator.random("tiny"), context=ros_context,
+                      parameter_overrides=[Parameter("publish_tf", value=False)])
+    try:
+        info = CameraInfo(width=621, height=188)
+        info.k = [353.5, 0.0, 300.7, 0.0, 353.6, 91.3, 0.0, 0.0, 1.0]
+        node._on_camera_info(info)
+        assert node.estimator.intrinsics == (353.5, 353.6, 300.7, 91.3)
+    finally:
+        node.destroy_node()
+
+
 def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
     from lapose_ros import bench
 

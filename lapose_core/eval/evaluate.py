@@ -223,14 +223,13 @@ def stream_sequence(seq_dir: str | Path, estimator, fps: float = 2.0) -> tuple[n
 
     Keyframe stamps (N,), camera poses (N, 4, 4) in the optical frame of the first keyframe, and the
     fallback steps; see :func:`lapose_core.stream.stream_poses`. The sequence's intrinsics go to the
-    hybrid as the node's CameraInfo does.
+    estimator as the node's CameraInfo does.
     """
     from lapose_core.stream import stream_poses
 
     seq = KittiSequence(seq_dir)
     frames = ((float(seq.timestamps[i]), seq.read(i)) for i in range(len(seq)))
-    intrinsics = seq.intrinsics if hasattr(estimator, "lapose") else None
-    return stream_poses(estimator, frames, fps, intrinsics=intrinsics)
+    return stream_poses(estimator, frames, fps, intrinsics=seq.intrinsics)
 
 
 def write_tum(path: str | Path, stamps: np.ndarray, poses: np.ndarray) -> None:
@@ -271,7 +270,8 @@ def window_predictor(method: str, seq: KittiSequence, estimator=None) -> Predict
             for im in images:
                 if id(im) not in encoded:
                     encoded[id(im)] = estimator.encode_frame(im)
-            prediction = estimator.predict_features([encoded[id(im)] for im in images], stamps)
+            prediction = estimator.predict_features([encoded[id(im)] for im in images], stamps,
+                                                    intrinsics=seq.intrinsics)
             return np.asarray(prediction.poses, dtype=np.float64), {}
     return predict
 

@@ -130,10 +130,21 @@ class LaPose(nn.Module):
         return self.actions(self.encode_frames(frames, timestamps), timestamps,
                             motion=self.window_motion(frames)[0])
 
+    @property
+    def refits_rotation(self) -> bool:
+        """Whether :meth:`pose` refits each step's rotation about the head's direction at inference
+        (``rotation_fit`` head_focus), where the camera's principal point matters."""
+        return self.motion is not None and self.cfg.rotation_from_flow and self.cfg.rotation_fit == "head_focus"
+
     def pose(self, actions: torch.Tensor, timestamps: torch.Tensor,
-             flow_reading: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+             flow_reading: torch.Tensor | None = None,
+             principal_point: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """(B, T-1, C) actions and the window's (B, T) timestamps [+ the pairs' flow readings
-        (:meth:`flow_reading`), with ``rotation_from_flow``] -> pose outputs (:class:`PoseHead`)."""
+        (:meth:`flow_reading`), with ``rotation_from_flow``] -> pose outputs (:class:`PoseHead`).
+
+        ``principal_point``: (B, 2) where each window's camera has its optical axis, pixels from the
+        centre of the model's input, for the head_focus refit (the centre when None): a camera's
+        calibration gives it; the model cannot see it. Unused with ``refit_about`` image_centre."""
         if self.cfg.pose_head_input == "bottleneck":
             actions = self.bottleneck(actions)
         log_interval = None
@@ -156,19 +167,22 @@ class LaPose(nn.Module):
                 half = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(seen / 2))
                 out["translation"] = (half @ out["translation"][..., None])[..., 0]
             if pixel_flow is not None:  # pitch and yaw refitted about the head's direction of travel
+                about_centre = principal_point is None or self.cfg.refit_about == "image_centre"
+                axis = None if about_centre else principal_point[:, None, :]
                 refit = geometry.rotation_given_focus(pixel_flow, fov, out["translation"].detach(),
-                                                      seen[..., :2])
+                                                      seen[..., :2], principal_point=axis)
                 q = geometry.rotvec_to_quaternion(torch.cat([refit, torch.zeros_like(refit[..., :1])], -1))
             else:  # the head's rotation is a residual on the flow's
                 q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
             out["quaternion"] = geometry.canonical_quaternion(q)
         return out
 
-    def predict(self, frames: torch.Tensor, timestamps: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Frames to pose outputs (see :class:`PoseHead`)."""
+    def predict(self, frames: torch.Tensor, timestamps: torch.Tensor,
+                principal_point: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Frames to pose outputs (see :class:`PoseHead`; ``principal_point`` as in :meth:`pose`)."""
         motion, flow_reading = self.window_motion(frames)
         actions = self.actions(self.encode_frames(frames, timestamps), timestamps, motion=motion)
-        return self.pose(actions, timestamps, flow_reading)
+        return self.pose(actions, timestamps, flow_reading, principal_point)
 
     # ----------------------------------------------------------------- objectives
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
