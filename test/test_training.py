@@ -180,7 +180,8 @@ def test_core_commands_need_no_installed_entry_points(monkeypatch):
 
 def test_results_gpu_section_reads_small_gpu_runs(tmp_path):
     """make_results.py --gpu-only writes training/small_gpu.sh's figures (its JSON and the logs'
-    clips/s) between its markers, leaving the rest of the file as it was."""
+    clips/s) between its markers, leaving the rest of the file as it was; a full run where the GPU
+    runs are absent keeps that section."""
     import importlib.util
     import json
 
@@ -204,3 +205,8 @@ def test_results_gpu_section_reads_small_gpu_runs(tmp_path):
     assert text.count(make_results.GPU_START) == 1 and "kept" in text and "Device: Some GPU" in text
     assert "as trained: rotation_fit: focus; translation_frame: camera)" in text
     assert "| val | 30 | 170 | 07_head | 2 | 10 | 0.676 | 0.0832 | n/a | 0.401 | 0.970 | 1.010 |" in text
+    # A full run on a machine without the GPU runs keeps the section the file has.
+    kept = make_results.existing_section(out, make_results.GPU_START, make_results.GPU_END)
+    assert kept.startswith(make_results.GPU_START) and kept.endswith(make_results.GPU_END)
+    assert "Device: Some GPU" in kept and "kept\n" not in kept
+    assert make_results.existing_section(tmp_path / "absent.md", make_results.GPU_START, make_results.GPU_END) is None

@@ -297,6 +297,14 @@ def gpu_section(gpu_runs: Path) -> list[str]:
     return lines + ["", "yaw corr and scale ratio come from `lapose diagnose` (2 fps rows only).", GPU_END]
 
 
+def existing_section(path: Path, start: str, end: str) -> str | None:
+    """The text of ``path`` from ``start`` to ``end``, both included, if it has them."""
+    text = path.read_text() if path.exists() else ""
+    if start not in text or end not in text.split(start, 1)[1]:
+        return None
+    return start + text.split(start, 1)[1].split(end, 1)[0] + end
+
+
 def replace_section(path: Path, section: list[str], start: str = HYBRID_START, end: str = HYBRID_END) -> None:
     text = path.read_text() if path.exists() else "# Results\n"
     block = "\n".join(section)
@@ -549,6 +557,10 @@ def main() -> int:
     lines += [""] + hybrid_section(estimators[SHIPPED], f"{SHIPPED} (bundled default)", args.stride_s, assets)
     if Path(args.gpu_runs).is_dir():
         lines += [""] + gpu_section(Path(args.gpu_runs))
+    elif kept_gpu := existing_section(out, GPU_START, GPU_END):
+        # The GPU runs live on the machine that trained them: their section is kept as it was.
+        print(f"{args.gpu_runs}: not here; keeping the GPU section {out} has")
+        lines += ["", kept_gpu]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
     return 0
