@@ -78,13 +78,15 @@ class ModelConfig:
     # of travel better than the flow's focus does, and a focus fitted off to one side passes for a
     # turn; the residual put back errors the refit had taken out (docs/results.md).
     rotation_fit: str = "median"
-    # Inference only, with rotation_fit head_focus: where the refit lays the flow out from.
-    # "principal_point": where the camera's optical axis meets the image, from its intrinsics when
-    # they are known (CameraInfo, a sequence's calib.txt), else the image centre. "image_centre":
-    # always the centre, as a camera with unknown intrinsics. KITTI's principal point lies 2-4 px
-    # off the centre at the model's input, and the centre biased the yaw read by 0.1 degrees a step
-    # (docs/results.md).
-    refit_about: str = "principal_point"
+    # Inference only, with rotation_fit head_focus: where the camera's intrinsics are known (a
+    # sequence's calib.txt, the node's CameraInfo or fx fy cx cy), the flow's rotation is read at
+    # their field of view and refitted about their principal point; otherwise (or false) at the
+    # predicted field of view and about the image centre. The model predicts the field of view of
+    # the cameras it was trained on whatever it sees (69.8 degrees on 07_head cropped to 66.3), and
+    # a turn read at the wrong field of view comes out scaled by the ratio; KITTI's principal point
+    # lies 2-4 px off the centre of the model's input, which biased the refit's yaw by 0.1 degrees
+    # a step (docs/results.md).
+    use_intrinsics: bool = True
     # The frame the head's step translation is predicted in (needs rotation_from_flow). "camera":
     # the earlier frame's, as the paper. "half_turn": turned by half the step's flow rotation. A
     # car's step runs along the chord of its arc, half the turn from where it pointed, so in this
@@ -311,11 +313,8 @@ class LaPoseConfig:
                                   f"got {value!r}")
             if value != choices[0] and not m.rotation_from_flow:
                 raise ConfigError(f"{source}: model.{name}={value!r} needs model.rotation_from_flow=true")
-        if m.refit_about not in ("principal_point", "image_centre"):
-            raise ConfigError(f"{source}: model.refit_about must be 'principal_point' or 'image_centre', "
-                              f"got {m.refit_about!r}")
-        if m.refit_about != "principal_point" and m.rotation_fit != "head_focus":
-            raise ConfigError(f"{source}: model.refit_about={m.refit_about!r} needs model.rotation_fit='head_focus'")
+        if not m.use_intrinsics and m.rotation_fit != "head_focus":
+            raise ConfigError(f"{source}: model.use_intrinsics=false needs model.rotation_fit='head_focus'")
         if m.rotation_from_flow and m.motion_features != "correlation":
             raise ConfigError(f"{source}: model.rotation_from_flow=true needs "
                               f"model.motion_features='correlation'")

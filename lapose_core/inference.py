@@ -19,9 +19,9 @@ runs as a batch of two, direct and mirrored; the mirrored motion, reflected back
 the direct one (:func:`average_with_mirror`). The mirror is about the model input's centre.
 
 Models that refit each step's rotation about the head's direction (``rotation_fit`` head_focus) also
-take the camera's principal point, which the images cannot show: from the intrinsics passed to
-:meth:`PoseEstimator.predict_features` or set as ``PoseEstimator.intrinsics`` (the node's
-CameraInfo), else the image centre.
+take the camera's field of view and principal point where they are known, from the intrinsics passed
+to :meth:`PoseEstimator.predict_features` or set as ``PoseEstimator.intrinsics`` (the node's
+CameraInfo); otherwise the predicted field of view and the image centre.
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ class PairPart(nn.Module):
 
 class WindowPart(nn.Module):
     """(B, T, ...) cached frame features, (B, T) timestamps [, (B, T-1, N, C) motion tokens of the
-    window's pairs [, their flow readings [, (B, 2) the principal point, for a model that
+    window's pairs [, their flow readings [, (B, 3) the camera (``LaPose.pose``), for a model that
     ``refits_rotation``]]] -> translation, quaternion, fov, scale."""
 
     def __init__(self, model: LaPose):
@@ -108,13 +108,13 @@ class WindowPart(nn.Module):
 
     def forward(self, cached: torch.Tensor, timestamps: torch.Tensor,
                 motion: torch.Tensor | None = None, flow_reading: torch.Tensor | None = None,
-                principal_point: torch.Tensor | None = None):
+                camera: torch.Tensor | None = None):
         tokens = (cached if self.model.cfg.time_embedding_at == "dynamics"
                   else self.model.encode_frames(cached, timestamps))
         if motion is not None:  # the window's first frame has no pair inside the window
             motion = self.model.motion.per_frame(motion)
         out = self.model.pose(self.model.actions(tokens, timestamps, motion=motion), timestamps,
-                              flow_reading, principal_point)
+                              flow_reading, camera)
         return out["translation"], out["quaternion"], out["fov"], out["scale"]
 
 
@@ -178,8 +178,8 @@ class PoseEstimator:
         # Two windows' worth: evaluation at several strides interleaves windows over the same frames.
         self.pair_cache = PairCache(2 * self.num_frames)
         # The camera's (fx, fy, cx, cy) in the pixels of the images passed in, when known (the node
-        # sets it from CameraInfo): only its principal point is used, and only by a model that
-        # refits_rotation. The size of the last image encoded places it at the model's input.
+        # sets it from CameraInfo), used by a model that refits_rotation. The size of the last image
+        # encoded maps it to the model's input.
         self.intrinsics: tuple[float, float, float, float] | None = None
         self._image_hw: tuple[int, int] | None = None
         self.backend = self._set_backend(backend, checkpoint_digest, engine_cache_dir)
@@ -260,7 +260,7 @@ class PoseEstimator:
                        "head_focus": (2 + flow_size,)}.get(m.rotation_fit, (2, *maps.shape[-2:]))
             window += (torch.zeros(v, self.num_frames - 1, *reading, device=self.device, dtype=self.dtype),)
         if self.model.refits_rotation:
-            window += (torch.zeros(v, 2, device=self.device, dtype=self.dtype),)
+            window += (torch.zeros(v, 3, device=self.device, dtype=self.dtype),)
         return (frame,), window, (maps, maps.clone())
 
     def _compile_tensorrt(self, digest: str, cache_dir: str | Path | None) -> None:
@@ -280,11 +280,11 @@ class PoseEstimator:
         # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow;
         # "focuspair": each pair gives its focus-of-expansion fit (pitch, yaw) instead of its flow
         # (the window part once took the flows and fitted them itself: "focus"); "focusroll": and roll;
-        # "headfocus": the fit and the flow, refitted in the window part; "pp": about a principal
-        # point given to the window part.
+        # "headfocus": the fit and the flow, refitted in the window part; "cam": with the camera's
+        # field of view and principal point given to the window part.
         m = self.config.model
         fit = {"focus": "_focuspair", "focus_roll": "_focusroll",
-               "head_focus": "_headfocuspp"}.get(m.rotation_fit, "")
+               "head_focus": "_headfocuscam"}.get(m.rotation_fit, "")
         key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
                f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else "")
                + ("_f" if m.rotation_from_flow else "") + fit)
@@ -359,7 +359,7 @@ class PoseEstimator:
             pairs = [self.pair_cache.get(a, b, self._pair_outputs) for a, b in zip(maps, maps[1:])]
             extra += [torch.stack(part, 1) for part in zip(*map(_as_tuple, pairs))]  # tokens [, flows]
         if self.model.refits_rotation:
-            extra.append(self._principal_point(self.intrinsics if intrinsics is None else intrinsics))
+            extra.append(self._camera(self.intrinsics if intrinsics is None else intrinsics))
         t, q, fov, scale = self.window_part(cached, ts, *extra)
         if self.views == 2:
             t, q, fov, scale = average_with_mirror(t.float(), q.float(), fov.float(), scale.float())
@@ -369,22 +369,24 @@ class PoseEstimator:
                                 poses=geometry.compose_relative(rel).cpu().numpy(),
                                 scale=float(scale[0]), fov=float(fov.float().mean()))
 
-    def _principal_point(self, intrinsics: Sequence[float] | None) -> torch.Tensor:
-        """(views, 2) where the camera's optical axis meets the model's input, pixels from its
-        centre, per view (mirrored: x reflected). The centre when the intrinsics are unknown or
-        unusable (not finite, or the point outside the image)."""
+    def _camera(self, intrinsics: Sequence[float] | None) -> torch.Tensor:
+        """(views, 3) the camera at the model's input, per view (``LaPose.pose``): horizontal field
+        of view, and where the optical axis meets the image, pixels from its centre (mirrored: x
+        reflected). Zeros (the predicted field of view, the centre) when the intrinsics are unknown
+        or unusable (not finite, fx not positive, or the point outside the image)."""
         from .data.transforms import fitted_intrinsics
 
         m = self.config.model
-        offset = np.zeros(2)
+        camera = np.zeros(3)
         if intrinsics is not None and len(intrinsics) != 4:
             raise InferenceError(f"intrinsics: expected (fx, fy, cx, cy), got {tuple(intrinsics)}")
         if intrinsics is not None and self._image_hw is not None:
-            _, _, cx, cy = fitted_intrinsics(intrinsics, self._image_hw, (m.image_height, m.image_width))
-            centred = np.array([cx - (m.image_width - 1) / 2, cy - (m.image_height - 1) / 2])
-            if np.isfinite(centred).all() and (np.abs(centred) <= [m.image_width / 2, m.image_height / 2]).all():
-                offset = centred
-        views = np.array([offset, offset * [-1.0, 1.0]])[:self.views]
+            fx, _, cx, cy = fitted_intrinsics(intrinsics, self._image_hw, (m.image_height, m.image_width))
+            fov = 2 * np.arctan(m.image_width / (2 * fx)) if fx > 0 else np.nan
+            centred = np.array([fov, cx - (m.image_width - 1) / 2, cy - (m.image_height - 1) / 2])
+            if np.isfinite(centred).all() and (np.abs(centred[1:]) <= [m.image_width / 2, m.image_height / 2]).all():
+                camera = centred
+        views = np.array([camera, camera * [1.0, -1.0, 1.0]])[:self.views]
         return torch.as_tensor(views, dtype=self.dtype, device=self.device)
 
     def _pair_outputs(self, earlier: torch.Tensor, later: torch.Tensor):

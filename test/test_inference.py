@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from lapose_core.config import ConfigError, LaPoseConfig
 from lapose_core.data.sources import KittiSequence
@@ -142,14 +143,19 @@ def test_backend_falls_back_to_eager(window, monkeypatch, caplog):
     assert np.allclose(est.predict_window(images, ts).relative, reference.relative, atol=1e-6)
 
 
-def test_principal_point_reaches_the_refit(window, shared_data):
-    """A model that refits its rotations about the head's direction (the bundled default) lays the
-    flow out about the camera's principal point: from intrinsics given per window, or set once as
-    the node does from CameraInfo (the same answer). 03_head's lies 2.3 px left of and 3.6 px above
-    the centre of the model's input; the steps' rotations move, their translations do not. The
-    mirrored view takes the mirrored principal point: a mirrored window with the mirrored camera
-    gives exactly the mirrored motion, and with the unmirrored camera it does not."""
+def test_camera_intrinsics_reach_the_refit(window, shared_data):
+    """A model that refits its rotations about the head's direction (the bundled default) reads them
+    with the camera's intrinsics: given per window, or set once as the node does from CameraInfo
+    (the same answer). 03_head's principal point lies 2.3 px left of and 3.6 px above the centre of
+    the model's input, and the rotations move with it. A camera of narrower field of view (fx 25 %
+    longer) sees the same image motion as turns about 25 % smaller, which the model's own field of
+    view (that of the cameras it was trained on) would not. The mirrored view takes the mirrored
+    principal point: a mirrored window with the mirrored camera gives exactly the mirrored motion,
+    and with the unmirrored camera it does not."""
     from lapose_core.data.transforms import fit_to_model, fitted_intrinsics
+
+    def angles(prediction):
+        return np.degrees(np.linalg.norm(Rotation.from_matrix(prediction.relative[:, :3, :3]).as_rotvec(), axis=-1))
 
     images, ts = window
     est = PoseEstimator.load()
@@ -160,13 +166,14 @@ def test_principal_point_reaches_the_refit(window, shared_data):
     assert np.allclose(K[2:] - [(m.image_width - 1) / 2, (m.image_height - 1) / 2], [-2.3, -3.6], atol=0.05)
     fitted = [fit_to_model(im, None, (m.image_height, m.image_width))[0] for im in images]
     features = [est.encode_frame(im) for im in fitted]
-    centred = est.predict_features(features, ts)
+    unknown = est.predict_features(features, ts)
     given = est.predict_features(features, ts, intrinsics=K)
-    assert np.allclose(given.relative[:, :3, 3], centred.relative[:, :3, 3], atol=1e-6)
-    turned = np.einsum("kij,kij->k", given.relative[:, :3, :3], centred.relative[:, :3, :3])
-    assert np.degrees(np.arccos(np.clip((turned - 1) / 2, -1, 1))).max() > 0.01
+    assert np.abs(angles(given) - angles(unknown)).max() > 0.01
     est.intrinsics = tuple(K)
     assert np.array_equal(est.predict_features(features, ts).relative, given.relative)
+    narrow = est.predict_features(features, ts, intrinsics=(1.25 * K[0], 1.25 * K[1], K[2], K[3]))
+    ratio = angles(narrow).sum() / angles(given).sum()
+    assert 0.75 < ratio < 0.85, ratio
 
     est.intrinsics = None
     flipped = [est.encode_frame(np.ascontiguousarray(im[:, ::-1])) for im in fitted]
@@ -178,10 +185,29 @@ def test_principal_point_reaches_the_refit(window, shared_data):
     assert not np.allclose(M @ unmirrored.relative @ M, given.relative, atol=1e-5)
     with pytest.raises(InferenceError, match="intrinsics: expected"):
         est.predict_features(features, ts, intrinsics=K[:3])
-    est.model.cfg.refit_about = "image_centre"  # the ablation: the camera taken as centred
-    assert np.array_equal(est.predict_features(features, ts, intrinsics=K).relative, centred.relative)
-    with pytest.raises(ConfigError, match="refit_about"):
-        LaPoseConfig.from_dict({"model": {"refit_about": "image_centre"}})
+    est.model.cfg.use_intrinsics = False  # the ablation: a camera of unknown intrinsics
+    assert np.array_equal(est.predict_features(features, ts, intrinsics=K).relative, unknown.relative)
+    with pytest.raises(ConfigError, match="use_intrinsics"):
+        LaPoseConfig.from_dict({"model": {"use_intrinsics": False}})
+
+
+def test_a_cropped_camera_reads_the_same_turns_with_its_intrinsics(window, shared_data):
+    """The same drive seen by a camera with 12 rows fewer (the model's input then covers a 7 %
+    narrower view): with that camera's intrinsics the bundled model reads the window's turns within
+    3 % of what it reads from the full frames; without them, at the field of view it predicts (that
+    of the cameras it was trained on), more than 4 % larger."""
+    images, ts = window
+    est = PoseEstimator.load()
+    fx, fy, cx, cy = KittiSequence(shared_data / "kitti" / "03_head").intrinsics
+
+    def turned(frames, intrinsics=None):
+        prediction = est.predict_features([est.encode_frame(im) for im in frames], ts, intrinsics=intrinsics)
+        return np.degrees(np.linalg.norm(Rotation.from_matrix(prediction.relative[:, :3, :3]).as_rotvec(), axis=-1)).sum()
+
+    full = turned(images, (fx, fy, cx, cy))
+    cropped = [np.ascontiguousarray(im[6:-6]) for im in images]
+    assert abs(turned(cropped, (fx, fy, cx, cy - 6)) / full - 1) < 0.03
+    assert turned(cropped) / full > 1.04
 
 
 def test_clear_errors(tmp_path, window):

@@ -92,9 +92,9 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_halfturn_refit": "val_halfturn run with pitch and yaw refitted about the head's direction of travel (rotation_fit head_focus; shipped)",
     "val_halfturn_refit_seed1": "val_halfturn_seed1 run with the refit about the head's direction (rotation_fit head_focus)",
     "val_halfturn_refit_seed2": "val_halfturn_seed2 run with the refit about the head's direction (rotation_fit head_focus)",
-    "val_halfturn_refit_centred": "val_halfturn_refit with the flow laid out about the image centre, not the camera's principal point (refit_about image_centre)",
-    "val_halfturn_refit_centred_seed1": "val_halfturn_refit_seed1 about the image centre (refit_about image_centre)",
-    "val_halfturn_refit_centred_seed2": "val_halfturn_refit_seed2 about the image centre (refit_about image_centre)",
+    "val_halfturn_refit_uncalibrated": "val_halfturn_refit without the camera's intrinsics: the predicted field of view, the image centre for the principal point (use_intrinsics false)",
+    "val_halfturn_refit_uncalibrated_seed1": "val_halfturn_refit_seed1 without the camera's intrinsics (use_intrinsics false)",
+    "val_halfturn_refit_uncalibrated_seed2": "val_halfturn_refit_seed2 without the camera's intrinsics (use_intrinsics false)",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.
@@ -383,8 +383,8 @@ def main() -> int:
     # A variant whose run folder is absent (trained on another machine, not retrained here) keeps
     # the figures its own run stored; the table marks it. LA-Pose's inference path has not changed
     # since those were written (a new switch has a default that keeps the old behaviour), except
-    # the head_focus refit's, which now takes the sequence's principal point: its variants are
-    # re-run, and the _centred ones give the refit as it was.
+    # the head_focus refit's, which now takes the sequence's intrinsics: its variants are re-run,
+    # and the _uncalibrated ones give the refit as it was.
     stored = []
     for variant in ABLATIONS:
         files = [assets / f"{VALIDATION}_{variant}_2fps.json",

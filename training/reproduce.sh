@@ -151,8 +151,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     run_with "val_flow$seed" "val_flow_mirror$seed" mirror_average true  # mirror averaging
     # rotation_fit head_focus trains as focus: the half-turn runs' weights, run with its refit.
     run_with "val_halfturn$seed" "val_halfturn_refit$seed" rotation_fit '"head_focus"'
-    # ... and that refit about the image centre instead of the camera's principal point.
-    run_with "val_halfturn_refit$seed" "val_halfturn_refit_centred$seed" refit_about '"image_centre"'
+    # ... and that refit without the camera's intrinsics (predicted field of view, image centre).
+    run_with "val_halfturn_refit$seed" "val_halfturn_refit_uncalibrated$seed" use_intrinsics false
   done
   # Again for the recipe with centred correlations and standing windows 0.15.
   if [ ! -d "$RUNS/val_centred_static_1000" ]; then cp -r "$RUNS/val_centred_static" "$RUNS/val_centred_static_1000"; fi

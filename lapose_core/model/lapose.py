@@ -133,18 +133,19 @@ class LaPose(nn.Module):
     @property
     def refits_rotation(self) -> bool:
         """Whether :meth:`pose` refits each step's rotation about the head's direction at inference
-        (``rotation_fit`` head_focus), where the camera's principal point matters."""
+        (``rotation_fit`` head_focus), where the camera's intrinsics, when known, are used."""
         return self.motion is not None and self.cfg.rotation_from_flow and self.cfg.rotation_fit == "head_focus"
 
     def pose(self, actions: torch.Tensor, timestamps: torch.Tensor,
              flow_reading: torch.Tensor | None = None,
-             principal_point: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+             camera: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """(B, T-1, C) actions and the window's (B, T) timestamps [+ the pairs' flow readings
         (:meth:`flow_reading`), with ``rotation_from_flow``] -> pose outputs (:class:`PoseHead`).
 
-        ``principal_point``: (B, 2) where each window's camera has its optical axis, pixels from the
-        centre of the model's input, for the head_focus refit (the centre when None): a camera's
-        calibration gives it; the model cannot see it. Unused with ``refit_about`` image_centre."""
+        ``camera``: (B, 3) each window's camera as its calibration gives it, at the model's input:
+        horizontal field of view (radians; 0 = unknown, the predicted one is used) and where the
+        optical axis meets the image (x, y pixels from the centre). The flow's rotation is read with
+        it (``use_intrinsics``); the predicted field of view is still output."""
         if self.cfg.pose_head_input == "bottleneck":
             actions = self.bottleneck(actions)
         log_interval = None
@@ -155,6 +156,11 @@ class LaPose(nn.Module):
         if flow_reading is not None:  # the step's rotation from the flow's
             # The field of view only converts pixels to angles here: no gradient teaches it that.
             fov = out["fov"].detach()
+            axis = None
+            if camera is not None and self.cfg.use_intrinsics:
+                given = camera[:, :1].to(fov.dtype).expand_as(fov)
+                fov = torch.where(given > 0, given, fov)
+                axis = camera[:, None, 1:]
             pixel_flow = None
             if self.cfg.rotation_fit == "head_focus":  # the focus fit's reading, then the flow
                 if not self.training:  # in training the residual is learned on the focus fit's reading
@@ -167,8 +173,6 @@ class LaPose(nn.Module):
                 half = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(seen / 2))
                 out["translation"] = (half @ out["translation"][..., None])[..., 0]
             if pixel_flow is not None:  # pitch and yaw refitted about the head's direction of travel
-                about_centre = principal_point is None or self.cfg.refit_about == "image_centre"
-                axis = None if about_centre else principal_point[:, None, :]
                 refit = geometry.rotation_given_focus(pixel_flow, fov, out["translation"].detach(),
                                                       seen[..., :2], principal_point=axis)
                 q = geometry.rotvec_to_quaternion(torch.cat([refit, torch.zeros_like(refit[..., :1])], -1))
@@ -178,11 +182,11 @@ class LaPose(nn.Module):
         return out
 
     def predict(self, frames: torch.Tensor, timestamps: torch.Tensor,
-                principal_point: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Frames to pose outputs (see :class:`PoseHead`; ``principal_point`` as in :meth:`pose`)."""
+                camera: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Frames to pose outputs (see :class:`PoseHead`; ``camera`` as in :meth:`pose`)."""
         motion, flow_reading = self.window_motion(frames)
         actions = self.actions(self.encode_frames(frames, timestamps), timestamps, motion=motion)
-        return self.pose(actions, timestamps, flow_reading, principal_point)
+        return self.pose(actions, timestamps, flow_reading, camera)
 
     # ----------------------------------------------------------------- objectives
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
