@@ -126,8 +126,8 @@ HEADER = ("| method | fps | windows | AUC@5 | AUC@30 | ATE-S | ATE-M (m) |\n"
 
 def final_losses(run: Path) -> str:
     last = last_metrics(run)
-    if last is None:
-        return "-"
+    if last is None:  # run_with in training/reproduce.sh: another run's weights, one switch changed
+        return "not trained: another run's weights with an inference switch"
     keys = [k for k in ("loss", "model/recon", "model/perplexity", "model/ce", "model/code_acc",
                         "model/copy_acc", "model/rot_err_deg", "model/scale_abs_err") if k in last]
     return f"step {last.get('step')}: " + ", ".join(f"{k.split('/')[-1]} {last[k]:.4g}" for k in keys)
