@@ -87,6 +87,12 @@ class ModelConfig:
     # lies 2-4 px off the centre of the model's input, which biased the refit's yaw by 0.1 degrees
     # a step (docs/results.md).
     use_intrinsics: bool = True
+    # Inference only, with rotation_fit head_focus: how high the direction of travel lies in the
+    # image. "head": as the pose head predicts it. "flow": each window's heights shifted by one
+    # offset fitted with the refit's pitches and yaws (geometry.rotation_and_height_given_heading):
+    # the height is set by how the camera is mounted, which the head recalls from its training
+    # drives instead of reading (on 03_head, another mount, its steps point 2 degrees too low).
+    travel_height: str = "head"
     # The frame the head's step translation is predicted in (needs rotation_from_flow). "camera":
     # the earlier frame's, as the paper. "half_turn": turned by half the step's flow rotation. A
     # car's step runs along the chord of its arc, half the turn from where it pointed, so in this
@@ -313,6 +319,10 @@ class LaPoseConfig:
                                   f"got {value!r}")
             if value != choices[0] and not m.rotation_from_flow:
                 raise ConfigError(f"{source}: model.{name}={value!r} needs model.rotation_from_flow=true")
+        if m.travel_height not in ("head", "flow"):
+            raise ConfigError(f"{source}: model.travel_height must be 'head' or 'flow', got {m.travel_height!r}")
+        if m.travel_height != "head" and m.rotation_fit != "head_focus":
+            raise ConfigError(f"{source}: model.travel_height={m.travel_height!r} needs model.rotation_fit='head_focus'")
         if not m.use_intrinsics and m.rotation_fit != "head_focus":
             raise ConfigError(f"{source}: model.use_intrinsics=false needs model.rotation_fit='head_focus'")
         if m.rotation_from_flow and m.motion_features != "correlation":

@@ -280,6 +280,10 @@ def rotation_from_flow_and_focus(flow: torch.Tensor, fov: torch.Tensor, cell: in
 # focus fit's cost.
 _GIVEN_FOCUS_ROUNDS = 5
 _GIVEN_FOCUS_OUTLIER_PX = 3.0
+# rotation_and_height_given_heading: more rounds (the window's height and its pairs' pitches trade
+# off, so the steps are smaller), and the most the height may move in one round (radians).
+_HEIGHT_ROUNDS = 8
+_HEIGHT_STEP = math.radians(1.0)
 
 
 @torch.no_grad()
@@ -304,10 +308,42 @@ def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch
     about it: a real camera's lies a few pixels off the centre, and taking the centre for it biases
     the yaw read.
     """
+    return _refit_about_focus(flow, fov, direction, start, cell, principal_point, fit_height=False)[0]
+
+
+@torch.no_grad()
+@full_precision
+def rotation_and_height_given_heading(flow: torch.Tensor, fov: torch.Tensor, direction: torch.Tensor,
+                                      start: torch.Tensor, cell: int = 4,
+                                      principal_point: torch.Tensor | None = None
+                                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rotation_given_focus` for windows, (B, P, 2, h, w) flows of P pairs each, trusting the
+    direction of travel sideways but not in height -> (B, P, 2) pitch and yaw, (B, P, 3) the
+    direction with its height corrected.
+
+    How high a car's direction of travel lies in its camera's image is set by how the camera is
+    mounted, which a model trained on a few drives recalls instead of reading (on 03_head, whose
+    camera was mounted at another pitch, the head's steps point 2 degrees too low). Here every
+    pair's height (y / z) is shifted by one offset per window, fitted together with every pair's
+    pitch and yaw so that each flow is most nearly an expansion from its focus: Gauss-Newton on the
+    same misfits, the window's offset eliminated from each pair's 2x2 system (a Schur complement,
+    closed form). A turn of the camera and a higher focus move the image alike near the focus but
+    differently with depth, and the offset is shared by all the window's pairs while their pitches
+    differ: a uniform pitch cannot stand in for it. Pairs without a forward direction take no part
+    and keep their start. No gradient.
+    """
+    return _refit_about_focus(flow, fov, direction, start, cell, principal_point, fit_height=True)
+
+
+def _refit_about_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch.Tensor,
+                       start: torch.Tensor, cell: int, principal_point: torch.Tensor | None,
+                       fit_height: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both refits: (pitch, yaw) (..., 2) and the direction (..., 3), its height shifted per window
+    (the last lead dimension's pairs) with ``fit_height``."""
     lead, (h, w), dtype = flow.shape[:-3], flow.shape[-2:], start.dtype
     flow = flow.float().reshape(-1, 2, h, w)
     fov = fov.float().expand(lead).reshape(-1)
-    d = direction.float().reshape(-1, 3)
+    d = direction.float().expand(*lead, 3).reshape(-1, 3)
     omega = start.float().reshape(-1, 2)
     f, xs, ys = _flow_camera(flow, fov, cell)
     p, inside, rays = _cell_rays(flow, f, xs, ys, cell)
@@ -318,33 +354,45 @@ def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch
     p = p.expand(len(flow), -1, -1)
     length = d.norm(dim=-1)
     forward = (d[:, 2] > 0.5 * length) & (length > 1e-6)
-    focus = f[:, None] * d[:, :2] / d[:, 2:].clamp_min(1e-6)
-    away = p - focus[:, None, :]  # (M, n, 2)
-    dist = away.norm(dim=-1) + _NEAR_FOCUS * w * cell
-
-    def across(rotation: torch.Tensor) -> torch.Tensor:
-        """(M, K, 2) pitch, yaw -> (M, K, n) each cell's remaining flow across its line, pixels."""
-        r = _derotated_flow(rotation, rays, f, p[:, None])
-        return (r[..., 0] * away[:, None, :, 1] - r[..., 1] * away[:, None, :, 0]) / dist[:, None]
+    tangent = d[:, :2] / d[:, 2:].clamp_min(1e-6)  # the focus is f * tangent
+    pairs = lead[-1] if fit_height else 1  # rows sharing one height offset
+    offset = flow.new_zeros(len(flow) // pairs)
+    weight_forward = inside * forward[:, None]
 
     eps = 1e-3
     probes = flow.new_tensor([[0.0, 0.0], [eps, 0.0], [0.0, eps]])
     limit = math.radians(2.0)
-    for _ in range(_GIVEN_FOCUS_ROUNDS):
-        c = across(omega[:, None, :] + probes)
-        c0, J = c[:, 0], (c[:, 1:] - c[:, :1]) / eps  # (M, n), (M, 2, n)
-        weight = inside * (c0.abs() < _GIVEN_FOCUS_OUTLIER_PX) / c0.abs().clamp_min(0.2)
+    for _ in range(_HEIGHT_ROUNDS if fit_height else _GIVEN_FOCUS_ROUNDS):
+        shift = torch.stack([torch.zeros_like(offset), offset], -1).repeat_interleave(pairs, 0)
+        away = p - (f[:, None] * (tangent + shift))[:, None, :]  # (M, n, 2) from the focus
+        dist = away.norm(dim=-1) + _NEAR_FOCUS * w * cell
+        r = _derotated_flow(omega[:, None, :] + probes, rays, f, p[:, None])  # (M, 3, n, 2)
+        c = (r[..., 0] * away[:, None, :, 1] - r[..., 1] * away[:, None, :, 0]) / dist[:, None]
+        c0, J = c[:, 0], (c[:, 1:] - c[:, :1]) / eps  # (M, n) across-line misfits, (M, 2, n)
+        weight = weight_forward * (c0.abs() < _GIVEN_FOCUS_OUTLIER_PX) / c0.abs().clamp_min(0.2)
         # The 2x2 normal equations solved in closed form (as the focus fit's): no LAPACK call,
         # which a compiled engine may not have; a flow with no texture gets no step.
         wj = J * weight[:, None]
         a11, a12 = (wj[:, 0] * J[:, 0]).sum(-1), (wj[:, 0] * J[:, 1]).sum(-1)
         a22 = (wj[:, 1] * J[:, 1]).sum(-1)
-        b1, b2 = -(wj[:, 0] * c0).sum(-1), -(wj[:, 1] * c0).sum(-1)
         det = (a11 * a22 - a12 * a12).clamp_min(1e-12)
-        step = torch.stack([(a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det], -1)
-        omega = omega + step.clamp(-limit, limit)
-    out = torch.where(forward[:, None], omega, start.float().reshape(-1, 2))
-    return out.reshape(*lead, 2).to(dtype)
+        solve = lambda v1, v2: torch.stack([(a22 * v1 - a12 * v2) / det, (a11 * v2 - a12 * v1) / det], -1)  # noqa: E731
+        b1, b2 = -(wj[:, 0] * c0).sum(-1), -(wj[:, 1] * c0).sum(-1)
+        if fit_height:  # the window's offset: each pair's rotation eliminated (Schur complement)
+            g = -f[:, None] * r[:, 0, :, 0] / dist  # d misfit / d offset: the focus moves by f
+            k1, k2 = (wj[:, 0] * g).sum(-1), (wj[:, 1] * g).sum(-1)
+            along, rhs = solve(k1, k2), solve(b1, b2)  # A^-1 k, A^-1 b
+            curvature = (weight * g * g).sum(-1) - (k1 * along[:, 0] + k2 * along[:, 1])
+            residual = -(weight * g * c0).sum(-1) - (k1 * rhs[:, 0] + k2 * rhs[:, 1])
+            per_window = lambda x: x.reshape(-1, pairs).sum(-1)  # noqa: E731
+            move = (per_window(residual) / per_window(curvature).clamp_min(1e-9)).clamp(-_HEIGHT_STEP, _HEIGHT_STEP)
+            offset = offset + move
+            b1, b2 = b1 - k1 * move.repeat_interleave(pairs), b2 - k2 * move.repeat_interleave(pairs)
+        omega = omega + solve(b1, b2).clamp(-limit, limit)
+    omega = torch.where(forward[:, None], omega, start.float().reshape(-1, 2))
+    height = torch.where(forward, offset.repeat_interleave(pairs) * d[:, 2], torch.zeros_like(d[:, 2]))
+    d = torch.stack([d[:, 0], d[:, 1] + height, d[:, 2]], -1)
+    return omega.reshape(*lead, 2).to(dtype), d.reshape(*lead, 3).to(direction.dtype)
 
 
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:

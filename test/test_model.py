@@ -303,6 +303,40 @@ def test_rotation_given_focus_lays_the_flow_out_about_the_principal_point():
     assert torch.allclose(mixed[[0, 2]], read[[0, 2]]) and torch.allclose(mixed[1], centred[1])
 
 
+def test_window_height_of_travel_is_read_from_the_flow():
+    """travel_height flow: a window of 15 exact pairs of a camera mounted so that the car drives 1.5
+    degrees below its optical axis, turning, its principal point off the centre. The head says
+    0.5 degrees above (a mount it recalls from training): about that direction the pitches and yaws
+    come out up to 0.4 degrees off; with the window's height fitted too, the height is read to 0.01
+    degrees and every angle to 0.01. Pairs without a forward direction keep their start and leave
+    their direction as it was."""
+    fov = torch.tensor(math.radians(70.0))
+    g = torch.Generator().manual_seed(0)
+    yaw, pitch = torch.linspace(-4.0, 6.0, 15), 0.3 * torch.randn(15, generator=g)
+    sideways, height = 0.15 * torch.randn(15, generator=g), math.tan(math.radians(1.5))
+    axis = (-3.0, -1.0)
+    flows = torch.stack([exact_drive_flow(fov, float(pitch[k]), float(yaw[k]), (float(sideways[k]), height, 1.0),
+                                          depth_m=5.0, seed=k, principal_point=axis).float() for k in range(15)])[None]
+    truth = torch.stack([pitch, yaw], -1)[None]
+    head = torch.stack([sideways, torch.full((15,), math.tan(math.radians(-0.5))), torch.ones(15)], -1)[None]
+    start = torch.deg2rad(truth + torch.tensor([0.5, -1.0]))
+    pp = torch.tensor(axis)
+    rotation, direction = geometry.rotation_and_height_given_heading(flows, fov, head, start, principal_point=pp)
+    read_height = torch.rad2deg(torch.atan(direction[..., 1] / direction[..., 2]))
+    assert (read_height - 1.5).abs().max() < 0.01, read_height
+    assert torch.allclose(direction[..., [0, 2]], head[..., [0, 2]])
+    assert (torch.rad2deg(rotation) - truth).abs().max() < 0.01
+    about_head = geometry.rotation_given_focus(flows, fov, head, start, principal_point=pp)
+    assert (torch.rad2deg(about_head) - truth).abs().max() > 0.3
+    standing = head.clone()
+    standing[0, 3] = torch.tensor([0.0, 0.0, -1.0])  # a reversing pair
+    rotation, direction = geometry.rotation_and_height_given_heading(flows, fov, standing, start, principal_point=pp)
+    assert torch.equal(rotation[0, 3], start[0, 3].float()) and torch.equal(direction[0, 3], standing[0, 3])
+    assert (torch.rad2deg(rotation[0, 4:]) - truth[0, 4:]).abs().max() < 0.01
+    with pytest.raises(ConfigError, match="travel_height"):
+        LaPoseConfig.from_dict({"model": {"travel_height": "flow"}})
+
+
 @pytest.mark.parametrize("fov_deg", [60.0, 80.0])
 def test_focus_reading_serves_another_field_of_view(fov_deg):
     """rotation_fit focus fits each pair once, at geometry.FLOW_READING_FOV, before the window
@@ -364,6 +398,17 @@ def test_head_focus_refits_about_the_heads_direction():
         focus = model.pose(actions, ts, readings[..., :2])
     assert all(torch.equal(trained[k], focus[k]) for k in focus)
     assert not torch.allclose(out["quaternion"], focus["quaternion"], atol=1e-4)
+    # travel_height flow: the refit also shifts the window's heights; the step keeps its length.
+    model.cfg.rotation_fit, model.cfg.travel_height = "head_focus", "flow"
+    with torch.no_grad():
+        high = model.eval().pose(actions, ts, readings)
+    refit, direction = geometry.rotation_and_height_given_heading(flows, out["fov"], out["translation"], start)
+    expected = geometry.rotvec_to_quaternion(torch.cat([refit, torch.zeros_like(refit[..., :1])], -1))
+    assert torch.allclose(high["quaternion"], geometry.canonical_quaternion(expected), atol=1e-6)
+    assert torch.allclose(high["translation"].norm(dim=-1), out["translation"].norm(dim=-1), atol=1e-6)
+    assert torch.allclose(torch.nn.functional.normalize(high["translation"], dim=-1),
+                          torch.nn.functional.normalize(direction, dim=-1), atol=1e-6)
+    assert not torch.allclose(high["translation"], out["translation"], atol=1e-4)
 
 
 def test_motion_readings_keep_full_precision_under_autocast():

@@ -89,12 +89,15 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_rotroll": "val_rotfocus with the roll read by the focus fit too (rotation_fit focus_roll)",
     "val_rotroll_halfturn": "val_halfturn with the roll read by the focus fit too (rotation_fit focus_roll)",
     "val_halfturn_seed2": "val_rotfocus_seed2 with each step predicted on the chord of the flow's turn (translation_frame half_turn)",
-    "val_halfturn_refit": "val_halfturn run with pitch and yaw refitted about the head's direction of travel (rotation_fit head_focus; shipped)",
+    "val_halfturn_refit": "val_halfturn run with pitch and yaw refitted about the head's direction of travel (rotation_fit head_focus)",
     "val_halfturn_refit_seed1": "val_halfturn_seed1 run with the refit about the head's direction (rotation_fit head_focus)",
     "val_halfturn_refit_seed2": "val_halfturn_seed2 run with the refit about the head's direction (rotation_fit head_focus)",
     "val_halfturn_refit_uncalibrated": "val_halfturn_refit without the camera's intrinsics: the predicted field of view, the image centre for the principal point (use_intrinsics false)",
     "val_halfturn_refit_uncalibrated_seed1": "val_halfturn_refit_seed1 without the camera's intrinsics (use_intrinsics false)",
     "val_halfturn_refit_uncalibrated_seed2": "val_halfturn_refit_seed2 without the camera's intrinsics (use_intrinsics false)",
+    "val_halfturn_refit_height": "val_halfturn_refit with each window's height of travel read from the flow, not the head's (travel_height flow; shipped)",
+    "val_halfturn_refit_height_seed1": "val_halfturn_refit_seed1 with the height of travel from the flow (travel_height flow)",
+    "val_halfturn_refit_height_seed2": "val_halfturn_refit_seed2 with the height of travel from the flow (travel_height flow)",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.

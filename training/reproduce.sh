@@ -153,6 +153,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     run_with "val_halfturn$seed" "val_halfturn_refit$seed" rotation_fit '"head_focus"'
     # ... and that refit without the camera's intrinsics (predicted field of view, image centre).
     run_with "val_halfturn_refit$seed" "val_halfturn_refit_uncalibrated$seed" use_intrinsics false
+    # ... and that refit with each window's height of travel read from the flow.
+    run_with "val_halfturn_refit$seed" "val_halfturn_refit_height$seed" travel_height '"flow"'
   done
   # Again for the recipe with centred correlations and standing windows 0.15.
   if [ ! -d "$RUNS/val_centred_static_1000" ]; then cp -r "$RUNS/val_centred_static" "$RUNS/val_centred_static_1000"; fi

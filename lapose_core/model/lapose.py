@@ -172,9 +172,17 @@ class LaPose(nn.Module):
             if self.cfg.translation_frame == "half_turn":  # the head's step, turned onto the chord
                 half = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(seen / 2))
                 out["translation"] = (half @ out["translation"][..., None])[..., 0]
-            if pixel_flow is not None:  # pitch and yaw refitted about the head's direction of travel
+            if pixel_flow is not None and self.cfg.travel_height == "flow":
+                # pitch and yaw refitted about the head's heading, with the height read from the flow
+                step = out["translation"]
+                refit, direction = geometry.rotation_and_height_given_heading(
+                    pixel_flow, fov, step.detach(), seen[..., :2], principal_point=axis)
+                out["translation"] = direction * (step.norm(dim=-1, keepdim=True)
+                                                  / direction.norm(dim=-1, keepdim=True).clamp_min(1e-9))
+            elif pixel_flow is not None:  # pitch and yaw refitted about the head's direction of travel
                 refit = geometry.rotation_given_focus(pixel_flow, fov, out["translation"].detach(),
                                                       seen[..., :2], principal_point=axis)
+            if pixel_flow is not None:
                 q = geometry.rotvec_to_quaternion(torch.cat([refit, torch.zeros_like(refit[..., :1])], -1))
             else:  # the head's rotation is a residual on the flow's
                 q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
