@@ -26,6 +26,7 @@ CameraInfo); otherwise the predicted field of view and the image centre.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,23 @@ class PoseEstimator:
             window += (torch.zeros(v, 3, device=self.device, dtype=self.dtype),)
         return (frame,), window, (maps, maps.clone())
 
+    def engine_key(self, digest: str, gpu: str, version: str) -> str:
+        """The name compiled engines are cached under: what they were built from and for."""
+        # "p2": the window part takes pair motion tokens, not feature maps (older engines differ);
+        # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow;
+        # "focuspair": each pair gives its focus-of-expansion fit (pitch, yaw) instead of its flow
+        # (the window part once took the flows and fitted them itself: "focus"); "focusroll": and roll;
+        # "headfocus": the fit and the flow, refitted in the window part; "cam": with the camera's
+        # field of view and principal point given to the window part. Inference-only switches
+        # (use_intrinsics, travel_height) change the graph but not the weights: the model config's
+        # digest keys them all.
+        m = self.config.model
+        fit = {"focus": "_focuspair", "focus_roll": "_focusroll",
+               "head_focus": "_headfocuscam"}.get(m.rotation_fit, "")
+        fit += "_m" + hashlib.sha256(json.dumps(vars(m), sort_keys=True).encode()).hexdigest()[:8]
+        return (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}_trt{version}_p2"
+                + ("_v2" if self.views == 2 else "") + ("_f" if m.rotation_from_flow else "") + fit)
+
     def _compile_tensorrt(self, digest: str, cache_dir: str | Path | None) -> None:
         if self.device.type != "cuda":
             raise InferenceError("TensorRT needs device 'cuda'")
@@ -276,18 +294,7 @@ class PoseEstimator:
         cache = Path(cache_dir or Path.home() / ".cache" / "lapose" / "tensorrt")
         cache.mkdir(parents=True, exist_ok=True)
         gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
-        # "p2": the window part takes pair motion tokens, not feature maps (older engines differ);
-        # "v2": a batch of two views (mirror averaging); "f": pairs also give their pixel flow;
-        # "focuspair": each pair gives its focus-of-expansion fit (pitch, yaw) instead of its flow
-        # (the window part once took the flows and fitted them itself: "focus"); "focusroll": and roll;
-        # "headfocus": the fit and the flow, refitted in the window part; "cam": with the camera's
-        # field of view and principal point given to the window part.
-        m = self.config.model
-        fit = {"focus": "_focuspair", "focus_roll": "_focusroll",
-               "head_focus": "_headfocuscam"}.get(m.rotation_fit, "")
-        key = (f"{digest or self.checkpoint_name.replace('/', '_')}_{gpu}"
-               f"_trt{torch_tensorrt.__version__}_p2" + ("_v2" if self.views == 2 else "")
-               + ("_f" if m.rotation_from_flow else "") + fit)
+        key = self.engine_key(digest, gpu, torch_tensorrt.__version__)
         modules = [("frame", FramePart(self.model)), ("window", WindowPart(self.model))]
         if self.pair_part is not None:
             modules.append(("pair", PairPart(self.model)))

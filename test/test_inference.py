@@ -210,6 +210,16 @@ def test_a_cropped_camera_reads_the_same_turns_with_its_intrinsics(window, share
     assert turned(cropped) / full > 1.04
 
 
+def test_engine_cache_key_follows_inference_switches():
+    """Compiled engines are cached by the checkpoint's weights, and an inference-only switch
+    (travel_height, use_intrinsics) changes the graph without changing them: the key changes with it."""
+    est = PoseEstimator.load()
+    key = est.engine_key("digest", "GPU", "2.0")
+    assert key == est.engine_key("digest", "GPU", "2.0") and key.startswith("digest_GPU_trt2.0_p2_v2_f_headfocuscam_m")
+    est.config.model.travel_height = "head"
+    assert est.engine_key("digest", "GPU", "2.0") != key
+
+
 def test_clear_errors(tmp_path, window):
     with pytest.raises(InferenceError, match="nowhere"):
         PoseEstimator.load(tmp_path / "nowhere")
