@@ -80,7 +80,8 @@ def stream_poses(estimator: Any, frames: Iterable[tuple[float, np.ndarray]], fps
     of fallback steps, of ``(stamp, image)`` frames streamed through ``estimator`` like the node does.
 
     ``estimator`` has ``encode_frame`` and ``predict_features`` (``intrinsics`` is passed to the
-    latter when given, as the node passes CameraInfo). Frames are consumed lazily (one decoded at a time).
+    latter when given, as the node passes CameraInfo's). Frames are consumed lazily (one decoded at
+    a time).
     """
     selector = KeyframeSelector(fps)
     num_frames = int(estimator.num_frames)

@@ -106,8 +106,9 @@ PARAMETERS: dict[str, Any] = {
     # transform (or tf2_ros is absent). Default: camera at the base origin looking along base x.
     "camera_to_base": list(DEFAULT_CAMERA_TO_BASE),
     # Intrinsics used when no CameraInfo arrives (0 = unknown). The hybrid matches features with them
-    # (without any, with LA-Pose's field of view); a model that refits its rotations takes the
-    # principal point (without one, the image centre); diagnostics report them next to the predicted one.
+    # (without any, with LA-Pose's field of view); a model that refits its rotations reads them at
+    # their field of view and about their principal point (without any, the predicted field of view
+    # and the image centre); diagnostics report them next to the predicted one.
     "fx": 0.0,
     "fy": 0.0,
     "cx": 0.0,
