@@ -362,8 +362,10 @@ def _refit_about_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch.T
     eps = 1e-3
     probes = flow.new_tensor([[0.0, 0.0], [eps, 0.0], [0.0, eps]])
     limit = math.radians(2.0)
+    per_pair = lambda x: x.repeat_interleave(pairs, 0)  # noqa: E731 - a window's value on its pairs' rows
+    per_window = lambda x: x.reshape(-1, pairs).sum(-1)  # noqa: E731 - the sum over a window's pairs
     for _ in range(_HEIGHT_ROUNDS if fit_height else _GIVEN_FOCUS_ROUNDS):
-        shift = torch.stack([torch.zeros_like(offset), offset], -1).repeat_interleave(pairs, 0)
+        shift = per_pair(torch.stack([torch.zeros_like(offset), offset], -1))
         away = p - (f[:, None] * (tangent + shift))[:, None, :]  # (M, n, 2) from the focus
         dist = away.norm(dim=-1) + _NEAR_FOCUS * w * cell
         r = _derotated_flow(omega[:, None, :] + probes, rays, f, p[:, None])  # (M, 3, n, 2)
@@ -384,13 +386,12 @@ def _refit_about_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch.T
             along, rhs = solve(k1, k2), solve(b1, b2)  # A^-1 k, A^-1 b
             curvature = (weight * g * g).sum(-1) - (k1 * along[:, 0] + k2 * along[:, 1])
             residual = -(weight * g * c0).sum(-1) - (k1 * rhs[:, 0] + k2 * rhs[:, 1])
-            per_window = lambda x: x.reshape(-1, pairs).sum(-1)  # noqa: E731
             move = (per_window(residual) / per_window(curvature).clamp_min(1e-9)).clamp(-_HEIGHT_STEP, _HEIGHT_STEP)
             offset = offset + move
-            b1, b2 = b1 - k1 * move.repeat_interleave(pairs), b2 - k2 * move.repeat_interleave(pairs)
+            b1, b2 = b1 - k1 * per_pair(move), b2 - k2 * per_pair(move)
         omega = omega + solve(b1, b2).clamp(-limit, limit)
     omega = torch.where(forward[:, None], omega, start.float().reshape(-1, 2))
-    height = torch.where(forward, offset.repeat_interleave(pairs) * d[:, 2], torch.zeros_like(d[:, 2]))
+    height = torch.where(forward, per_pair(offset) * d[:, 2], torch.zeros_like(d[:, 2]))
     d = torch.stack([d[:, 0], d[:, 1] + height, d[:, 2]], -1)
     return omega.reshape(*lead, 2).to(dtype), d.reshape(*lead, 3).to(direction.dtype)
 

@@ -143,6 +143,11 @@ def test_backend_falls_back_to_eager(window, monkeypatch, caplog):
     assert np.allclose(est.predict_window(images, ts).relative, reference.relative, atol=1e-6)
 
 
+def step_angles_deg(prediction) -> np.ndarray:
+    """How far the camera turns in each step of a window prediction, degrees."""
+    return np.degrees(np.linalg.norm(Rotation.from_matrix(prediction.relative[:, :3, :3]).as_rotvec(), axis=-1))
+
+
 def test_camera_intrinsics_reach_the_refit(window, shared_data):
     """A model that refits its rotations about the head's direction (the bundled default) reads them
     with the camera's intrinsics: given per window, or set once as the node does from CameraInfo
@@ -153,9 +158,6 @@ def test_camera_intrinsics_reach_the_refit(window, shared_data):
     principal point: a mirrored window with the mirrored camera gives exactly the mirrored motion,
     and with the unmirrored camera it does not."""
     from lapose_core.data.transforms import fit_to_model, fitted_intrinsics
-
-    def angles(prediction):
-        return np.degrees(np.linalg.norm(Rotation.from_matrix(prediction.relative[:, :3, :3]).as_rotvec(), axis=-1))
 
     images, ts = window
     est = PoseEstimator.load()
@@ -168,11 +170,11 @@ def test_camera_intrinsics_reach_the_refit(window, shared_data):
     features = [est.encode_frame(im) for im in fitted]
     unknown = est.predict_features(features, ts)
     given = est.predict_features(features, ts, intrinsics=K)
-    assert np.abs(angles(given) - angles(unknown)).max() > 0.01
+    assert np.abs(step_angles_deg(given) - step_angles_deg(unknown)).max() > 0.01
     est.intrinsics = tuple(K)
     assert np.array_equal(est.predict_features(features, ts).relative, given.relative)
     narrow = est.predict_features(features, ts, intrinsics=(1.25 * K[0], 1.25 * K[1], K[2], K[3]))
-    ratio = angles(narrow).sum() / angles(given).sum()
+    ratio = step_angles_deg(narrow).sum() / step_angles_deg(given).sum()
     assert 0.75 < ratio < 0.85, ratio
 
     est.intrinsics = None
@@ -202,7 +204,7 @@ def test_a_cropped_camera_reads_the_same_turns_with_its_intrinsics(window, share
 
     def turned(frames, intrinsics=None):
         prediction = est.predict_features([est.encode_frame(im) for im in frames], ts, intrinsics=intrinsics)
-        return np.degrees(np.linalg.norm(Rotation.from_matrix(prediction.relative[:, :3, :3]).as_rotvec(), axis=-1)).sum()
+        return step_angles_deg(prediction).sum()
 
     full = turned(images, (fx, fy, cx, cy))
     cropped = [np.ascontiguousarray(im[6:-6]) for im in images]

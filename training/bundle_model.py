@@ -97,6 +97,8 @@ def main() -> int:
                   f"that rotation read by: {m.rotation_fit} (the median, the focus-of-expansion fit, "
                   f"or that fit refitted at inference about the head's direction of travel: head_focus)",
                   f"the step translation's frame: {m.translation_frame} (half_turn: on the chord of the turn)",
+                  f"the camera's intrinsics, where known, in that refit: {m.use_intrinsics}",
+                  f"the height of travel in that refit from: {m.travel_height} (the head, or the flow)",
                   f"mirror averaging at inference: {m.mirror_average}",
                   f"per-step position embedding in the pose head: {m.pose_step_embedding}",
                   f"scale token output: {m.scale_output}",
