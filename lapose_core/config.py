@@ -93,6 +93,15 @@ class ModelConfig:
     # the height is set by how the camera is mounted, which the head recalls from its training
     # drives instead of reading (on 03_head, another mount, its steps point 2 degrees too low).
     travel_height: str = "head"
+    # Inference only, with rotation_fit head_focus: also refit each pair's roll about the optical
+    # axis (otherwise 0). A roll crosses the lines from the focus, so once the head has placed the
+    # focus the flow shows it; the focus fit, which must find the focus too, could not read it.
+    refit_roll: bool = False
+    # Inference only, with rotation_fit head_focus: which cells the refit reads. "all": every cell
+    # whose match lies inside the later image. "mutual": only those whose best match has them as its
+    # own best match back (the left-right check, latent_action.mutual_matches). At 2 fps the road
+    # just ahead has gone under the car by the next frame, and its cells match something else.
+    refit_matches: str = "all"
     # The frame the head's step translation is predicted in (needs rotation_from_flow). "camera":
     # the earlier frame's, as the paper. "half_turn": turned by half the step's flow rotation. A
     # car's step runs along the chord of its arc, half the turn from where it pointed, so in this
@@ -323,6 +332,12 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: model.travel_height must be 'head' or 'flow', got {m.travel_height!r}")
         if m.travel_height != "head" and m.rotation_fit != "head_focus":
             raise ConfigError(f"{source}: model.travel_height={m.travel_height!r} needs model.rotation_fit='head_focus'")
+        if m.refit_matches not in ("all", "mutual"):
+            raise ConfigError(f"{source}: model.refit_matches must be 'all' or 'mutual', got {m.refit_matches!r}")
+        if m.refit_matches != "all" and m.rotation_fit != "head_focus":
+            raise ConfigError(f"{source}: model.refit_matches={m.refit_matches!r} needs model.rotation_fit='head_focus'")
+        if m.refit_roll and m.rotation_fit != "head_focus":
+            raise ConfigError(f"{source}: model.refit_roll=true needs model.rotation_fit='head_focus'")
         if not m.use_intrinsics and m.rotation_fit != "head_focus":
             raise ConfigError(f"{source}: model.use_intrinsics=false needs model.rotation_fit='head_focus'")
         if m.rotation_from_flow and m.motion_features != "correlation":

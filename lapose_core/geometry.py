@@ -128,6 +128,8 @@ def _cell_rays(flow: torch.Tensor, f: torch.Tensor, xs: torch.Tensor, ys: torch.
     ``stride``-th cell's position p (n, 2) x, y from the image centre, whether where it went lies
     inside the later image (M, n) as 0/1, and the ray through where it went (M, n, 3)."""
     h, w = flow.shape[-2:]
+    if flow.shape[-3] != 2:
+        raise ValueError(f"a flow has 2 channels (dy, dx), got shape {tuple(flow.shape)}")
     p = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), -1)[::stride, ::stride].reshape(-1, 2)
     q = p + flow[..., ::stride, ::stride].flip(1).flatten(2).transpose(1, 2)  # (M, n, 2)
     inside = _lands_inside(q[..., 0], q[..., 1], h, w, cell).float()
@@ -137,13 +139,23 @@ def _cell_rays(flow: torch.Tensor, f: torch.Tensor, xs: torch.Tensor, ys: torch.
 
 def _derotated_flow(rotation: torch.Tensor, rays: torch.Tensor, f: torch.Tensor,
                     p: torch.Tensor) -> torch.Tensor:
-    """(M, K, 2) candidate pitch and yaw, the cells' rays (M, n, 3) and positions (n, 2), or
-    (M, 1, n, 2) -> (M, K, n, 2) each cell's flow in pixels once the candidate is undone exactly (a
-    homography), as the model applies it."""
-    rotvec = torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
+    """(M, K, 2) candidate pitch and yaw [(M, K, 3) with the roll], the cells' rays (M, n, 3) and
+    positions (n, 2), or (M, 1, n, 2) -> (M, K, n, 2) each cell's flow in pixels once the candidate
+    is undone exactly (a homography), as the model applies it."""
+    rotvec = rotation if rotation.shape[-1] == 3 else torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
     R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))  # (M, K, 3, 3)
     back = torch.einsum("mkij,mnj->mkni", R, rays)
     return f[:, None, None, None] * back[..., :2] / back[..., 2:].clamp_min(1e-3) - p
+
+
+def _derotated_rays(rotation: torch.Tensor, rays: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) pitch, yaw [, roll] (K 2 or 3) and the cells' rays (M, n, 3) -> where each ray points
+    once the rotation is undone, x and y (M, n) on the image plane at unit focal length."""
+    rotvec = rotation if rotation.shape[-1] == 3 else torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
+    R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))  # (M, 3, 3)
+    back = torch.einsum("mij,mnj->mni", R, rays)
+    z = back[..., 2].clamp_min(1e-3)
+    return back[..., 0] / z, back[..., 1] / z
 
 
 @full_precision
@@ -290,10 +302,12 @@ _HEIGHT_STEP = math.radians(1.0)
 @full_precision
 def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch.Tensor,
                          start: torch.Tensor, cell: int = 4,
-                         principal_point: torch.Tensor | None = None) -> torch.Tensor:
+                         principal_point: torch.Tensor | None = None, roll: bool = False,
+                         cells: torch.Tensor | None = None) -> torch.Tensor:
     """(..., 2, h, w) flow in pixels, (...) field of view, (..., 3) direction of travel in the earlier
     camera's frame, (..., 2) pitch and yaw to start from -> (..., 2) the pitch and yaw that leave
-    the flow most nearly an expansion from that direction's image, the focus of expansion.
+    the flow most nearly an expansion from that direction's image, the focus of expansion; with
+    ``roll``, (..., 3) pitch, yaw and the roll about the optical axis (started from 0).
 
     :func:`rotation_from_flow_and_focus` must find the focus and the rotation together, and a focus
     off to one side explains a flow almost as well as a turn does: its yaw errors follow the
@@ -307,19 +321,27 @@ def rotation_given_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch
     image centre (0, the centre, when None). The focus and the rotation's flow are both laid out
     about it: a real camera's lies a few pixels off the centre, and taking the centre for it biases
     the yaw read.
+
+    A roll turns every point about the principal point, across the lines from a focus near it,
+    which no expansion does: with the focus given it is read as the pitch and yaw are (the focus
+    fit, which must find the focus too, could not: ``rotation_fit`` focus_roll).
+
+    ``cells``: (..., h, w) 1 for the cells to read, 0 for those to leave out (every cell whose match
+    lies inside the later image when None).
     """
-    return _refit_about_focus(flow, fov, direction, start, cell, principal_point, fit_height=False)[0]
+    return _refit_about_focus(flow, fov, direction, start, cell, principal_point, fit_height=False, roll=roll,
+                              cells=cells)[0]
 
 
 @torch.no_grad()
 @full_precision
 def rotation_and_height_given_heading(flow: torch.Tensor, fov: torch.Tensor, direction: torch.Tensor,
                                       start: torch.Tensor, cell: int = 4,
-                                      principal_point: torch.Tensor | None = None
-                                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                                      principal_point: torch.Tensor | None = None, roll: bool = False,
+                                      cells: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rotation_given_focus` for windows, (B, P, 2, h, w) flows of P pairs each, trusting the
-    direction of travel sideways but not in height -> (B, P, 2) pitch and yaw, (B, P, 3) the
-    direction with its height corrected.
+    direction of travel sideways but not in height -> (B, P, 2) pitch and yaw [(B, P, 3) with the
+    roll, with ``roll``], (B, P, 3) the direction with its height corrected.
 
     How high a car's direction of travel lies in its camera's image is set by how the camera is
     mounted, which a model trained on a few drives recalls instead of reading (on 03_head, whose
@@ -332,68 +354,96 @@ def rotation_and_height_given_heading(flow: torch.Tensor, fov: torch.Tensor, dir
     differ: a uniform pitch cannot stand in for it. Pairs without a forward direction take no part
     and keep their start. No gradient.
     """
-    return _refit_about_focus(flow, fov, direction, start, cell, principal_point, fit_height=True)
+    return _refit_about_focus(flow, fov, direction, start, cell, principal_point, fit_height=True, roll=roll,
+                              cells=cells)
+
+
+def _solve_normal(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(M, K, K) symmetric normal matrices, K 2 or 3, and (M, K) right-hand sides -> (M, K) their
+    solutions in closed form (Cramer's rule): no LAPACK call, which a compiled engine may not have;
+    a singular system (a flow with no texture) gets no step."""
+    if A.shape[-1] == 2:
+        a11, a12, a22 = A[:, 0, 0], A[:, 0, 1], A[:, 1, 1]
+        det = (a11 * a22 - a12 * a12).clamp_min(1e-12)
+        return torch.stack([(a22 * b[:, 0] - a12 * b[:, 1]) / det, (a11 * b[:, 1] - a12 * b[:, 0]) / det], -1)
+    # Each row scaled to the unit diagonal first: roll moves the image less than a turn does, and
+    # the determinant of the raw rows spans too many orders of magnitude for float32.
+    scale = A.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12).rsqrt()  # (M, 3)
+    A = A * scale[:, :, None] * scale[:, None, :]
+    r0, r1, r2 = A.unbind(1)
+    # The inverse's columns are the rows' pairwise cross products over the determinant.
+    c0, c1, c2 = torch.linalg.cross(r1, r2), torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)
+    det = (r0 * c0).sum(-1, keepdim=True).clamp_min(1e-12)
+    sb = b * scale
+    return scale * (c0 * sb[:, :1] + c1 * sb[:, 1:2] + c2 * sb[:, 2:]) / det
 
 
 def _refit_about_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch.Tensor,
                        start: torch.Tensor, cell: int, principal_point: torch.Tensor | None,
-                       fit_height: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both refits: (pitch, yaw) (..., 2) and the direction (..., 3), its height shifted per window
-    (the last lead dimension's pairs) with ``fit_height``."""
+                       fit_height: bool, roll: bool, cells: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both refits: (pitch, yaw [, roll]) (..., 2 or 3) and the direction (..., 3), its height
+    shifted per window (the last lead dimension's pairs) with ``fit_height``."""
     lead, (h, w), dtype = flow.shape[:-3], flow.shape[-2:], start.dtype
     flow = flow.float().reshape(-1, 2, h, w)
     fov = fov.float().expand(lead).reshape(-1)
     d = direction.float().expand(*lead, 3).reshape(-1, 3)
-    omega = start.float().reshape(-1, 2)
+    kept = start.float().reshape(-1, 2)  # what a pair without a forward direction keeps
+    if roll:
+        kept = torch.cat([kept, torch.zeros_like(kept[:, :1])], -1)
+    omega, K = kept, kept.shape[-1]
     f, xs, ys = _flow_camera(flow, fov, cell)
     p, inside, rays = _cell_rays(flow, f, xs, ys, cell)
     if principal_point is not None:  # positions from the principal point instead of the centre
         axis = principal_point.float().expand(*lead, 2).reshape(-1, 1, 2)
         p = p - axis  # (M, n, 2)
         rays = torch.cat([rays[..., :2] - axis, rays[..., 2:]], -1)
-    p = p.expand(len(flow), -1, -1)
+    px, py = p.expand(len(flow), -1, -1).unbind(-1)  # (M, n) each
     length = d.norm(dim=-1)
     forward = (d[:, 2] > 0.5 * length) & (length > 1e-6)
     tangent = d[:, :2] / d[:, 2:].clamp_min(1e-6)  # the focus is f * tangent
     pairs = lead[-1] if fit_height else 1  # rows sharing one height offset
     offset = flow.new_zeros(len(flow) // pairs)
+    if cells is not None:
+        inside = inside * cells.float().expand(*lead, h, w).reshape(len(flow), -1)
     weight_forward = inside * forward[:, None]
 
-    eps = 1e-3
-    probes = flow.new_tensor([[0.0, 0.0], [eps, 0.0], [0.0, eps]])
     limit = math.radians(2.0)
     per_pair = lambda x: x.repeat_interleave(pairs, 0)  # noqa: E731 - a window's value on its pairs' rows
     per_window = lambda x: x.reshape(-1, pairs).sum(-1)  # noqa: E731 - the sum over a window's pairs
+    fm = f[:, None]
+    ax = px - fm * tangent[:, :1]  # (M, n) each cell from the focus, sideways (the offset is in height)
     for _ in range(_HEIGHT_ROUNDS if fit_height else _GIVEN_FOCUS_ROUNDS):
-        shift = per_pair(torch.stack([torch.zeros_like(offset), offset], -1))
-        away = p - (f[:, None] * (tangent + shift))[:, None, :]  # (M, n, 2) from the focus
-        dist = away.norm(dim=-1) + _NEAR_FOCUS * w * cell
-        r = _derotated_flow(omega[:, None, :] + probes, rays, f, p[:, None])  # (M, 3, n, 2)
-        c = (r[..., 0] * away[:, None, :, 1] - r[..., 1] * away[:, None, :, 0]) / dist[:, None]
-        c0, J = c[:, 0], (c[:, 1:] - c[:, :1]) / eps  # (M, n) across-line misfits, (M, 2, n)
+        ay = py - fm * (tangent[:, 1:] + per_pair(offset)[:, None])
+        per_px = 1 / (torch.hypot(ax, ay) + _NEAR_FOCUS * w * cell)  # a misfit's unit: px across the line
+        x, y = _derotated_rays(omega, rays)  # where each cell went, the rotation undone
+        rx, ry = fm * x - px, fm * y - py  # (M, n) its flow
+        c0 = (rx * ay - ry * ax) * per_px  # across its line from the focus
+        # The misfit's slopes: undoing a further small turn e moves a ray b by e x b, in the image
+        # (pitch) f (-x y, -(1 + y^2)), (yaw) f (1 + x^2, x y), (roll) f (-y, x). Exact for a turn
+        # composed before the rotation; the step is added to the rotation vector instead, which
+        # differs at second order in the rotation's few degrees: the same solution, other steps.
+        xy = x * y
+        slopes = [(1 + y * y) * ax - xy * ay, (1 + x * x) * ay - xy * ax, -(y * ay + x * ax)]
+        J = torch.stack(slopes[:K], 1) * (fm * per_px)[:, None]  # (M, K, n)
         weight = weight_forward * (c0.abs() < _GIVEN_FOCUS_OUTLIER_PX) / c0.abs().clamp_min(0.2)
-        # The 2x2 normal equations solved in closed form (as the focus fit's): no LAPACK call,
-        # which a compiled engine may not have; a flow with no texture gets no step.
         wj = J * weight[:, None]
-        a11, a12 = (wj[:, 0] * J[:, 0]).sum(-1), (wj[:, 0] * J[:, 1]).sum(-1)
-        a22 = (wj[:, 1] * J[:, 1]).sum(-1)
-        det = (a11 * a22 - a12 * a12).clamp_min(1e-12)
-        solve = lambda v1, v2: torch.stack([(a22 * v1 - a12 * v2) / det, (a11 * v2 - a12 * v1) / det], -1)  # noqa: E731
-        b1, b2 = -(wj[:, 0] * c0).sum(-1), -(wj[:, 1] * c0).sum(-1)
+        A = torch.bmm(wj, J.transpose(1, 2))  # (M, K, K) normal equations
+        b = -(wj * c0[:, None]).sum(-1)  # (M, K)
         if fit_height:  # the window's offset: each pair's rotation eliminated (Schur complement)
-            g = -f[:, None] * r[:, 0, :, 0] / dist  # d misfit / d offset: the focus moves by f
-            k1, k2 = (wj[:, 0] * g).sum(-1), (wj[:, 1] * g).sum(-1)
-            along, rhs = solve(k1, k2), solve(b1, b2)  # A^-1 k, A^-1 b
-            curvature = (weight * g * g).sum(-1) - (k1 * along[:, 0] + k2 * along[:, 1])
-            residual = -(weight * g * c0).sum(-1) - (k1 * rhs[:, 0] + k2 * rhs[:, 1])
+            g = -fm * rx * per_px  # d misfit / d offset: the focus moves by f
+            k = (wj * g[:, None]).sum(-1)  # (M, K)
+            along, rhs = _solve_normal(A, k), _solve_normal(A, b)  # A^-1 k, A^-1 b
+            curvature = (weight * g * g).sum(-1) - (k * along).sum(-1)
+            residual = -(weight * g * c0).sum(-1) - (k * rhs).sum(-1)
             move = (per_window(residual) / per_window(curvature).clamp_min(1e-9)).clamp(-_HEIGHT_STEP, _HEIGHT_STEP)
             offset = offset + move
-            b1, b2 = b1 - k1 * per_pair(move), b2 - k2 * per_pair(move)
-        omega = omega + solve(b1, b2).clamp(-limit, limit)
-    omega = torch.where(forward[:, None], omega, start.float().reshape(-1, 2))
+            b = b - k * per_pair(move)[:, None]
+        omega = omega + _solve_normal(A, b).clamp(-limit, limit)
+    omega = torch.where(forward[:, None], omega, kept)
     height = torch.where(forward, per_pair(offset) * d[:, 2], torch.zeros_like(d[:, 2]))
     d = torch.stack([d[:, 0], d[:, 1] + height, d[:, 2]], -1)
-    return omega.reshape(*lead, 2).to(dtype), d.reshape(*lead, 3).to(direction.dtype)
+    return omega.reshape(*lead, K).to(dtype), d.reshape(*lead, 3).to(direction.dtype)
 
 
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:

@@ -187,9 +187,9 @@ def test_rotation_from_flow_reads_a_rotated_camera(shared_data, yaw_deg, pitch_d
     maps = model.motion_maps(torch.stack([a, b, a], 1))
     read_rotation = geometry.rotation_from_flow_and_focus if fit == "focus" else geometry.rotation_from_flow
     with torch.no_grad():
-        _, pixel_flow = model.motion(maps)
-        read = torch.rad2deg(read_rotation(pixel_flow[0], fov))
-        standing = read_rotation(model.motion(maps[:, [0, 0]])[1][0], fov)
+        _, pixel_flow = model.motion(maps)  # (dy, dx) and whether each match is mutual
+        read = torch.rad2deg(read_rotation(pixel_flow[0, :, :2], fov))
+        standing = read_rotation(model.motion(maps[:, [0, 0]])[1][0, :, :2], fov)
     for row, sign in ((0, 1), (1, -1)):  # forwards, backwards
         for got, true in zip(read[row, :2].tolist(), (pitch_deg, yaw_deg)):
             assert abs(got - sign * true) <= 0.15 + 0.02 * abs(true), (row, got, true)
@@ -370,10 +370,11 @@ def test_focus_reading_serves_another_field_of_view(fov_deg):
 
 
 def test_head_focus_refits_about_the_heads_direction():
-    """rotation_fit head_focus: each pair's reading carries its flow. At inference the window's pitch
-    and yaw are refitted (geometry.rotation_given_focus) about the direction of travel the head
-    predicts, at the field of view it predicts, from the focus fit's reading, and the head's residual
-    is left out (roll 0). In training it is the focus fit with the residual, the loss unchanged."""
+    """rotation_fit head_focus: each pair's reading carries its flow and mutual matches. At inference
+    the window's pitch and yaw are refitted (geometry.rotation_given_focus) about the direction of
+    travel the head predicts, at the field of view it predicts, from the focus fit's reading, and the
+    head's residual is left out (roll 0). In training it is the focus fit with the residual, the loss
+    unchanged. refit_roll refits the roll too; refit_matches mutual reads only the mutual cells."""
     cfg = LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "rotation_from_flow": True,
                                             "rotation_fit": "head_focus", "translation_frame": "half_turn"}})
     torch.manual_seed(0)
@@ -382,9 +383,12 @@ def test_head_focus_refits_about_the_heads_direction():
     fov = torch.tensor(math.radians(70.0))
     flows = torch.stack([exact_drive_flow(fov, 0.2 * k - 1.0, 0.5 * k - 3.0, (0.1, 0.0, 1.0), depth_m=5.0,
                                           seed=k) for k in range(15)]).float()[None]  # (1, 15, 2, h, w)
+    mutual = torch.ones_like(flows[:, :, :1])
+    mutual[..., 20:, :] = 0  # the bottom rows: gone from view, matched onto something else
+    flows[..., 20:, :] += torch.tensor([-3.0, 5.0])[:, None, None]
     with torch.no_grad():
-        readings = model.flow_reading(flows)
-        assert readings.shape == (1, 15, 2 + flows[0, 0].numel())
+        readings = model.flow_reading(torch.cat([flows, mutual], 2))
+        assert readings.shape == (1, 15, 2 + 3 * flows[0, 0, 0].numel())
         actions = model.actions(model.encode_frames(frames, ts), ts, model.motion_maps(frames))
         out = model.pose(actions, ts, readings)
         trained = model.train().pose(actions, ts, readings)
@@ -409,6 +413,16 @@ def test_head_focus_refits_about_the_heads_direction():
     assert torch.allclose(torch.nn.functional.normalize(high["translation"], dim=-1),
                           torch.nn.functional.normalize(direction, dim=-1), atol=1e-6)
     assert not torch.allclose(high["translation"], out["translation"], atol=1e-4)
+    model.cfg.refit_roll, model.cfg.refit_matches = True, "mutual"
+    with torch.no_grad():
+        rolled = model.pose(actions, ts, readings)
+    refit, _ = geometry.rotation_and_height_given_heading(flows, out["fov"], out["translation"], start,
+                                                         roll=True, cells=mutual[:, :, 0])
+    assert refit.shape == (1, 15, 3)
+    expected = geometry.canonical_quaternion(geometry.rotvec_to_quaternion(refit))
+    assert torch.allclose(rolled["quaternion"], expected, atol=1e-6)
+    every_cell, _ = geometry.rotation_and_height_given_heading(flows, out["fov"], out["translation"], start, roll=True)
+    assert (every_cell - refit).abs().max() > 1e-4  # the cells left out were read before
 
 
 def test_motion_readings_keep_full_precision_under_autocast():
@@ -668,3 +682,96 @@ def test_recomputed_activations_give_the_same_step_in_less_memory(stage, share):
     for name in grads:
         assert torch.allclose(grads[name], grads_r[name], rtol=1e-4, atol=1e-6), name
     assert kept_r < share * kept, (kept_r, kept)
+
+
+def test_refit_reads_the_roll_about_the_direction_of_travel():
+    """refit_roll: the exact flow of a camera that turns and rolls while it drives, its principal
+    point off the centre. With the direction of travel given, pitch, yaw and roll are read to 0.02
+    degrees from a start a degree off; the pitch-and-yaw refit cannot say the roll (0) and gives the
+    turn less exactly. A window of such pairs, the head 2 degrees off in height, gives its height and
+    every angle, roll included, to 0.02 degrees."""
+    fov = torch.tensor(math.radians(70.0))
+    t, axis = (0.15, 0.02, 1.0), (-3.0, -1.0)
+    for pitch_deg, yaw_deg, roll_deg in ((0.5, 3.0, 0.4), (-0.3, -6.0, -0.3), (0.2, 1.0, 1.0)):
+        flow = exact_drive_flow(fov, pitch_deg, yaw_deg, t, depth_m=5.0, seed=3, roll_deg=roll_deg,
+                                principal_point=axis).float()
+        truth = torch.tensor([pitch_deg, yaw_deg, roll_deg])
+        start = torch.deg2rad(truth[:2] + torch.tensor([0.5, -1.0]))
+        read = torch.rad2deg(geometry.rotation_given_focus(flow, fov, torch.tensor(t), start,
+                                                           principal_point=torch.tensor(axis), roll=True))
+        assert (read - truth).abs().max() < 0.02, ((pitch_deg, yaw_deg, roll_deg), read)
+        without = torch.rad2deg(geometry.rotation_given_focus(flow, fov, torch.tensor(t), start,
+                                                              principal_point=torch.tensor(axis)))
+        assert (without - truth[:2]).abs().max() > (read - truth)[:2].abs().max()
+    g = torch.Generator().manual_seed(1)
+    yaw, pitch, roll = torch.linspace(-4.0, 6.0, 15), 0.3 * torch.randn(15, generator=g), 0.4 * torch.randn(15, generator=g)
+    sideways, height = 0.15 * torch.randn(15, generator=g), math.tan(math.radians(1.5))
+    flows = torch.stack([exact_drive_flow(fov, float(pitch[k]), float(yaw[k]), (float(sideways[k]), height, 1.0),
+                                          depth_m=5.0, seed=k, roll_deg=float(roll[k]), principal_point=axis).float()
+                         for k in range(15)])[None]
+    truth = torch.stack([pitch, yaw, roll], -1)[None]
+    head = torch.stack([sideways, torch.full((15,), math.tan(math.radians(-0.5))), torch.ones(15)], -1)[None]
+    start = torch.deg2rad(truth[..., :2] + torch.tensor([0.5, -1.0]))
+    rotation, direction = geometry.rotation_and_height_given_heading(flows, fov, head, start, roll=True,
+                                                                     principal_point=torch.tensor(axis))
+    assert rotation.shape == (1, 15, 3) and (torch.rad2deg(rotation) - truth).abs().max() < 0.02
+    assert (torch.rad2deg(torch.atan(direction[..., 1] / direction[..., 2])) - 1.5).abs().max() < 0.02
+    with pytest.raises(ConfigError, match="refit_roll"):
+        LaPoseConfig.from_dict({"model": {"refit_roll": True}})
+
+
+def test_refit_reads_only_the_cells_it_is_given():
+    """refit_matches: the exact flow of a turning, driving camera whose bottom third matched onto
+    something else, 2 px to the side (under the outlier cut, so nothing else leaves it out). Read
+    from every cell the turn comes out more than 0.1 degrees off; with those cells left out, to
+    0.01."""
+    fov = torch.tensor(math.radians(70.0))
+    t = torch.tensor([0.1, 0.0, 1.0])
+    flow = exact_drive_flow(fov, 0.3, 2.0, t.tolist(), depth_m=5.0, seed=4).float()
+    flow[:, 16:, :] += torch.tensor([0.0, 2.0])[:, None, None]
+    cells = torch.ones(24, 64)
+    cells[16:] = 0
+    start = torch.deg2rad(torch.tensor([0.8, 1.0]))
+    truth = torch.tensor([0.3, 2.0])
+    read = torch.rad2deg(geometry.rotation_given_focus(flow, fov, t, start, cells=cells))
+    every = torch.rad2deg(geometry.rotation_given_focus(flow, fov, t, start))
+    assert (read - truth).abs().max() < 0.01, read
+    assert (every - truth).abs().max() > 0.1, every
+    with pytest.raises(ConfigError, match="refit_matches"):
+        LaPoseConfig.from_dict({"model": {"refit_matches": "mutual"}})
+    with pytest.raises(ConfigError, match="refit_matches"):
+        LaPoseConfig.from_dict({"model": {"rotation_from_flow": True, "motion_features": "correlation",
+                                          "rotation_fit": "head_focus", "refit_matches": "some"}})
+
+
+def test_solve_normal_matches_a_linear_solve():
+    """The refits' closed-form 2x2 and 3x3 solves (no LAPACK in a compiled engine) agree with
+    torch.linalg.solve, on systems whose scales differ as a turn's and a roll's do, and give no
+    step for a flow without texture (all-zero system)."""
+    g = torch.Generator().manual_seed(0)
+    for K in (2, 3):
+        J = torch.randn(8, K, 200, generator=g) * torch.tensor([300.0, 500.0, 40.0][:K])[:, None]
+        A, b = J @ J.transpose(1, 2), torch.randn(8, K, generator=g) * 1e4
+        expected = torch.linalg.solve(A.double(), b.double())
+        assert torch.allclose(geometry._solve_normal(A, b).double(), expected, rtol=1e-3, atol=1e-9)
+        assert torch.equal(geometry._solve_normal(torch.zeros(1, K, K), torch.zeros(1, K)), torch.zeros(1, K))
+
+
+def test_mutual_matches_leave_out_what_left_the_view(shared_data):
+    """mutual_matches on a real frame and the same view 8 px lower and 16 px to the right (a crop of
+    a larger frame): the cells whose content is still in view match back, the two rows whose
+    content left the view mostly do not (each still has a best match inside, something else). A
+    frame against itself matches back wherever it has texture."""
+    from lapose_core.data.sources import KittiSequence
+    from lapose_core.data.transforms import fit_to_model, to_tensor
+    from lapose_core.model.latent_action import local_correlation, mutual_matches, patch_descriptors
+
+    image, _ = fit_to_model(KittiSequence(shared_data / "kitti" / "00_head").read(40), None, (120, 320))
+    big = to_tensor(image)[None]
+    a, b = big[..., 8:104, 16:272], big[..., 16:112, 32:288]  # a's content at (y, x) is b's at (y - 8, x - 16)
+    mutual = mutual_matches(local_correlation(patch_descriptors(a), patch_descriptors(b), 4), 4)[0]
+    still = mutual[2:, 4:].float().mean()
+    gone = mutual[:2].float().mean()
+    assert still > 0.9 and gone < 0.5, (still, gone)
+    same = mutual_matches(local_correlation(patch_descriptors(a), patch_descriptors(a), 4), 4)[0]
+    assert same.float().mean() > 0.95  # all but cells without texture, which match nothing better

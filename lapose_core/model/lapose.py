@@ -107,20 +107,24 @@ class LaPose(nn.Module):
         return motion, self.flow_reading(pixel_flow)
 
     def flow_reading(self, pixel_flow: torch.Tensor | None) -> torch.Tensor | None:
-        """Pairs' pixel flows (..., 2, h, w) -> what :meth:`pose` reads their rotation from.
+        """Pairs' pixel flows and mutual matches (..., 3, h, w) (``MotionEncoder.read_pair``) -> what
+        :meth:`pose` reads their rotation from.
 
-        ``rotation_fit`` median: the flows themselves, read at the window's predicted field of view
-        (cheap). focus: the fitted (pitch, yaw) (..., 2) at ``geometry.FLOW_READING_FOV``, converted
-        to the predicted field of view in :meth:`pose`; focus_roll: (pitch, yaw, roll) (..., 3);
-        head_focus: (pitch, yaw) followed by the flow itself, flattened (..., 2 + 2 h w), which
-        :meth:`pose` refits at inference once the head has said where the car drives. The fit costs
-        ~2 ms a pair on a 2-core CPU, so a streaming window makes it once per pair as the pair
-        enters, not 15 times per keyframe."""
-        if pixel_flow is None or self.cfg.rotation_fit == "median":
-            return pixel_flow
+        ``rotation_fit`` median: the flows themselves (..., 2, h, w), read at the window's predicted
+        field of view (cheap). focus: the fitted (pitch, yaw) (..., 2) at ``geometry.FLOW_READING_FOV``,
+        converted to the predicted field of view in :meth:`pose`; focus_roll: (pitch, yaw, roll)
+        (..., 3); head_focus: (pitch, yaw) followed by the flow and its mutual matches, flattened
+        (..., 2 + 3 h w), which :meth:`pose` refits at inference once the head has said where the
+        car drives. The fit costs ~2 ms a pair on a 2-core CPU, so a streaming window makes it once
+        per pair as the pair enters, not 15 times per keyframe."""
+        if pixel_flow is None:
+            return None
+        flow = pixel_flow[..., :2, :, :]
+        if self.cfg.rotation_fit == "median":
+            return flow
         fov = pixel_flow.new_tensor(geometry.FLOW_READING_FOV)
         roll = self.cfg.rotation_fit == "focus_roll"
-        reading = geometry.rotation_from_flow_and_focus(pixel_flow, fov, roll=roll)
+        reading = geometry.rotation_from_flow_and_focus(flow, fov, roll=roll)
         if self.cfg.rotation_fit == "head_focus":
             return torch.cat([reading[..., :2].to(pixel_flow.dtype), pixel_flow.flatten(-3)], -1)
         return reading if roll else reading[..., :2]
@@ -161,11 +165,14 @@ class LaPose(nn.Module):
                 given = camera[:, :1].to(fov.dtype).expand_as(fov)
                 fov = torch.where(given > 0, given, fov)
                 axis = camera[:, None, 1:]
-            pixel_flow = None
+            pixel_flow = cells = None
             if self.cfg.rotation_fit == "head_focus":  # the focus fit's reading, then the flow
                 if not self.training:  # in training the residual is learned on the focus fit's reading
-                    grid = (2, self.cfg.image_height // 4, self.cfg.image_width // 4)
+                    grid = (3, self.cfg.image_height // 4, self.cfg.image_width // 4)
                     pixel_flow = flow_reading[..., 2:].unflatten(-1, grid)
+                    if self.cfg.refit_matches == "mutual":
+                        cells = pixel_flow[..., 2, :, :]
+                    pixel_flow = pixel_flow[..., :2, :, :]
                 flow_reading = flow_reading[..., :2]
             seen = (geometry.rotation_at_fov(flow_reading, fov, geometry.FLOW_READING_FOV)
                     if self.cfg.rotation_fit != "median" else geometry.rotation_from_flow(flow_reading, fov))
@@ -176,14 +183,16 @@ class LaPose(nn.Module):
                 # pitch and yaw refitted about the head's heading, with the height read from the flow
                 step = out["translation"]
                 refit, direction = geometry.rotation_and_height_given_heading(
-                    pixel_flow, fov, step.detach(), seen[..., :2], principal_point=axis)
+                    pixel_flow, fov, step.detach(), seen[..., :2], principal_point=axis, roll=self.cfg.refit_roll, cells=cells)
                 out["translation"] = direction * (step.norm(dim=-1, keepdim=True)
                                                   / direction.norm(dim=-1, keepdim=True).clamp_min(1e-9))
             elif pixel_flow is not None:  # pitch and yaw refitted about the head's direction of travel
                 refit = geometry.rotation_given_focus(pixel_flow, fov, out["translation"].detach(),
-                                                      seen[..., :2], principal_point=axis)
-            if pixel_flow is not None:
-                q = geometry.rotvec_to_quaternion(torch.cat([refit, torch.zeros_like(refit[..., :1])], -1))
+                                                      seen[..., :2], principal_point=axis, roll=self.cfg.refit_roll, cells=cells)
+            if pixel_flow is not None:  # (pitch, yaw [, roll]): roll 0 unless refitted
+                if refit.shape[-1] == 2:
+                    refit = torch.cat([refit, torch.zeros_like(refit[..., :1])], -1)
+                q = geometry.rotvec_to_quaternion(refit)
             else:  # the head's rotation is a residual on the flow's
                 q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
             out["quaternion"] = geometry.canonical_quaternion(q)

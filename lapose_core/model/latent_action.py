@@ -71,6 +71,30 @@ def local_correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Te
     return torch.stack(bands, 1).view(M, h, k * k, w).permute(0, 2, 1, 3)
 
 
+def mutual_matches(volume: torch.Tensor, radius: int) -> torch.Tensor:
+    """(M, (2r+1)^2, h, w) :func:`local_correlation` volume -> (M, h, w) whether each cell's best match
+    in the later frame has that cell as its own best match back (the classical left-right check).
+
+    A cell whose content left the view or was hidden still has a best match, something else, which
+    as a rule matches another cell better: on a car camera at 2 fps the road just ahead has gone
+    under the car by the next frame. The backward correlations are the forward ones re-indexed
+    (later cell (y, x) against earlier cell (y - dy, x - dx) is the forward entry of that earlier
+    cell at offset (dy, dx)), so the check costs no new correlation.
+    """
+    M, _, h, w = volume.shape
+    k = 2 * radius + 1
+    best = volume.argmax(1)  # (M, h, w) each earlier cell's best offset
+    padded = F.pad(volume, (radius, radius, radius, radius), value=-2.0)  # below any cosine
+    backward = torch.stack([padded[:, i * k + j, k - 1 - i:k - 1 - i + h, k - 1 - j:k - 1 - j + w]
+                            for i in range(k) for j in range(k)], 1)  # later cell's correlations
+    best_back = backward.argmax(1).flatten(1)  # (M, h*w) each later cell's best offset
+    dy, dx = best // k - radius, best % k - radius
+    ty, tx = torch.arange(h, device=volume.device)[:, None] + dy, torch.arange(w, device=volume.device) + dx
+    lands = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
+    target = (ty.clamp(0, h - 1) * w + tx.clamp(0, w - 1)).flatten(1)
+    return lands & (best_back.gather(1, target).view(M, h, w) == best)
+
+
 def patch_descriptors(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
     """(M, 3, H, W) in [0, 1] -> (M, 16, H/cell, W/cell) unit-length local patch descriptors.
 
@@ -171,8 +195,9 @@ class MotionEncoder(nn.Module):
     @torch.no_grad()
     @geometry.full_precision  # bf16 correlations would blur the sub-cell peaks the flow is read from
     def read_pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`correlations`, and with ``rotation_from_flow`` the finest level's flow (M, 2, h, w)
-        (dy, dx) in pixels, the input of :func:`geometry.rotation_from_flow` (else None)."""
+        """:meth:`correlations`, and with ``rotation_from_flow`` the finest level's flow (M, 3, h, w):
+        (dy, dx) in pixels, the input of :func:`geometry.rotation_from_flow`, and whether each cell's
+        match is mutual (1 or 0, :func:`mutual_matches`), else None."""
         volumes, shift, pixel_flow = [], None, None
         for level in reversed(self.LEVELS):  # coarsest first: it finds the global shift
             pa, pb = ((F.normalize(F.avg_pool2d(x, level), dim=1, eps=1e-3) if level > 1 else x)
@@ -187,7 +212,8 @@ class MotionEncoder(nn.Module):
                 if shift is not None:
                     offsets = offsets + (shift * in_cells)[:, :, None, None]
                 if finest and self.rotation_from_flow:
-                    pixel_flow = offsets * 4.0
+                    mutual = mutual_matches(volume, self.radius)[:, None].to(offsets.dtype)
+                    pixel_flow = torch.cat([offsets * 4.0, mutual], 1)
                 if self.flow:  # in 4 px cells over the radius
                     volume = torch.cat([volume, offsets * (level / self.radius)], 1)
             if self.centred and shift is None:
@@ -201,7 +227,8 @@ class MotionEncoder(nn.Module):
 
     def pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, N, C) motion tokens of frame t+1
-        and, with ``rotation_from_flow``, the pair's (M, 2, h, w) pixel flow (else None).
+        and, with ``rotation_from_flow``, the pair's (M, 3, h, w) pixel flow and mutual matches
+        (:meth:`read_pair`; else None).
 
         A pair's outputs depend on its two frames only, so a streaming window computes them once per
         new frame and keeps them while the pair stays in the window.
@@ -217,7 +244,7 @@ class MotionEncoder(nn.Module):
 
     def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T, 16, h, w) descriptor maps -> (B, T, N, C) motion tokens (zeros for frame 0) and, with
-        ``rotation_from_flow``, the pairs' (B, T-1, 2, h, w) pixel flows (else None)."""
+        ``rotation_from_flow``, the pairs' (B, T-1, 3, h, w) pixel flows and mutual matches (else None)."""
         B, T = maps.shape[:2]
         tokens, pixel_flow = self.pair(maps[:, :-1].flatten(0, 1), maps[:, 1:].flatten(0, 1))
         if pixel_flow is not None:
