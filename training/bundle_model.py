@@ -99,6 +99,8 @@ def main() -> int:
                   f"the step translation's frame: {m.translation_frame} (half_turn: on the chord of the turn)",
                   f"the camera's intrinsics, where known, in that refit: {m.use_intrinsics}",
                   f"the height of travel in that refit from: {m.travel_height} (the head, or the flow)",
+                  f"each pair's roll refitted too: {m.refit_roll}",
+                  f"the cells that refit reads: {m.refit_matches} (all, or those whose match is mutual)",
                   f"mirror averaging at inference: {m.mirror_average}",
                   f"per-step position embedding in the pose head: {m.pose_step_embedding}",
                   f"scale token output: {m.scale_output}",

@@ -95,9 +95,15 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_halfturn_refit_uncalibrated": "val_halfturn_refit without the camera's intrinsics: the predicted field of view, the image centre for the principal point (use_intrinsics false)",
     "val_halfturn_refit_uncalibrated_seed1": "val_halfturn_refit_seed1 without the camera's intrinsics (use_intrinsics false)",
     "val_halfturn_refit_uncalibrated_seed2": "val_halfturn_refit_seed2 without the camera's intrinsics (use_intrinsics false)",
-    "val_halfturn_refit_height": "val_halfturn_refit with each window's height of travel read from the flow, not the head's (travel_height flow; shipped)",
+    "val_halfturn_refit_height": "val_halfturn_refit with each window's height of travel read from the flow, not the head's (travel_height flow)",
     "val_halfturn_refit_height_seed1": "val_halfturn_refit_seed1 with the height of travel from the flow (travel_height flow)",
     "val_halfturn_refit_height_seed2": "val_halfturn_refit_seed2 with the height of travel from the flow (travel_height flow)",
+    "val_halfturn_refit_roll": "val_halfturn_refit_height with each pair's roll refitted too (refit_roll true)",
+    "val_halfturn_refit_roll_seed1": "val_halfturn_refit_height_seed1 with the roll refitted too (refit_roll true)",
+    "val_halfturn_refit_roll_seed2": "val_halfturn_refit_height_seed2 with the roll refitted too (refit_roll true)",
+    "val_halfturn_refit_mutual": "val_halfturn_refit_roll reading only the cells whose match is mutual (refit_matches mutual; shipped)",
+    "val_halfturn_refit_mutual_seed1": "val_halfturn_refit_roll_seed1 reading only mutual matches (refit_matches mutual)",
+    "val_halfturn_refit_mutual_seed2": "val_halfturn_refit_roll_seed2 reading only mutual matches (refit_matches mutual)",
 }
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.

@@ -155,6 +155,10 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     run_with "val_halfturn_refit$seed" "val_halfturn_refit_uncalibrated$seed" use_intrinsics false
     # ... and that refit with each window's height of travel read from the flow.
     run_with "val_halfturn_refit$seed" "val_halfturn_refit_height$seed" travel_height '"flow"'
+    # ... and that with each pair's roll refitted too.
+    run_with "val_halfturn_refit_height$seed" "val_halfturn_refit_roll$seed" refit_roll true
+    # ... and that reading only the cells whose match is mutual.
+    run_with "val_halfturn_refit_roll$seed" "val_halfturn_refit_mutual$seed" refit_matches '"mutual"'
   done
   # Again for the recipe with centred correlations and standing windows 0.15.
   if [ ! -d "$RUNS/val_centred_static_1000" ]; then cp -r "$RUNS/val_centred_static" "$RUNS/val_centred_static_1000"; fi
