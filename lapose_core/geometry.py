@@ -137,23 +137,27 @@ def _cell_rays(flow: torch.Tensor, f: torch.Tensor, xs: torch.Tensor, ys: torch.
     return p, inside, rays
 
 
+def _turn(rotation: torch.Tensor) -> torch.Tensor:
+    """(..., 2) pitch and yaw, or (..., 3) with the roll -> (..., 3, 3) their rotation (roll 0 when
+    not given)."""
+    if rotation.shape[-1] == 2:
+        rotation = torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
+    return quaternion_to_matrix(rotvec_to_quaternion(rotation))
+
+
 def _derotated_flow(rotation: torch.Tensor, rays: torch.Tensor, f: torch.Tensor,
                     p: torch.Tensor) -> torch.Tensor:
     """(M, K, 2) candidate pitch and yaw [(M, K, 3) with the roll], the cells' rays (M, n, 3) and
     positions (n, 2), or (M, 1, n, 2) -> (M, K, n, 2) each cell's flow in pixels once the candidate
     is undone exactly (a homography), as the model applies it."""
-    rotvec = rotation if rotation.shape[-1] == 3 else torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
-    R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))  # (M, K, 3, 3)
-    back = torch.einsum("mkij,mnj->mkni", R, rays)
+    back = torch.einsum("mkij,mnj->mkni", _turn(rotation), rays)
     return f[:, None, None, None] * back[..., :2] / back[..., 2:].clamp_min(1e-3) - p
 
 
 def _derotated_rays(rotation: torch.Tensor, rays: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) pitch, yaw [, roll] (K 2 or 3) and the cells' rays (M, n, 3) -> where each ray points
     once the rotation is undone, x and y (M, n) on the image plane at unit focal length."""
-    rotvec = rotation if rotation.shape[-1] == 3 else torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
-    R = quaternion_to_matrix(rotvec_to_quaternion(rotvec))  # (M, 3, 3)
-    back = torch.einsum("mij,mnj->mni", R, rays)
+    back = torch.einsum("mij,mnj->mni", _turn(rotation), rays)
     z = back[..., 2].clamp_min(1e-3)
     return back[..., 0] / z, back[..., 1] / z
 

@@ -179,16 +179,17 @@ class LaPose(nn.Module):
             if self.cfg.translation_frame == "half_turn":  # the head's step, turned onto the chord
                 half = geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(seen / 2))
                 out["translation"] = (half @ out["translation"][..., None])[..., 0]
+            refit_options = dict(principal_point=axis, roll=self.cfg.refit_roll, cells=cells)
             if pixel_flow is not None and self.cfg.travel_height == "flow":
-                # pitch and yaw refitted about the head's heading, with the height read from the flow
+                # pitch and yaw [and roll] refitted about the head's heading, the height read from the flow
                 step = out["translation"]
                 refit, direction = geometry.rotation_and_height_given_heading(
-                    pixel_flow, fov, step.detach(), seen[..., :2], principal_point=axis, roll=self.cfg.refit_roll, cells=cells)
+                    pixel_flow, fov, step.detach(), seen[..., :2], **refit_options)
                 out["translation"] = direction * (step.norm(dim=-1, keepdim=True)
                                                   / direction.norm(dim=-1, keepdim=True).clamp_min(1e-9))
-            elif pixel_flow is not None:  # pitch and yaw refitted about the head's direction of travel
+            elif pixel_flow is not None:  # pitch and yaw [and roll] refitted about the head's direction
                 refit = geometry.rotation_given_focus(pixel_flow, fov, out["translation"].detach(),
-                                                      seen[..., :2], principal_point=axis, roll=self.cfg.refit_roll, cells=cells)
+                                                      seen[..., :2], **refit_options)
             if pixel_flow is not None:  # (pitch, yaw [, roll]): roll 0 unless refitted
                 if refit.shape[-1] == 2:
                     refit = torch.cat([refit, torch.zeros_like(refit[..., :1])], -1)
