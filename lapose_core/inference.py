@@ -256,7 +256,7 @@ class PoseEstimator:
                              device=self.device, dtype=self.dtype)
         window = (tokens, ts, motion)
         if m.rotation_from_flow:  # the pairs' flow readings: fitted angles, or the flows themselves
-            flow_size = 2 * maps.shape[-2] * maps.shape[-1]
+            flow_size = 3 * maps.shape[-2] * maps.shape[-1]  # (dy, dx, mutual) per cell: LaPose.flow_reading
             reading = {"focus": (2,), "focus_roll": (3,),
                        "head_focus": (2 + flow_size,)}.get(m.rotation_fit, (2, *maps.shape[-2:]))
             window += (torch.zeros(v, self.num_frames - 1, *reading, device=self.device, dtype=self.dtype),)

@@ -233,3 +233,19 @@ def test_clear_errors(tmp_path, window):
         est.predict_features([est.encode_frame(im) for im in images[:3]], ts[:3])
     with pytest.raises(InferenceError, match="uint8"):
         est.encode_frame(np.zeros((10, 10, 3), dtype=np.float32))
+
+
+def test_example_inputs_are_the_shapes_the_parts_pass():
+    """Compiled engines are built for static shapes (``example_inputs``). For the bundled model,
+    every switch of the recipe on, the pair part's flow reading has the shape the window part is
+    built for, and the window part runs on its example inputs, as the compile and TensorRT
+    backends do when they build and warm up."""
+    from lapose_core.inference import PairPart, WindowPart
+
+    est = PoseEstimator.load()
+    _, window, pair = est.example_inputs()
+    with torch.no_grad():
+        _, reading = PairPart(est.model)(*pair)
+        assert reading.shape == (est.views, window[3].shape[-1])
+        translation = WindowPart(est.model)(*window)[0]
+    assert translation.shape == (est.views, 15, 3) and torch.isfinite(translation).all()
