@@ -145,6 +145,7 @@ class MotionEncoder(nn.Module):
         self.centred = cfg.motion_centred
         self.flow = cfg.motion_flow
         self.rotation_from_flow = cfg.rotation_from_flow
+        self.cfg = cfg  # read live: refit_matches is an inference switch
         k = cfg.patch_size // 4  # fine cells per patch side
         volume = (len(self.LEVELS) * ((2 * self.radius + 1) ** 2 + (2 if self.flow else 0))
                   + (2 if self.centred else 0))
@@ -197,7 +198,9 @@ class MotionEncoder(nn.Module):
     def read_pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`correlations`, and with ``rotation_from_flow`` the finest level's flow (M, 3, h, w):
         (dy, dx) in pixels, the input of :func:`geometry.rotation_from_flow`, and whether each cell's
-        match is mutual (1 or 0, :func:`mutual_matches`), else None."""
+        match is mutual (1 or 0, :func:`mutual_matches`), else None. Only the refit at inference
+        with ``refit_matches`` mutual reads the check; elsewhere (training, other fits) the channel
+        is all 1, every match taken, and the check is not made."""
         volumes, shift, pixel_flow = [], None, None
         for level in reversed(self.LEVELS):  # coarsest first: it finds the global shift
             pa, pb = ((F.normalize(F.avg_pool2d(x, level), dim=1, eps=1e-3) if level > 1 else x)
@@ -212,7 +215,10 @@ class MotionEncoder(nn.Module):
                 if shift is not None:
                     offsets = offsets + (shift * in_cells)[:, :, None, None]
                 if finest and self.rotation_from_flow:
-                    mutual = mutual_matches(volume, self.radius)[:, None].to(offsets.dtype)
+                    if self.cfg.refit_matches == "mutual" and not self.training:
+                        mutual = mutual_matches(volume, self.radius)[:, None].to(offsets.dtype)
+                    else:
+                        mutual = torch.ones_like(offsets[:, :1])
                     pixel_flow = torch.cat([offsets * 4.0, mutual], 1)
                 if self.flow:  # in 4 px cells over the radius
                     volume = torch.cat([volume, offsets * (level / self.radius)], 1)
