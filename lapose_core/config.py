@@ -102,6 +102,12 @@ class ModelConfig:
     # own best match back (the left-right check, latent_action.mutual_matches). At 2 fps the road
     # just ahead has gone under the car by the next frame, and its cells match something else.
     refit_matches: str = "all"
+    # Inference only, with motion_centred: the global shift is also searched twice as far across
+    # (MotionEncoder.wide_shift), and where that finds the match beyond the 16 px level's reach
+    # (+-64 px, about 19 degrees of yaw at the model's input) the finer levels are centred there.
+    # At 1 fps a sharp turn is 30 degrees a step; past the reach the 4 px flow is searched around
+    # the wrong offset and the turn is lost. Every pair within reach is read exactly as before.
+    wide_shift: bool = False
     # The frame the head's step translation is predicted in (needs rotation_from_flow). "camera":
     # the earlier frame's, as the paper. "half_turn": turned by half the step's flow rotation. A
     # car's step runs along the chord of its arc, half the turn from where it pointed, so in this
@@ -336,6 +342,8 @@ class LaPoseConfig:
             raise ConfigError(f"{source}: model.refit_matches must be 'all' or 'mutual', got {m.refit_matches!r}")
         if m.refit_matches != "all" and m.rotation_fit != "head_focus":
             raise ConfigError(f"{source}: model.refit_matches={m.refit_matches!r} needs model.rotation_fit='head_focus'")
+        if m.wide_shift and not m.motion_centred:
+            raise ConfigError(f"{source}: model.wide_shift=true needs model.motion_centred=true")
         if m.refit_roll and m.rotation_fit != "head_focus":
             raise ConfigError(f"{source}: model.refit_roll=true needs model.rotation_fit='head_focus'")
         if not m.use_intrinsics and m.rotation_fit != "head_focus":

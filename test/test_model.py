@@ -775,3 +775,39 @@ def test_mutual_matches_leave_out_what_left_the_view(shared_data):
     assert still > 0.9 and gone < 0.5, (still, gone)
     same = mutual_matches(local_correlation(patch_descriptors(a), patch_descriptors(a), 4), 4)[0]
     assert same.float().mean() > 0.95  # all but cells without texture, which match nothing better
+
+
+@pytest.mark.parametrize("yaw_deg", [28.0, -28.0])
+def test_wide_shift_reads_a_turn_past_the_search_edge(shared_data, yaw_deg):
+    """wide_shift: a real frame and the same view from a camera turned 28 degrees (the exact rotation
+    homography; about 100 px at the model's input, past the 16 px level's +-64) is read as that turn
+    once the saturated pair is searched again wider; without it the turn is lost. A pair within
+    reach (6 degrees) gives the same flow bit for bit either way, and the switch needs centred
+    correlations."""
+    from lapose_core.data.augment import camera_matrix, rotation_matrices, warp_frames
+    from lapose_core.data.sources import KittiSequence
+    from lapose_core.data.transforms import fit_to_model, to_tensor
+
+    seq = KittiSequence(shared_data / "kitti" / "00_head")
+    settings = {"motion_features": "correlation", "motion_centred": True, "rotation_from_flow": True}
+    m = LaPoseConfig.from_dict({"model": settings}).model
+    image, K = fit_to_model(seq.read(40), seq.intrinsics, (m.image_height, m.image_width))
+    K[2:] = [(m.image_width - 1) / 2, (m.image_height - 1) / 2]  # the model's centred camera
+    Km, a = camera_matrix(K), to_tensor(image)[None]
+    fov = torch.tensor(geometry.horizontal_fov(K[0], m.image_width))
+
+    def read(turn_deg: float, wide: bool) -> tuple[torch.Tensor, float]:
+        R = rotation_matrices(torch.tensor([0.0, math.radians(turn_deg), 0.0], dtype=torch.float64))
+        b = warp_frames(a, (Km @ R @ torch.linalg.inv(Km))[None].float())
+        model = LaPose(LaPoseConfig.from_dict({"model": {**settings, "wide_shift": wide}}).model).eval()
+        with torch.no_grad():
+            _, pixel_flow = model.motion(model.motion_maps(torch.stack([a, b], 1)))
+        yaw = torch.rad2deg(geometry.rotation_from_flow_and_focus(pixel_flow[0, :, :2], fov))[0, 1]
+        return pixel_flow, float(yaw)
+
+    wide_flow, wide_yaw = read(yaw_deg, True)
+    assert wide_yaw == pytest.approx(yaw_deg, abs=0.5)
+    assert abs(read(yaw_deg, False)[1] - yaw_deg) > 5
+    assert torch.equal(read(6.0, True)[0], read(6.0, False)[0])
+    with pytest.raises(ConfigError, match="wide_shift"):
+        LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "wide_shift": True}})

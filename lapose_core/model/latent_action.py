@@ -95,6 +95,31 @@ def mutual_matches(volume: torch.Tensor, radius: int) -> torch.Tensor:
     return lands & (best_back.gather(1, target).view(M, h, w) == best)
 
 
+def overlap_mean_correlation(a: torch.Tensor, b: torch.Tensor, radius_y: int, radius_x: int) -> torch.Tensor:
+    """(M, D, h, w) unit feature maps -> (M, 2 ry + 1, 2 rx + 1) the mean cosine similarity of a's cell
+    (y, x) with b's cell (y + dy, x + dx), over the cells both maps hold at that offset.
+
+    A global search: :func:`local_correlation` zero-pads, so its image mean favours small offsets,
+    by their overlap; here each offset is averaged over its own overlap instead. One matmul per row
+    offset; the column offsets are gathered off its diagonals.
+    """
+    M, _, h, w = a.shape
+    offsets = torch.arange(-radius_x, radius_x + 1, device=a.device)
+    columns = torch.arange(w, device=a.device)[:, None] + offsets
+    inside = (columns >= 0) & (columns < w)  # (w, 2 rx + 1): b's column x + dx exists
+    index = columns.clamp(0, w - 1).expand(M, -1, -1)
+    rows = []
+    for dy in range(-radius_y, radius_y + 1):
+        n = h - abs(dy)
+        if n <= 0:  # no overlap: below any cosine
+            rows.append(a.new_full((M, 2 * radius_x + 1), -2.0))
+            continue
+        ya, yb = max(0, -dy), max(0, dy)
+        full = torch.einsum("mdyx,mdyz->mxz", a[:, :, ya:ya + n], b[:, :, yb:yb + n])  # summed over rows
+        rows.append((full.gather(2, index) * inside).sum(1) / (n * inside.sum(0)))
+    return torch.stack(rows, 1)
+
+
 def patch_descriptors(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
     """(M, 3, H, W) in [0, 1] -> (M, 16, H/cell, W/cell) unit-length local patch descriptors.
 
@@ -127,13 +152,13 @@ class MotionEncoder(nn.Module):
 
     Local patch descriptors on a 4-px grid (:func:`patch_descriptors`); local correlation volumes
     between consecutive frames at 4, 8 and 16 px cells (radius ``motion_radius`` cells: +-16, +-32
-    and +-64 px, so a sharp turn at 1 fps is still in range) are read out by a small learned network
-    into one token per patch, added to the later frame's patch tokens. With ``motion_centred`` the 4
-    and 8 px levels are searched around the pair's global shift (the 16 px level's best offset over
-    the whole image), which the network is also given. Frame t+1 only ever sees frames t and t+1, so
-    the inverse dynamics stays causal; frame 0 of a window gets no motion tokens. The descriptors have
-    no weights, so the correlations need no backward pass: at CPU scale that is most of a training
-    step.
+    and +-64 px; a sharp turn at 1 fps, 30 degrees or 100 px, needs ``wide_shift``) are read out by
+    a small learned network into one token per patch, added to the later frame's patch tokens. With
+    ``motion_centred`` the 4 and 8 px levels are searched around the pair's global shift (the 16 px
+    level's best offset over the whole image), which the network is also given. Frame t+1 only ever
+    sees frames t and t+1, so the inverse dynamics stays causal; frame 0 of a window gets no motion
+    tokens. The descriptors have no weights, so the correlations need no backward pass: at CPU scale
+    that is most of a training step.
     """
 
     LEVELS = (1, 2, 4)  # cell sizes in units of 4 px: 4, 8 and 16 px cells
@@ -145,7 +170,7 @@ class MotionEncoder(nn.Module):
         self.centred = cfg.motion_centred
         self.flow = cfg.motion_flow
         self.rotation_from_flow = cfg.rotation_from_flow
-        self.cfg = cfg  # read live: refit_matches is an inference switch
+        self.cfg = cfg  # read live: refit_matches and wide_shift are inference switches
         k = cfg.patch_size // 4  # fine cells per patch side
         volume = (len(self.LEVELS) * ((2 * self.radius + 1) ** 2 + (2 if self.flow else 0))
                   + (2 if self.centred else 0))
@@ -163,6 +188,14 @@ class MotionEncoder(nn.Module):
         k = 2 * self.radius + 1
         best = coarse_volume.mean((2, 3)).argmax(1)
         return torch.stack([best // k, best % k], 1).to(coarse_volume.dtype) - self.radius
+
+    def wide_shift(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(M, D, h, w) coarsest-level maps of frames t and t+1 -> (M, 2) integer (dy, dx) in its cells:
+        the offset that matches best on average over the image, searched twice as far across
+        (+-2 r cells, still half the image in view at a 16-cell-wide level) as :meth:`global_shift`."""
+        mean = overlap_mean_correlation(a, b, self.radius, 2 * self.radius)
+        best, k = mean.flatten(1).argmax(1), 4 * self.radius + 1
+        return torch.stack([best // k - self.radius, best % k - 2 * self.radius], 1).to(a.dtype)
 
     def cell_offsets(self, volume: torch.Tensor) -> torch.Tensor:
         """(M, (2r+1)^2, h, w) correlations -> (M, 2, h, w) each cell's best offset (dy, dx) in the
@@ -224,6 +257,13 @@ class MotionEncoder(nn.Module):
                     volume = torch.cat([volume, offsets * (level / self.radius)], 1)
             if self.centred and shift is None:
                 shift = self.global_shift(volume[:, :(2 * self.radius + 1) ** 2])
+                if self.cfg.wide_shift and not self.training:
+                    # A turn past the search's reach (over ~19 degrees: a sharp turn at 1 fps) leaves
+                    # no match inside it, and its best offset there is anywhere, not on the edge: the
+                    # pair is searched again twice as wide, and where that finds the match beyond
+                    # the reach it is taken. Pairs within reach keep their shift.
+                    wide = self.wide_shift(pa, pb)
+                    shift = torch.where((wide.abs() > self.radius).any(1, keepdim=True), wide, shift)
             volumes.append(F.interpolate(volume, size=a.shape[-2:], mode="nearest")
                            if level > 1 else volume)
         volumes.reverse()  # finest first, the order the read-out was trained on
