@@ -272,9 +272,10 @@ class PoseEstimator:
         # (the window part once took the flows and fitted them itself: "focus"); "focusroll": and roll;
         # "headfocus": the fit and the flow, refitted in the window part; "cam": with the camera's
         # field of view and principal point given to the window part. Inference-only switches
-        # (use_intrinsics, travel_height, refit_roll, refit_matches) change the graph but not the
-        # weights, and the flow reading gained each cell's mutual check (2 + 3 h w values, with
-        # refit_roll and refit_matches in the config): the model config's digest keys them all.
+        # (use_intrinsics, travel_height, refit_roll, refit_matches, wide_shift) change the graph
+        # but not the weights, and the flow reading gained each cell's mutual check (2 + 3 h w
+        # values, with refit_roll and refit_matches in the config): the model config's digest keys
+        # them all.
         m = self.config.model
         fit = {"focus": "_focuspair", "focus_roll": "_focusroll",
                "head_focus": "_headfocuscam"}.get(m.rotation_fit, "")

@@ -811,3 +811,25 @@ def test_wide_shift_reads_a_turn_past_the_search_edge(shared_data, yaw_deg):
     assert torch.equal(read(6.0, True)[0], read(6.0, False)[0])
     with pytest.raises(ConfigError, match="wide_shift"):
         LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "wide_shift": True}})
+
+
+def test_shift_peak_scores_match_their_definition():
+    """shift_peak_scores against its docstring, written out cell by cell on random unit maps."""
+    from lapose_core.model.latent_action import shift_peak_scores
+
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.nn.functional.normalize(torch.randn(2, 4, 5, 9, generator=g), dim=1) for _ in range(2))
+    reach, radius, rows = 3, 1, 1
+    got = shift_peak_scores(a, b, reach, radius, rows)
+    for m in range(2):
+        for s in range(-reach, reach + 1):
+            peaks = []
+            for y in range(5):
+                for x in range(9):
+                    if not 0 <= x + s < 9:
+                        continue  # a's cell shifted by s leaves b: not counted
+                    candidates = [float(a[m, :, y, x] @ b[m, :, y + dy, x + s + dx]) if 0 <= y + dy < 5 else 0.0
+                                  for dy in range(-rows, rows + 1) for dx in range(-radius, radius + 1)
+                                  if 0 <= x + s + dx < 9]
+                    peaks.append(max(candidates))
+            assert got[m, s + reach] == pytest.approx(sum(peaks) / len(peaks), abs=1e-5), (m, s)

@@ -101,6 +101,7 @@ def main() -> int:
                   f"the height of travel in that refit from: {m.travel_height} (the head, or the flow)",
                   f"each pair's roll refitted too: {m.refit_roll}",
                   f"the cells that refit reads: {m.refit_matches} (all, or those whose match is mutual)",
+                  f"the global shift also searched twice as wide at inference: {m.wide_shift}",
                   f"mirror averaging at inference: {m.mirror_average}",
                   f"per-step position embedding in the pose head: {m.pose_step_embedding}",
                   f"scale token output: {m.scale_output}",

@@ -101,10 +101,18 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_halfturn_refit_roll": "val_halfturn_refit_height with each pair's roll refitted too (refit_roll true)",
     "val_halfturn_refit_roll_seed1": "val_halfturn_refit_height_seed1 with the roll refitted too (refit_roll true)",
     "val_halfturn_refit_roll_seed2": "val_halfturn_refit_height_seed2 with the roll refitted too (refit_roll true)",
-    "val_halfturn_refit_mutual": "val_halfturn_refit_roll reading only the cells whose match is mutual (refit_matches mutual; shipped)",
+    "val_halfturn_refit_mutual": "val_halfturn_refit_roll reading only the cells whose match is mutual (refit_matches mutual)",
     "val_halfturn_refit_mutual_seed1": "val_halfturn_refit_roll_seed1 reading only mutual matches (refit_matches mutual)",
     "val_halfturn_refit_mutual_seed2": "val_halfturn_refit_roll_seed2 reading only mutual matches (refit_matches mutual)",
+    "val_halfturn_refit_wide": "val_halfturn_refit_mutual with the global shift also searched twice as wide (wide_shift true; shipped)",
+    "val_halfturn_refit_wide_seed1": "val_halfturn_refit_mutual_seed1 with the wider global search (wide_shift true)",
+    "val_halfturn_refit_wide_seed2": "val_halfturn_refit_mutual_seed2 with the wider global search (wide_shift true)",
 }
+# Inference switches that matter at the low frame rates only, compared there on the validation drive:
+# (without, with) pairs of run folders.
+LOW_RATE_PAIRS = tuple((f"val_halfturn_refit_mutual{seed}", f"val_halfturn_refit_wide{seed}")
+                       for seed in ("", "_seed1", "_seed2"))
+LOW_RATE_FPS = (1.0, 1.3)
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.
 RECIPE_RERUNS = ("val_speed", "val_speed_rerun", "val_speed_seed1")
@@ -410,6 +418,20 @@ def main() -> int:
             val_diagnoses[variant] = d.to_dict()
             (assets / f"{VALIDATION}_{variant}_diagnose_2fps.json").write_text(
                 json.dumps(val_diagnoses[variant], indent=1))
+    # The low-rate switches, where they act (a variant not trained here keeps its stored figures).
+    low_rate: dict[tuple[str, float], tuple[dict, dict, bool]] = {}
+    for variant in {v for pair in LOW_RATE_PAIRS for v in pair}:
+        for fps in LOW_RATE_FPS:
+            files = [assets / f"{VALIDATION}_{variant}_{fps:g}fps.json",
+                     assets / f"{VALIDATION}_{variant}_diagnose_{fps:g}fps.json"]
+            if variant in estimators:
+                r = evaluate(VALIDATION, "lapose", fps, variant)
+                d = diagnose_sequence(DATA / VALIDATION, "lapose", estimators[variant], fps=fps,
+                                      stride_s=args.stride_s).to_dict()
+                files[1].write_text(json.dumps(d, indent=1))
+                low_rate[(variant, fps)] = (r, d, False)
+            elif all(f.is_file() for f in files):
+                low_rate[(variant, fps)] = (*(json.loads(f.read_text()) for f in files), True)
     # Does the model measure motion? Before any accuracy figure is believed (lapose diagnose).
     diagnoses = {}
     for seq in ("03_head", VALIDATION):
@@ -532,6 +554,20 @@ def main() -> int:
                   f"({', '.join(rerun_names)}) lands at AUC@5 "
                   f"{spread('auc5')} and ATE-S {spread('ate_s')} on {VALIDATION}. A single variant's "
                   "difference inside that range is not evidence for or against it."]
+    lines += ["", f"## Low frame rates ({VALIDATION}; trained on 00_head + 06_head)", "",
+              "At 1 fps a sharp turn is 30 degrees a step, past the 16 px level's +-64 px (about 19 "
+              "degrees); `wide_shift` searches the global shift twice as far across (README). Every "
+              "pair within reach is read as before, so the 2 fps rows above barely move.", "",
+              "| variant | fps | windows | AUC@5 | ATE-S | yaw gain | yaw MAE (deg) | prior AUC@5 |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for pair in LOW_RATE_PAIRS:
+        for fps in LOW_RATE_FPS:
+            for variant in pair:
+                if (variant, fps) in low_rate:
+                    r, d, was_stored = low_rate[(variant, fps)]
+                    lines.append(f"| {variant}{' (stored)' if was_stored else ''} | {fps:g} | {r['windows']} | "
+                                 f"{fmt(r['auc5'])} | {fmt(r['ate_s'], '.4f')} | {fmt(d.get('yaw_gain'))} | "
+                                 f"{fmt(d['yaw_mae_deg'], '.2f')} | {fmt(d['prior_auc5'])} |")
     lines += ["", "## Training runs", "", "| run | last logged step |", "| --- | --- |"]
     for name in ("vqvae", "pretrain_motion", SHIPPED, *ABLATIONS):
         if (runs / name).is_dir():

@@ -161,6 +161,8 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     run_with "val_halfturn_refit_height$seed" "val_halfturn_refit_roll$seed" refit_roll true
     # ... and that reading only the cells whose match is mutual.
     run_with "val_halfturn_refit_roll$seed" "val_halfturn_refit_mutual$seed" refit_matches '"mutual"'
+    # ... and that with the global shift also searched twice as wide (the low-rate rows).
+    run_with "val_halfturn_refit_mutual$seed" "val_halfturn_refit_wide$seed" wide_shift true
   done
   # Again for the recipe with centred correlations and standing windows 0.15.
   if [ ! -d "$RUNS/val_centred_static_1000" ]; then cp -r "$RUNS/val_centred_static" "$RUNS/val_centred_static_1000"; fi
