@@ -813,23 +813,23 @@ def test_wide_shift_reads_a_turn_past_the_search_edge(shared_data, yaw_deg):
         LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "wide_shift": True}})
 
 
-def test_shift_peak_scores_match_their_definition():
-    """shift_peak_scores against its docstring, written out cell by cell on random unit maps."""
-    from lapose_core.model.latent_action import shift_peak_scores
+def test_shift_scores_match_their_definition():
+    """shift_scores against its docstring, written out cell by cell on random unit maps."""
+    from lapose_core.model.latent_action import shift_scores
 
     g = torch.Generator().manual_seed(0)
-    a, b = (torch.nn.functional.normalize(torch.randn(2, 4, 5, 9, generator=g), dim=1) for _ in range(2))
-    reach, radius, rows = 3, 1, 1
-    got = shift_peak_scores(a, b, reach, radius, rows)
+    h, w, reach, radius = 5, 9, 3, 1
+    a, b = (torch.nn.functional.normalize(torch.randn(2, 4, h, w, generator=g), dim=1) for _ in range(2))
+    got = shift_scores(a, b, reach, radius)
+    cosine = lambda m, y, x, yb, xb: float(a[m, :, y, x] @ b[m, :, yb, xb]) if 0 <= yb < h else 0.0  # noqa: E731
     for m in range(2):
-        for s in range(-reach, reach + 1):
-            peaks = []
-            for y in range(5):
-                for x in range(9):
-                    if not 0 <= x + s < 9:
-                        continue  # a's cell shifted by s leaves b: not counted
-                    candidates = [float(a[m, :, y, x] @ b[m, :, y + dy, x + s + dx]) if 0 <= y + dy < 5 else 0.0
-                                  for dy in range(-rows, rows + 1) for dx in range(-radius, radius + 1)
-                                  if 0 <= x + s + dx < 9]
-                    peaks.append(max(candidates))
-            assert got[m, s + reach] == pytest.approx(sum(peaks) / len(peaks), abs=1e-5), (m, s)
+        score = [0.0] * (2 * reach + 1)
+        for y in range(h):
+            for x in range(w):
+                peaks = {s: max(cosine(m, y, x, y + dy, x + s + dx) for dy in range(-radius, radius + 1)
+                                for dx in range(-radius, radius + 1) if 0 <= x + s + dx < w)
+                         for s in range(-reach, reach + 1) if 0 <= x + s < w}  # where the cell lands in b
+                chance = sorted(peaks.values())[(len(peaks) - 1) // 2]  # the median (the lower middle one)
+                for s, peak in peaks.items():
+                    score[s + reach] += max(peak - chance, 0.0) / (h * w)
+        assert got[m].tolist() == pytest.approx(score, abs=1e-5)

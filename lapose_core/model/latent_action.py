@@ -95,31 +95,36 @@ def mutual_matches(volume: torch.Tensor, radius: int) -> torch.Tensor:
     return lands & (best_back.gather(1, target).view(M, h, w) == best)
 
 
-def shift_peak_scores(a: torch.Tensor, b: torch.Tensor, reach: int, radius: int, rows: int = 2) -> torch.Tensor:
+def shift_scores(a: torch.Tensor, b: torch.Tensor, reach: int, radius: int) -> torch.Tensor:
     """(M, D, h, w) unit feature maps of frames t and t+1 -> (M, 2 reach + 1): for every horizontal
-    shift s in -reach..reach cells, how well a local search of +-radius cells around it matches: the
-    mean over a's cells (those whose shifted position lies in b) of their best cosine similarity with
-    b's cells (y + dy, x + s + dx), |dx| <= radius, |dy| <= rows.
+    shift s in -reach..reach cells, how much of a matches better around it than by chance.
 
-    The score of a centre for the fine level's local search. The mean correlation at one offset is
-    no such score at a low frame rate: the car's own travel spreads a sharp turn's flow over more
-    than a cell (parallax), and no single offset matches much of the image. One matmul of each
-    row of a against its 2 rows + 1 rows of b; the shifts are gathered off its diagonals and the
-    local search is a sliding max.
+    Each cell of a has, at every s, its peak: its best cosine with b's cells (y + dy, x + s + dx),
+    |dx|, |dy| <= radius, what a local search of that radius centred at s would find. Its chance
+    level is the median of its peaks over all s (texture matches something anywhere; a road cell
+    scores high everywhere). The score of s is the sum of the cells' peaks above that level, over
+    the cells whose shifted position lies in b, divided by all cells: a centre far to one side is
+    not favoured by having fewer cells to average. The mean correlation at one offset is no such
+    score at a low frame rate: the car's own travel spreads a sharp turn's flow over more than a
+    cell (parallax), and no single offset matches much of the image. One matmul of each row of a
+    against its 2 radius + 1 rows of b; the shifts are gathered off its diagonals, the local search
+    is a sliding max.
     """
     M, D, h, w = a.shape
     offsets = torch.arange(-reach - radius, reach + radius + 1, device=a.device)
     columns = torch.arange(w, device=a.device)[:, None] + offsets
     inside = (columns >= 0) & (columns < w)  # (w, 2 (reach + radius) + 1): b's column x + s + dx exists
     rows_a = a.permute(0, 2, 3, 1).reshape(M * h, w, D)
-    padded = F.pad(b, (0, 0, rows, rows))
-    rows_b = torch.cat([padded[:, :, dy:dy + h] for dy in range(2 * rows + 1)], -1)  # (M, D, h, k w)
+    padded = F.pad(b, (0, 0, radius, radius))
+    rows_b = torch.cat([padded[:, :, dy:dy + h] for dy in range(2 * radius + 1)], -1)  # (M, D, h, k w)
     cosine = torch.bmm(rows_a, rows_b.permute(0, 2, 1, 3).reshape(M * h, D, -1))
-    best = cosine.unflatten(-1, (2 * rows + 1, w)).amax(2)  # (M h, w, w): each pair of columns' best row
+    best = cosine.unflatten(-1, (2 * radius + 1, w)).amax(2)  # (M h, w, w): each pair of columns' best row
     best = best.gather(2, columns.clamp(0, w - 1).expand(M * h, -1, -1)).masked_fill(~inside, -1.0)
-    peaks = F.max_pool1d(best, 2 * radius + 1, stride=1).view(M, h, w, 2 * reach + 1)
+    peaks = F.max_pool1d(best, 2 * radius + 1, stride=1)  # (M h, w, 2 reach + 1)
     lands = inside[:, radius:radius + 2 * reach + 1]  # a's cell x shifted by s lies in b
-    return (peaks * lands).sum((1, 2)) / (h * lands.sum(0))
+    chance = peaks.masked_fill(~lands, float("nan")).nanmedian(-1, keepdim=True).values
+    above = (peaks - chance).clamp_min(0) * lands
+    return above.view(M, h * w, -1).sum(1) / (h * w)
 
 
 def patch_descriptors(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
@@ -191,26 +196,19 @@ class MotionEncoder(nn.Module):
         best = coarse_volume.mean((2, 3)).argmax(1)
         return torch.stack([best // k, best % k], 1).to(coarse_volume.dtype) - self.radius
 
-    # How much better (mean best cosine, shift_peak_scores) a centre beyond the coarse search's reach
-    # must match than the pair's global shift to replace it. A right centre beats a wrong one by 0.05
-    # to 0.1 on the labelled drives' sharp turns at 1 fps; neighbouring centres, which both cover
-    # most of the flow, differ by less than 0.02.
-    WIDE_SHIFT_MARGIN = 0.02
-
     def wide_shift(self, a: torch.Tensor, b: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """(M, 16, h, w) finest descriptor maps of frames t and t+1 and their (M, 2) global shift ->
-        that shift, its horizontal part searched again twice as far across (+-2 r coarse cells,
-        still half the image in view): where a centre beyond the coarse search's reach is one around
-        which the finest level's own search matches clearly better (:func:`shift_peak_scores`),
-        that centre, in whole coarse cells; the vertical shift is kept."""
+        that shift, searched again on the finest level twice as far across (+-2 r coarse cells,
+        still half the image in view): where the centre that matches best (:func:`shift_scores`)
+        lies beyond the finest level's own search around the pair's shift, that centre in whole
+        coarse cells, with no vertical shift (the search looked +-r finest cells, 16 px, about
+        level; a car pitches a few px a step)."""
         cells = self.LEVELS[-1] // self.LEVELS[0]  # finest cells per coarse cell
         reach = 2 * self.radius * cells
-        level = torch.stack([shift[:, 0] * cells, torch.zeros_like(shift[:, 0])], 1)
-        scores = shift_peak_scores(a, shift_cells(b, level), reach, self.radius)
-        across = torch.round((scores.argmax(1, keepdim=True) - reach).to(shift.dtype) / cells)
-        given = scores.gather(1, (shift[:, 1:] * cells + reach).long())
-        better = (across.abs() > self.radius) & (scores.amax(1, keepdim=True) > given + self.WIDE_SHIFT_MARGIN)
-        return torch.where(better, torch.cat([shift[:, :1], across], 1), shift)
+        best = (shift_scores(a, b, reach, self.radius).argmax(1, keepdim=True) - reach).to(shift.dtype)
+        missed = (best - shift[:, 1:] * cells).abs() > self.radius
+        wide = torch.cat([torch.zeros_like(best), torch.round(best / cells)], 1)
+        return torch.where(missed, wide, shift)
 
     def cell_offsets(self, volume: torch.Tensor) -> torch.Tensor:
         """(M, (2r+1)^2, h, w) correlations -> (M, 2, h, w) each cell's best offset (dy, dx) in the
