@@ -3,11 +3,14 @@
     python training/bundle_model.py --run runs/tiny/post_finetune --reason "best AUC@5 ..."
 
 The card is written from the run folders' own logs and the evaluation JSON that
-training/make_results.py wrote (docs/results/*.json): no figure in it is typed by hand.
+training/make_results.py wrote (docs/results/*.json): no figure in it is typed by hand. A run whose
+weights are the bundled ones byte for byte (the default re-bundled with a new inference switch,
+its training log on another machine) keeps its training row from the card it replaces.
 """
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 from pathlib import Path
@@ -58,9 +61,19 @@ def main() -> int:
     stages = [("vqvae", runs / "vqvae"), ("pretrain", pretrain_run), ("posttrain", run)]
     if cfg.train.init_from == "scratch":
         stages = [("posttrain (no pretraining)", run)]
+    previous_rows = {}  # the replaced card's training rows, where the weights are the same
+    if (out / "MODEL_CARD.md").is_file() and (out / "model.safetensors").is_file() and filecmp.cmp(
+            ckpt / "model.safetensors", out / "model.safetensors", shallow=False):
+        card_lines = (out / "MODEL_CARD.md").read_text().splitlines()
+        previous_rows = {line.split(" | ")[0][2:]: line for line in card_lines
+                         if line.startswith("| ") and line.count("`") == 2}
     rows = []
     for name, folder in stages:
-        log = last_metrics(folder) or {}
+        log = last_metrics(folder)
+        if log is None and name in previous_rows:
+            rows.append(previous_rows[name])
+            continue
+        log = log or {}
         c = read_config(folder).train
         scalars = ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in log.items()
                             if k.startswith("model/") or k == "loss")
