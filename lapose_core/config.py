@@ -102,11 +102,13 @@ class ModelConfig:
     # own best match back (the left-right check, latent_action.mutual_matches). At 2 fps the road
     # just ahead has gone under the car by the next frame, and its cells match something else.
     refit_matches: str = "all"
-    # Inference only, with motion_centred: the global shift is also searched twice as far across
-    # (MotionEncoder.wide_shift), and where that finds the match beyond the 16 px level's reach
-    # (+-64 px, about 19 degrees of yaw at the model's input) the finer levels are centred there.
-    # At 1 fps a sharp turn is 30 degrees a step; past the reach the 4 px flow is searched around
-    # the wrong offset and the turn is lost. Every pair within reach is read exactly as before.
+    # Inference only, with motion_centred: each pair's global shift is searched again on the 4 px
+    # level, twice as far across (MotionEncoder.wide_shift, +-128 px), and where the centre that
+    # matches best lies beyond the 4 px level's own +-16 px search around the 16 px level's shift,
+    # the finer levels are centred there. At 1 fps a sharp turn is 30 degrees a step, past the
+    # 16 px level's +-64 px (about 19 degrees of yaw at the model's input); its best offset then
+    # lies anywhere and the turn is lost. A pair whose fine search already covers the best centre
+    # is read exactly as before.
     wide_shift: bool = False
     # The frame the head's step translation is predicted in (needs rotation_from_flow). "camera":
     # the earlier frame's, as the paper. "half_turn": turned by half the step's flow rotation. A

@@ -556,8 +556,9 @@ def main() -> int:
                   "difference inside that range is not evidence for or against it."]
     lines += ["", f"## Low frame rates ({VALIDATION}; trained on 00_head + 06_head)", "",
               "At 1 fps a sharp turn is 30 degrees a step, past the 16 px level's +-64 px (about 19 "
-              "degrees); `wide_shift` searches the global shift twice as far across (README). Every "
-              "pair within reach is read as before, so the 2 fps rows above barely move.", "",
+              "degrees); `wide_shift` searches the global shift again on the 4 px level, twice as far "
+              "across, and re-centres a pair only where its fine search misses the best centre "
+              "(README). No pair of 07_head is re-centred at 2 fps: its rows above are the same.", "",
               "| variant | fps | windows | AUC@5 | ATE-S | yaw gain | yaw MAE (deg) | prior AUC@5 |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for pair in LOW_RATE_PAIRS:

@@ -272,7 +272,8 @@ class MotionEncoder(nn.Module):
                 shift = self.global_shift(volume[:, :(2 * self.radius + 1) ** 2])
                 if self.cfg.wide_shift and not self.training:
                     # A turn past the search's reach (over ~19 degrees: a sharp turn at 1 fps) leaves
-                    # no match inside it, and its best offset there is anywhere, not on the edge.
+                    # no match inside it, and its best offset there is anywhere, not on the edge;
+                    # the finest level says where the match is.
                     shift = self.wide_shift(a, b, shift)
             volumes.append(F.interpolate(volume, size=a.shape[-2:], mode="nearest")
                            if level > 1 else volume)
