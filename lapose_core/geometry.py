@@ -137,12 +137,18 @@ def _cell_rays(flow: torch.Tensor, f: torch.Tensor, xs: torch.Tensor, ys: torch.
     return p, inside, rays
 
 
-def _turn(rotation: torch.Tensor) -> torch.Tensor:
-    """(..., 2) pitch and yaw, or (..., 3) with the roll -> (..., 3, 3) their rotation (roll 0 when
+def with_roll(rotation: torch.Tensor) -> torch.Tensor:
+    """(..., 2) pitch and yaw, or (..., 3) with the roll -> (..., 3) the rotation vector (roll 0 when
     not given)."""
     if rotation.shape[-1] == 2:
         rotation = torch.cat([rotation, torch.zeros_like(rotation[..., :1])], -1)
-    return quaternion_to_matrix(rotvec_to_quaternion(rotation))
+    return rotation
+
+
+def _turn(rotation: torch.Tensor) -> torch.Tensor:
+    """(..., 2) pitch and yaw, or (..., 3) with the roll -> (..., 3, 3) their rotation (roll 0 when
+    not given)."""
+    return quaternion_to_matrix(rotvec_to_quaternion(with_roll(rotation)))
 
 
 def _derotated_flow(rotation: torch.Tensor, rays: torch.Tensor, f: torch.Tensor,
@@ -182,7 +188,7 @@ def rotation_from_flow(flow: torch.Tensor, fov: torch.Tensor, cell: int = 4) -> 
     inside = _lands_inside(to_x, to_y, h, w, cell)
     angles = torch.stack([pitch, yaw], -3).masked_fill(~inside[..., None, :, :], float("nan"))
     angles = angles.flatten(-2).nanmedian(-1).values.nan_to_num(0.0)  # (..., 2)
-    return torch.cat([angles, torch.zeros_like(angles[..., :1])], -1).to(dtype)
+    return with_roll(angles).to(dtype)
 
 
 def rotation_at_fov(reading: torch.Tensor, fov: torch.Tensor,
@@ -393,8 +399,7 @@ def _refit_about_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch.T
     fov = fov.float().expand(lead).reshape(-1)
     d = direction.float().expand(*lead, 3).reshape(-1, 3)
     kept = start.float().reshape(-1, 2)  # what a pair without a forward direction keeps
-    if roll:
-        kept = torch.cat([kept, torch.zeros_like(kept[:, :1])], -1)
+    kept = with_roll(kept) if roll else kept
     omega, K = kept, kept.shape[-1]
     f, xs, ys = _flow_camera(flow, fov, cell)
     p, inside, rays = _cell_rays(flow, f, xs, ys, cell)

@@ -191,9 +191,7 @@ class LaPose(nn.Module):
                 refit = geometry.rotation_given_focus(pixel_flow, fov, out["translation"].detach(),
                                                       seen[..., :2], **refit_options)
             if pixel_flow is not None:  # (pitch, yaw [, roll]): roll 0 unless refitted
-                if refit.shape[-1] == 2:
-                    refit = torch.cat([refit, torch.zeros_like(refit[..., :1])], -1)
-                q = geometry.rotvec_to_quaternion(refit)
+                q = geometry.rotvec_to_quaternion(geometry.with_roll(refit))
             else:  # the head's rotation is a residual on the flow's
                 q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
             out["quaternion"] = geometry.canonical_quaternion(q)
