@@ -45,14 +45,15 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
   # Self-labels of the unlabeled clips (a clip already done is skipped).
   .venv/bin/python training/self_label.py --sources "../shared/data/unlabeled/*.mp4" --out "$RUNS/self_labels"
   # The variants also keep the switches the recipe took after them (appearance tokens on, windows
-  # played backwards 0.2, correlations not centred, static windows 0.05, no flow, and none of the
-  # head_focus refit's inference switches, which need that fit); the rows that measure those
-  # switches set them.
+  # played backwards 0.2, correlations not centred, static windows 0.05, no flow, no rotation read
+  # from it, and none of the head_focus refit's inference switches, which need that fit); the rows
+  # that measure those switches set them (test/test_reproduce_configs.py checks every row's config).
   VAL=(--set "data.posttrain_sequences=[../shared/data/kitti/00_head, ../shared/data/kitti/06_head]"
        --set model.scale_output=step --set model.appearance_tokens=true --set data.reverse_prob=0.2
        --set model.motion_centred=false --set data.static_prob=0.05 --set model.motion_flow=false
        --set model.mirror_average=false --set model.travel_height=head --set model.refit_roll=false
-       --set model.refit_matches=all)
+       --set model.refit_matches=all --set model.wide_shift=false --set model.rotation_from_flow=false
+       --set model.rotation_fit=median --set model.translation_frame=camera)
   posttrain() {  # NAME ARGS...: one variant, its log in RUNS/NAME.log
     local name=$1; shift
     OMP_NUM_THREADS=$(( PARALLEL > 1 ? 1 : $(nproc) )) \
