@@ -250,7 +250,7 @@ class PoseEstimator:
         ts = ts.expand(v, -1).contiguous()
         if self.model.motion is None:
             return (frame,), (tokens, ts)
-        maps = torch.zeros(v, 16, m.image_height // 4, m.image_width // 4,
+        maps = torch.zeros(v, self.model.motion.map_channels, m.image_height // 4, m.image_width // 4,
                            device=self.device, dtype=self.dtype)
         motion = torch.zeros(v, self.num_frames - 1, m.grid[0] * m.grid[1], m.width,
                              device=self.device, dtype=self.dtype)

@@ -832,3 +832,132 @@ def test_shift_scores_match_their_definition():
                 for s, peak in peaks.items():
                     score[s + reach] += max(peak - chance, 0.0) / (h * w)
         assert got[m].tolist() == pytest.approx(score, abs=1e-5)
+
+
+def test_fine_flow_refines_the_refits_flow_below_a_pixel(shared_data):
+    """fine_flow: a real frame and the same view zoomed 8 % about its centre (an exact warp: the flow
+    of driving towards a wall), read by the 4 px level and refined. Over the cells with mutual
+    matches and at least 3 px of flow, the 4 px level's flow is off by 1.8 px (median), the refined
+    one by under 0.6. The flow the head's inputs rest on is the same with the switch as without
+    it, and a frame caches its grey pixels only with it."""
+    from lapose_core.data.augment import warp_frames
+    from lapose_core.data.sources import KittiSequence
+    from lapose_core.data.transforms import fit_to_model, to_tensor
+
+    settings = {"motion_features": "correlation", "motion_centred": True, "rotation_from_flow": True,
+                "rotation_fit": "head_focus", "refit_matches": "mutual"}
+    m = LaPoseConfig.from_dict({"model": settings}).model
+    seq = KittiSequence(shared_data / "kitti" / "00_head")
+    image, _ = fit_to_model(seq.read(40), seq.intrinsics, (m.image_height, m.image_width))
+    a = to_tensor(image)[None]
+    H, W, s = m.image_height, m.image_width, 1.08
+    zoom = torch.tensor([[1 / s, 0, (W - 1) / 2 * (1 - 1 / s)], [0, 1 / s, (H - 1) / 2 * (1 - 1 / s)], [0, 0, 1]])
+    b = warp_frames(a, zoom[None].float())
+    ys = (torch.arange(H // 4) - (H // 4 - 1) / 2) * 4
+    xs = (torch.arange(W // 4) - (W // 4 - 1) / 2) * 4
+    x, y = torch.broadcast_tensors(xs[None], ys[:, None])
+    true = torch.stack([(s - 1) * y, (s - 1) * x])
+
+    def read(fine: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        model = LaPose(LaPoseConfig.from_dict({"model": {**settings, "fine_flow": fine}}).model).eval()
+        with torch.no_grad():
+            maps = model.motion_maps(torch.stack([a, b], 1))
+            return maps, model.motion(maps)[1][0, 0]
+
+    maps, flow = read(True)
+    plain_maps, plain = read(False)
+    assert maps.shape[2] == 32 and plain_maps.shape[2] == 16 and flow.shape[0] == 5 and plain.shape[0] == 3
+    assert torch.equal(flow[:3], plain)
+    cells = (flow[2] > 0) & (true.norm(dim=0) >= 3) & (x.abs() < W / 2 - 12) & (y.abs() < H / 2 - 12)
+    assert cells.sum() > 200
+    coarse_err = (flow[:2] - true).norm(dim=0)[cells].median()
+    fine_err = (flow[3:5] - true).norm(dim=0)[cells].median()
+    assert fine_err < 0.6 and coarse_err > 1.2, (fine_err, coarse_err)
+    # Trained models read the flow they were trained with: the refinement is inference only.
+    model = LaPose(LaPoseConfig.from_dict({"model": {**settings, "fine_flow": True}}).model).train()
+    assert model.motion_maps(torch.stack([a, b], 1)).shape[2] == 16
+    with pytest.raises(ConfigError, match="fine_flow"):
+        LaPoseConfig.from_dict({"model": {"motion_features": "correlation", "rotation_from_flow": True,
+                                          "fine_flow": True}})
+
+
+def box_drive_flows(poses, fov, h=24, w=64, cell=4):
+    """The exact (P, 2, h, w) flows (dy, dx) of 4 px cells of a camera of horizontal field of view
+    ``fov`` driving through a box (a road 1.65 m below, walls 6 m to either side, a far wall 60 m on),
+    ``poses`` its P + 1 (position (3,), rotation (3, 3)) in the box's frame: every point's depth is
+    known in every frame, so consecutive pairs triangulate exactly."""
+    f = (w * cell / 2) / math.tan(fov / 2)
+    ys = (torch.arange(h, dtype=torch.float64) - (h - 1) / 2) * cell
+    xs = (torch.arange(w, dtype=torch.float64) - (w - 1) / 2) * cell
+    x, y = torch.broadcast_tensors(xs[None, :], ys[:, None])
+    rays = torch.stack([x / f, y / f, torch.ones_like(x)], -1).reshape(-1, 3)
+    flows = []
+    for (at, R), (to, R_to) in zip(poses[:-1], poses[1:]):
+        d = rays @ R.T  # the rays in the box's frame, at unit depth
+        hits = [(value - at[axis]) / d[:, axis] for axis, value in ((1, 1.65), (0, 6.0), (0, -6.0), (2, 60.0))]
+        depth = torch.stack([torch.where(t > 0, t, torch.full_like(t, math.inf)) for t in hits]).min(0).values
+        later = (at + depth[:, None] * d - to) @ R_to  # each point in the later camera
+        seen = f * later[:, :2] / later[:, 2:]
+        flows.append(torch.stack([seen[:, 1] - y.reshape(-1), seen[:, 0] - x.reshape(-1)]).reshape(2, h, w))
+    return torch.stack(flows)
+
+
+def test_step_length_ratios_triangulate_each_step_against_the_last():
+    """step_lengths flow: a camera driving 1, 1.2, 0.8, 1.5 and 1.5 m through a box while it turns
+    by up to 3 degrees a step, its direction of travel 3 degrees off its axis. Each step's length
+    against the one before is read from the exact flows to 1e-4 in log; fitted with the head's
+    lengths (all equal here) the steps take the measured lengths' shape, their directions and the
+    window's path length kept. Unread ratios (a standing pair) leave the head's lengths."""
+    fov = math.radians(70.0)
+    lengths = torch.tensor([1.0, 1.2, 0.8, 1.5, 1.5], dtype=torch.float64)
+    turns = [(0.002, 0.02), (0.0, -0.03), (-0.003, 0.05), (0.0, 0.0), (0.001, 0.01)]
+    heading = torch.tensor([0.05, 0.0, 1.0], dtype=torch.float64)
+    heading = heading / heading.norm()
+    at, R = torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    poses, rotations = [(at, R)], []
+    for length, (pitch, yaw) in zip(lengths, turns):
+        rotvec = torch.tensor([pitch, yaw, 0.0], dtype=torch.float64)
+        at, R = at + R @ (heading * length), R @ geometry.quaternion_to_matrix(geometry.rotvec_to_quaternion(rotvec))
+        poses.append((at, R))
+        rotations.append([pitch, yaw])
+    flows = box_drive_flows(poses, fov)[None].float()
+    directions = (heading[None] * lengths[:, None])[None].float()
+    fovs = torch.full((1, 5), fov)
+    log_ratios, read = geometry.step_length_ratios(flows, fovs, directions, torch.tensor([rotations]).float())
+    assert read.all()
+    assert torch.allclose(log_ratios[0], (lengths[1:] / lengths[:-1]).log().float(), atol=1e-4), log_ratios
+
+    head = heading[None].float().expand(5, 3)[None] * 1.2  # the head: five equal steps, 6 m in all
+    fitted = geometry.with_step_lengths(head, log_ratios, read)
+    assert torch.allclose(fitted / fitted.norm(dim=-1, keepdim=True), head / head.norm(dim=-1, keepdim=True))
+    assert fitted.norm(dim=-1).sum() == pytest.approx(6.0, rel=1e-5)
+    # The head's lengths weigh a tenth of a ratio: the fit lies near the flow's, a little towards them.
+    fitted_ratios = (fitted.norm(dim=-1)[0, 1:] / fitted.norm(dim=-1)[0, :-1]).log()
+    true_ratios = (lengths[1:] / lengths[:-1]).log().float()
+    assert (fitted_ratios - true_ratios).abs().max() < 0.05, fitted_ratios
+    assert fitted_ratios.abs().sum() < true_ratios.abs().sum()
+    assert torch.allclose(geometry.with_step_lengths(head, log_ratios, torch.zeros_like(read)), head)
+
+    standing = directions.clone()
+    standing[0, 2] = 0.0  # no forward direction: neither ratio through it is read
+    _, read = geometry.step_length_ratios(flows, fovs, standing, torch.tensor([rotations]).float())
+    assert read.tolist() == [[True, False, False, True]]
+    with pytest.raises(ConfigError, match="step_lengths"):
+        LaPoseConfig.from_dict({"model": {"step_lengths": "flow"}})
+
+
+def test_step_length_fit_solves_its_least_squares():
+    """with_step_lengths' closed-form tridiagonal solve against a dense linear solve of the same
+    least squares, ratios read and unread mixed."""
+    g = torch.Generator().manual_seed(0)
+    steps = torch.rand(3, 15, 3, generator=g, dtype=torch.float64) + 0.2
+    log_ratios = 0.2 * torch.randn(3, 14, generator=g, dtype=torch.float64)
+    read = torch.rand(3, 14, generator=g) > 0.3
+    fitted = geometry.with_step_lengths(steps, log_ratios, read).norm(dim=-1)
+    own, w = steps.norm(dim=-1).log(), geometry._RATIO_WEIGHT * read.double()
+    D = torch.zeros(14, 15, dtype=torch.float64)
+    D[range(14), range(14)], D[range(14), range(1, 15)] = -1.0, 1.0
+    A = torch.eye(15, dtype=torch.float64) + D.T @ (w[..., None] * D)
+    x = torch.linalg.solve(A, own + ((w * log_ratios)[..., None, :] * D.T).sum(-1))
+    expected = x.exp() * steps.norm(dim=-1).sum(-1, keepdim=True) / x.exp().sum(-1, keepdim=True)
+    assert torch.allclose(fitted, expected, rtol=1e-5)

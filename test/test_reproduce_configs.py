@@ -66,4 +66,5 @@ def test_every_validation_variant_is_a_valid_config():
     assert configs["val_rotflow"].model.rotation_fit == "median"
     assert configs["val_halfturn"].model.rotation_fit == "focus"
     assert configs["val_halfturn"].model.translation_frame == "half_turn"
-    assert configs["val_halfturn_refit_wide_seed2"].model.wide_shift
+    assert configs["val_halfturn_refit_steps"].model.step_lengths == "flow"
+    assert configs["val_halfturn_refit_steps_seed2"].model.fine_flow

@@ -115,6 +115,9 @@ def main() -> int:
                   f"each pair's roll refitted too: {m.refit_roll}",
                   f"the cells that refit reads: {m.refit_matches} (all, or those whose match is mutual)",
                   f"the global shift also searched twice as wide at inference: {m.wide_shift}",
+                  f"the refit reads the flow refined below a pixel: {m.fine_flow}",
+                  f"step lengths within a window from: {m.step_lengths} (the head, or the flow's "
+                  "triangulated ratios fitted with the head's)",
                   f"mirror averaging at inference: {m.mirror_average}",
                   f"per-step position embedding in the pose head: {m.pose_step_embedding}",
                   f"scale token output: {m.scale_output}",

@@ -104,15 +104,25 @@ ABLATIONS = {  # run folder -> description; trained on 00_head + 06_head, compar
     "val_halfturn_refit_mutual": "val_halfturn_refit_roll reading only the cells whose match is mutual (refit_matches mutual)",
     "val_halfturn_refit_mutual_seed1": "val_halfturn_refit_roll_seed1 reading only mutual matches (refit_matches mutual)",
     "val_halfturn_refit_mutual_seed2": "val_halfturn_refit_roll_seed2 reading only mutual matches (refit_matches mutual)",
-    "val_halfturn_refit_wide": "val_halfturn_refit_mutual with the global shift also searched twice as wide (wide_shift true; shipped)",
+    "val_halfturn_refit_wide": "val_halfturn_refit_mutual with the global shift also searched twice as wide (wide_shift true)",
     "val_halfturn_refit_wide_seed1": "val_halfturn_refit_mutual_seed1 with the wider global search (wide_shift true)",
     "val_halfturn_refit_wide_seed2": "val_halfturn_refit_mutual_seed2 with the wider global search (wide_shift true)",
+    "val_halfturn_refit_fine": "val_halfturn_refit_wide with the refit reading each cell's flow refined below a pixel (fine_flow true)",
+    "val_halfturn_refit_fine_seed1": "val_halfturn_refit_wide_seed1 with the refit reading the refined flow (fine_flow true)",
+    "val_halfturn_refit_fine_seed2": "val_halfturn_refit_wide_seed2 with the refit reading the refined flow (fine_flow true)",
+    "val_halfturn_refit_steps": "val_halfturn_refit_fine with each step's length against the last triangulated from the flow (step_lengths flow; shipped)",
+    "val_halfturn_refit_steps_seed1": "val_halfturn_refit_fine_seed1 with the step lengths triangulated from the flow (step_lengths flow)",
+    "val_halfturn_refit_steps_seed2": "val_halfturn_refit_fine_seed2 with the step lengths triangulated from the flow (step_lengths flow)",
 }
-# Inference switches that matter at the low frame rates only, compared there on the validation drive:
-# (without, with) pairs of run folders.
-LOW_RATE_PAIRS = tuple((f"val_halfturn_refit_mutual{seed}", f"val_halfturn_refit_wide{seed}")
-                       for seed in ("", "_seed1", "_seed2"))
-LOW_RATE_FPS = (1.0, 1.3)
+# The newest inference switches at the other frame rates, on the validation drive: each seed's run
+# folders in the order they add a switch, and the rates each is measured at (wide_shift acts at the
+# low rates only).
+OTHER_RATE_RUNS = tuple(((f"val_halfturn_refit_mutual{seed}", (1.0, 1.3)),
+                         (f"val_halfturn_refit_wide{seed}", (1.0, 1.3, 4.0)),
+                         (f"val_halfturn_refit_fine{seed}", (1.0, 1.3, 4.0)),
+                         (f"val_halfturn_refit_steps{seed}", (1.0, 1.3, 4.0)))
+                        for seed in ("", "_seed1", "_seed2"))
+OTHER_RATE_FPS = (1.0, 1.3, 4.0)
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.
 RECIPE_RERUNS = ("val_speed", "val_speed_rerun", "val_speed_seed1")
@@ -418,10 +428,10 @@ def main() -> int:
             val_diagnoses[variant] = d.to_dict()
             (assets / f"{VALIDATION}_{variant}_diagnose_2fps.json").write_text(
                 json.dumps(val_diagnoses[variant], indent=1))
-    # The low-rate switches, where they act (a variant not trained here keeps its stored figures).
+    # The newest switches at the other rates (a variant not trained here keeps its stored figures).
     low_rate: dict[tuple[str, float], tuple[dict, dict, bool]] = {}
-    for variant in {v for pair in LOW_RATE_PAIRS for v in pair}:
-        for fps in LOW_RATE_FPS:
+    for variant, rates in (run for seed in OTHER_RATE_RUNS for run in seed):
+        for fps in rates:
             files = [assets / f"{VALIDATION}_{variant}_{fps:g}fps.json",
                      assets / f"{VALIDATION}_{variant}_diagnose_{fps:g}fps.json"]
             if variant in estimators:
@@ -554,16 +564,18 @@ def main() -> int:
                   f"({', '.join(rerun_names)}) lands at AUC@5 "
                   f"{spread('auc5')} and ATE-S {spread('ate_s')} on {VALIDATION}. A single variant's "
                   "difference inside that range is not evidence for or against it."]
-    lines += ["", f"## Low frame rates ({VALIDATION}; trained on 00_head + 06_head)", "",
+    lines += ["", f"## Other frame rates ({VALIDATION}; trained on 00_head + 06_head)", "",
               "At 1 fps a sharp turn is 30 degrees a step, past the 16 px level's +-64 px (about 19 "
               "degrees); `wide_shift` searches the global shift again on the 4 px level, twice as far "
               "across, and re-centres a pair only where its fine search misses the best centre "
-              "(README). No pair of 07_head is re-centred at 2 fps: its rows above are the same.", "",
+              "(README). No pair of 07_head is re-centred at 2 fps or faster: there its rows equal "
+              "the mutual ones. `fine_flow` and `step_lengths` act at every rate (their 2 fps rows "
+              "are above).", "",
               "| variant | fps | windows | AUC@5 | ATE-S | yaw gain | yaw MAE (deg) | prior AUC@5 |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for pair in LOW_RATE_PAIRS:
-        for fps in LOW_RATE_FPS:
-            for variant in pair:
+    for seed in OTHER_RATE_RUNS:
+        for fps in OTHER_RATE_FPS:
+            for variant, _ in seed:
                 if (variant, fps) in low_rate:
                     r, d, was_stored = low_rate[(variant, fps)]
                     lines.append(f"| {variant}{' (stored)' if was_stored else ''} | {fps:g} | {r['windows']} | "

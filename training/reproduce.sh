@@ -52,8 +52,9 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
        --set model.scale_output=step --set model.appearance_tokens=true --set data.reverse_prob=0.2
        --set model.motion_centred=false --set data.static_prob=0.05 --set model.motion_flow=false
        --set model.mirror_average=false --set model.travel_height=head --set model.refit_roll=false
-       --set model.refit_matches=all --set model.wide_shift=false --set model.rotation_from_flow=false
-       --set model.rotation_fit=median --set model.translation_frame=camera)
+       --set model.refit_matches=all --set model.wide_shift=false --set model.fine_flow=false
+       --set model.step_lengths=head --set model.rotation_from_flow=false --set model.rotation_fit=median
+       --set model.translation_frame=camera)
   posttrain() {  # NAME ARGS...: one variant, its log in RUNS/NAME.log
     local name=$1; shift
     OMP_NUM_THREADS=$(( PARALLEL > 1 ? 1 : $(nproc) )) \
@@ -164,6 +165,10 @@ if [ "$ABLATIONS" = 1 ] && [ -f "$CONFIGS/pretrain_motion.yaml" ]; then
     run_with "val_halfturn_refit_roll$seed" "val_halfturn_refit_mutual$seed" refit_matches '"mutual"'
     # ... and that with the global shift also searched twice as wide (the low-rate rows).
     run_with "val_halfturn_refit_mutual$seed" "val_halfturn_refit_wide$seed" wide_shift true
+    # ... and that with the refit reading the flow refined below a pixel.
+    run_with "val_halfturn_refit_wide$seed" "val_halfturn_refit_fine$seed" fine_flow true
+    # ... and that with each step's length against the last triangulated from that flow.
+    run_with "val_halfturn_refit_fine$seed" "val_halfturn_refit_steps$seed" step_lengths '"flow"'
   done
   # Again for the recipe with centred correlations and standing windows 0.15.
   if [ ! -d "$RUNS/val_centred_static_1000" ]; then cp -r "$RUNS/val_centred_static" "$RUNS/val_centred_static_1000"; fi

@@ -107,8 +107,9 @@ class LaPose(nn.Module):
         return motion, self.flow_reading(pixel_flow)
 
     def flow_reading(self, pixel_flow: torch.Tensor | None) -> torch.Tensor | None:
-        """Pairs' pixel flows and mutual matches (..., 3, h, w) (``MotionEncoder.read_pair``) -> what
-        :meth:`pose` reads their rotation from.
+        """Pairs' pixel flows and mutual matches (..., 3, h, w) [then the refined flow, (..., 5, h, w),
+        with ``fine_flow``] (``MotionEncoder.read_pair``) -> what :meth:`pose` reads their rotation
+        from.
 
         ``rotation_fit`` median: the flows themselves (..., 2, h, w), read at the window's predicted
         field of view (cheap). focus: the fitted (pitch, yaw) (..., 2) at ``geometry.FLOW_READING_FOV``,
@@ -126,6 +127,9 @@ class LaPose(nn.Module):
         roll = self.cfg.rotation_fit == "focus_roll"
         reading = geometry.rotation_from_flow_and_focus(flow, fov, roll=roll)
         if self.cfg.rotation_fit == "head_focus":
+            if pixel_flow.shape[-3] == 5:  # fine_flow: the refit reads the refined flow; the focus
+                # fit above, which the head's inputs rest on, the flow it was trained with
+                pixel_flow = torch.cat([pixel_flow[..., 3:5, :, :], pixel_flow[..., 2:3, :, :]], -3)
             return torch.cat([reading[..., :2].to(pixel_flow.dtype), pixel_flow.flatten(-3)], -1)
         return reading if roll else reading[..., :2]
 
@@ -192,6 +196,10 @@ class LaPose(nn.Module):
                                                       seen[..., :2], **refit_options)
             if pixel_flow is not None:  # (pitch, yaw [, roll]): roll 0 unless refitted
                 q = geometry.rotvec_to_quaternion(geometry.with_roll(refit))
+                if self.cfg.step_lengths == "flow":  # each step's length against the last, from the flow
+                    ratios = geometry.step_length_ratios(pixel_flow, fov, out["translation"], refit,
+                                                         principal_point=axis, cells=cells)
+                    out["translation"] = geometry.with_step_lengths(out["translation"], *ratios)
             else:  # the head's rotation is a residual on the flow's
                 q = geometry.quaternion_multiply(geometry.rotvec_to_quaternion(seen), out["quaternion"])
             out["quaternion"] = geometry.canonical_quaternion(q)
