@@ -429,7 +429,7 @@ def main() -> int:
             (assets / f"{VALIDATION}_{variant}_diagnose_2fps.json").write_text(
                 json.dumps(val_diagnoses[variant], indent=1))
     # The newest switches at the other rates (a variant not trained here keeps its stored figures).
-    low_rate: dict[tuple[str, float], tuple[dict, dict, bool]] = {}
+    other_rate: dict[tuple[str, float], tuple[dict, dict, bool]] = {}
     for variant, rates in (run for seed in OTHER_RATE_RUNS for run in seed):
         for fps in rates:
             files = [assets / f"{VALIDATION}_{variant}_{fps:g}fps.json",
@@ -439,9 +439,9 @@ def main() -> int:
                 d = diagnose_sequence(DATA / VALIDATION, "lapose", estimators[variant], fps=fps,
                                       stride_s=args.stride_s).to_dict()
                 files[1].write_text(json.dumps(d, indent=1))
-                low_rate[(variant, fps)] = (r, d, False)
+                other_rate[(variant, fps)] = (r, d, False)
             elif all(f.is_file() for f in files):
-                low_rate[(variant, fps)] = (*(json.loads(f.read_text()) for f in files), True)
+                other_rate[(variant, fps)] = (*(json.loads(f.read_text()) for f in files), True)
     # Does the model measure motion? Before any accuracy figure is believed (lapose diagnose).
     diagnoses = {}
     for seq in ("03_head", VALIDATION):
@@ -576,8 +576,8 @@ def main() -> int:
     for seed in OTHER_RATE_RUNS:
         for fps in OTHER_RATE_FPS:
             for variant, _ in seed:
-                if (variant, fps) in low_rate:
-                    r, d, was_stored = low_rate[(variant, fps)]
+                if (variant, fps) in other_rate:
+                    r, d, was_stored = other_rate[(variant, fps)]
                     lines.append(f"| {variant}{' (stored)' if was_stored else ''} | {fps:g} | {r['windows']} | "
                                  f"{fmt(r['auc5'])} | {fmt(r['ate_s'], '.4f')} | {fmt(d.get('yaw_gain'))} | "
                                  f"{fmt(d['yaw_mae_deg'], '.2f')} | {fmt(d['prior_auc5'])} |")
