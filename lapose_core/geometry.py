@@ -138,6 +138,16 @@ def _cell_rays(flow: torch.Tensor, f: torch.Tensor, xs: torch.Tensor, ys: torch.
     return p, inside, rays
 
 
+def _about_principal_point(p: torch.Tensor, rays: torch.Tensor, principal_point: torch.Tensor | None,
+                           lead: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cells' positions and rays (:func:`_cell_rays`) laid out from the principal point, (*lead,
+    2) x, y pixels from the image centre, instead of from the centre (unchanged when None)."""
+    if principal_point is None:
+        return p, rays
+    axis = principal_point.float().expand(*lead, 2).reshape(-1, 1, 2)
+    return p - axis, torch.cat([rays[..., :2] - axis, rays[..., 2:]], -1)
+
+
 def with_roll(rotation: torch.Tensor) -> torch.Tensor:
     """(..., 2) pitch and yaw, or (..., 3) with the roll -> (..., 3) the rotation vector (roll 0 when
     not given)."""
@@ -404,10 +414,7 @@ def _refit_about_focus(flow: torch.Tensor, fov: torch.Tensor, direction: torch.T
     omega, K = kept, kept.shape[-1]
     f, xs, ys = _flow_camera(flow, fov, cell)
     p, inside, rays = _cell_rays(flow, f, xs, ys, cell)
-    if principal_point is not None:  # positions from the principal point instead of the centre
-        axis = principal_point.float().expand(*lead, 2).reshape(-1, 1, 2)
-        p = p - axis  # (M, n, 2)
-        rays = torch.cat([rays[..., :2] - axis, rays[..., 2:]], -1)
+    p, rays = _about_principal_point(p, rays, principal_point, lead)  # p: (M, n, 2)
     px, py = p.expand(len(flow), -1, -1).unbind(-1)  # (M, n) each
     length = d.norm(dim=-1)
     forward = (d[:, 2] > 0.5 * length) & (length > 1e-6)
@@ -500,10 +507,7 @@ def step_length_ratios(flow: torch.Tensor, fov: torch.Tensor, direction: torch.T
     f, xs, ys = _flow_camera(flow, fov, cell)
     p, inside, rays = _cell_rays(flow, f, xs, ys, cell)
     landed = p + flow.flip(1).flatten(2).transpose(1, 2)  # (M, n, 2) px from the image centre
-    if principal_point is not None:  # positions from the principal point instead of the centre
-        axis = principal_point.float().expand(B, P, 2).reshape(-1, 1, 2)
-        p = p - axis
-        rays = torch.cat([rays[..., :2] - axis, rays[..., 2:]], -1)
+    p, rays = _about_principal_point(p, rays, principal_point, (B, P))
     if cells is not None:
         inside = inside * cells.float().reshape(len(flow), -1)
     fm = f[:, None]

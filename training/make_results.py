@@ -122,7 +122,7 @@ OTHER_RATE_RUNS = tuple(((f"val_halfturn_refit_mutual{seed}", (1.0, 1.3)),
                          (f"val_halfturn_refit_fine{seed}", (1.0, 1.3, 4.0)),
                          (f"val_halfturn_refit_steps{seed}", (1.0, 1.3, 4.0)))
                         for seed in ("", "_seed1", "_seed2"))
-OTHER_RATE_FPS = (1.0, 1.3, 4.0)
+OTHER_RATE_FPS = tuple(sorted({fps for seed in OTHER_RATE_RUNS for _, rates in seed for fps in rates}))
 # Runs of the one recipe that differ only in seed or thread timing: their spread is the noise of a
 # single ablation run on the validation windows.
 RECIPE_RERUNS = ("val_speed", "val_speed_rerun", "val_speed_seed1")

@@ -148,6 +148,29 @@ def patch_descriptors(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
 FINE_FLOW_RADIUS = 2
 
 
+def peak_offsets(volume: torch.Tensor, radius: int) -> torch.Tensor:
+    """(M, (2r+1)^2, h, w) scores of every offset (dy, dx), row-major, -r..r each -> (M, 2, h, w) each
+    cell's best offset, refined between offsets by a parabola through the best score and its two
+    neighbours along each axis (the classical sub-pixel peak; none at the search window's edge)."""
+    k = 2 * radius + 1
+    dtype, volume = volume.dtype, volume.float()  # the parabola divides small differences
+    best = volume.argmax(1, keepdim=True)
+    by, bx = best // k, best % k
+    at = lambda y, x: volume.gather(1, y.clamp(0, k - 1) * k + x.clamp(0, k - 1))  # noqa: E731
+
+    def refine(before: torch.Tensor, peak: torch.Tensor, after: torch.Tensor,
+               index: torch.Tensor) -> torch.Tensor:
+        curvature = before - 2 * peak + after
+        inside = (index > 0) & (index < k - 1) & (curvature < -1e-6)
+        step = 0.5 * (before - after) / torch.where(inside, curvature, -torch.ones_like(curvature))
+        return torch.where(inside, step.clamp(-0.5, 0.5), torch.zeros_like(step))
+
+    peak = at(by, bx)
+    dy = by + refine(at(by - 1, bx), peak, at(by + 1, bx), by)
+    dx = bx + refine(at(by, bx - 1), peak, at(by, bx + 1), bx)
+    return (torch.cat([dy, dx], 1) - radius).to(dtype)
+
+
 def gray_cells(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
     """(M, 3, H, W) in [0, 1] -> (M, cell^2, H/cell, W/cell): the grey image, each cell's pixels as
     its channels (lossless; :func:`refine_flow` folds it back). Cached beside the descriptors, it
@@ -157,7 +180,8 @@ def gray_cells(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
 
 def replicate_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     """(..., H, W) -> (..., H + 2 pad, W + 2 pad), the edge rows and columns repeated: F.pad's
-    "replicate", written out because torch.compile's inductor fails on it followed by F.unfold."""
+    "replicate", written out because torch.compile's inductor fails on F.pixel_shuffle, then F.pad
+    replicate, then F.unfold (each alone compiles)."""
     x = torch.cat([x[..., :1].expand(*x.shape[:-1], pad), x, x[..., -1:].expand(*x.shape[:-1], pad)], -1)
     return torch.cat([x[..., :1, :].expand(*x.shape[:-2], pad, x.shape[-1]), x,
                       x[..., -1:, :].expand(*x.shape[:-2], pad, x.shape[-1])], -2)
@@ -176,9 +200,10 @@ def refine_flow(gray_a: torch.Tensor, gray_b: torch.Tensor, flow: torch.Tensor,
     descriptor's own footprint) are compared by normalised cross-correlation with frame t+1 at every
     whole-pixel offset within ``radius`` of where the flow puts them (the region read once,
     bilinearly; one grouped convolution and box sums give every offset's score), and a parabola
-    through the best offset's neighbours places the peak between pixels (on the same zoom: 1-7 %
-    short up to 10 px; beyond, where the 4 px flow is more than 2 px off, about as short as before).
-    A best offset on the search's edge stays there. Float32 whatever the autocast: pixel
+    through the best offset's neighbours places the peak between pixels (:func:`peak_offsets`, as
+    the 4 px level does between cells; on the same zoom: 1-7 % short up to 10 px; beyond, where the
+    4 px flow is more than 2 px off, about as short as before). A best offset on the search's edge
+    stays there. Float32 whatever the autocast: pixel
     positions in fp16 are an eighth of a pixel apart at the image's right edge."""
     gray_a, gray_b, dtype, flow = gray_a.float(), gray_b.float(), flow.dtype, flow.float()
     M, _, h, w = flow.shape
@@ -206,27 +231,8 @@ def refine_flow(gray_a: torch.Tensor, gray_b: torch.Tensor, flow: torch.Tensor,
     box = lambda x: x.unfold(2, size, 1).sum(-1).unfold(3, size, 1).sum(-1).reshape(M, h * w, k * k)  # noqa: E731
     sums, squares = box(region), box(region * region)
     score = dot / (squares - sums * sums / size**2).clamp_min(1e-6).sqrt().clamp_min(1e-3)  # (dy, dx) row-major
-    # The best offset as a one-hot mask (no data-dependent indexing, which compilers handle badly),
-    # and each neighbour's score read through it from the score grid shifted by one pixel.
-    score = score.reshape(M, h * w, k, k)
-    best = score.flatten(2).argmax(-1)
-    hot = F.one_hot(best, k * k).reshape(M, h * w, k, k).to(score.dtype)
-    read = lambda grid: (grid * hot).sum((-2, -1))  # noqa: E731
-    shift = lambda dy, dx: torch.roll(score, (-dy, -dx), (-2, -1))  # noqa: E731 - the score at (y+dy, x+dx)
-    offsets = torch.arange(k, device=flow.device, dtype=score.dtype) - radius
-    by, bx = read(offsets[:, None].expand(k, k)), read(offsets[None, :].expand(k, k))  # whole pixels
-
-    def vertex(minus: torch.Tensor, peak: torch.Tensor, plus: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-        """The parabola's vertex through three scores a pixel apart, from the middle one."""
-        curvature = minus - 2 * peak + plus
-        offset = (0.5 * (minus - plus) / curvature.clamp_max(-1e-6)).clamp(-0.5, 0.5)
-        return torch.where(inner & (curvature < -1e-6), offset, torch.zeros_like(offset))
-
-    peak = read(score)
-    sub_y = vertex(read(shift(-1, 0)), peak, read(shift(1, 0)), by.abs() < radius)  # rolled in: edge only
-    sub_x = vertex(read(shift(0, -1)), peak, read(shift(0, 1)), bx.abs() < radius)
-    step = torch.stack([by + sub_y, bx + sub_x], 1)
-    return (flow + step.reshape(M, 2, h, w)).to(dtype)
+    step = peak_offsets(score.transpose(1, 2).reshape(M, k * k, h, w), radius)
+    return (flow + step).to(dtype)
 
 
 def shift_cells(x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
@@ -307,28 +313,6 @@ class MotionEncoder(nn.Module):
         wide = torch.cat([torch.zeros_like(best), torch.round(best / cells)], 1)
         return torch.where(missed, wide, shift)
 
-    def cell_offsets(self, volume: torch.Tensor) -> torch.Tensor:
-        """(M, (2r+1)^2, h, w) correlations -> (M, 2, h, w) each cell's best offset (dy, dx) in the
-        level's cells, refined below a cell by a parabola through the best correlation and its two
-        neighbours along each axis (the classical sub-pixel peak; none at the search window's edge)."""
-        k = 2 * self.radius + 1
-        dtype, volume = volume.dtype, volume.float()  # the parabola divides small differences
-        best = volume.argmax(1, keepdim=True)
-        by, bx = best // k, best % k
-        at = lambda y, x: volume.gather(1, y.clamp(0, k - 1) * k + x.clamp(0, k - 1))  # noqa: E731
-
-        def refine(before: torch.Tensor, peak: torch.Tensor, after: torch.Tensor,
-                   index: torch.Tensor) -> torch.Tensor:
-            curvature = before - 2 * peak + after
-            inside = (index > 0) & (index < k - 1) & (curvature < -1e-6)
-            step = 0.5 * (before - after) / torch.where(inside, curvature, -torch.ones_like(curvature))
-            return torch.where(inside, step.clamp(-0.5, 0.5), torch.zeros_like(step))
-
-        peak = at(by, bx)
-        dy = by + refine(at(by - 1, bx), peak, at(by + 1, bx), by)
-        dx = bx + refine(at(by, bx - 1), peak, at(by, bx + 1), bx)
-        return (torch.cat([dy, dx], 1) - self.radius).to(dtype)
-
     @torch.no_grad()
     def correlations(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(M, 16, h, w) descriptor maps of frames t and t+1 -> (M, V, h, w) what the read-out sees:
@@ -359,7 +343,7 @@ class MotionEncoder(nn.Module):
             volume = local_correlation(pa, pb, self.radius)
             finest = level == self.LEVELS[0]
             if self.flow or (self.rotation_from_flow and finest):  # where each cell moved
-                offsets = self.cell_offsets(volume)
+                offsets = peak_offsets(volume, self.radius)  # in the level's cells
                 if shift is not None:
                     offsets = offsets + (shift * in_cells)[:, :, None, None]
                 if finest and self.rotation_from_flow:
