@@ -25,9 +25,11 @@ CameraInfo); otherwise the predicted field of view and the image centre.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -160,10 +162,46 @@ class PairCache:
         return hit[2]
 
 
+@contextmanager
+def intra_op_threads(count: int | None):
+    """torch's intra-op thread count set to ``count`` for the block (None: left as it is)."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _on_cpu_threads(method):
+    """Runs a :class:`PoseEstimator` method with its ``cpu_threads`` (on the CPU only)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with intra_op_threads(self.cpu_threads if self.device.type == "cpu" else None):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class PoseEstimator:
+    """``cpu_threads``: torch's intra-op threads while the estimator runs on the CPU (None: torch's
+    setting). One by default: the bundled-size model's ops are small (about a thousand a window), so
+    a second thread gains little (a window in 57 ms against 62 on two cores), and when the estimator
+    runs on another thread than the one that loaded it (the node's processing thread), the two
+    threads' OpenMP teams outnumber the cores, their workers sleep between ops instead of spinning
+    and a window takes 80-100 ms. One thread also leaves a core to the ROS executor and to the
+    hybrid's feature matching. A paper-size model wants every core (None): one thread takes it from
+    9 to 17 s a window. Same thread count, same outputs: the node and the offline evaluation agree."""
+
     def __init__(self, model: LaPose, config: LaPoseConfig, *, device: str = "cpu",
                  backend: str = "eager", checkpoint_name: str = "random",
-                 checkpoint_digest: str = "", engine_cache_dir: str | Path | None = None):
+                 checkpoint_digest: str = "", engine_cache_dir: str | Path | None = None,
+                 cpu_threads: int | None = 1):
+        if cpu_threads is not None and cpu_threads < 1:
+            raise InferenceError(f"cpu_threads must be at least 1 (or None), got {cpu_threads}")
+        self.cpu_threads = cpu_threads
         self.config = config
         self.num_frames = config.model.num_frames
         self.fps = config.data.eval_fps
@@ -188,7 +226,7 @@ class PoseEstimator:
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str = "cpu", backend: str = "eager",
-             engine_cache_dir: str | Path | None = None) -> "PoseEstimator":
+             engine_cache_dir: str | Path | None = None, cpu_threads: int | None = 1) -> "PoseEstimator":
         """Load a post-trained checkpoint (a checkpoint or run folder); None = the bundled model."""
         from .train.checkpoint import load_model_weights, read_config
 
@@ -200,11 +238,13 @@ class PoseEstimator:
         model = LaPose(config.model)
         load_model_weights(path, model)
         return cls(model, config, device=device, backend=backend, checkpoint_name=str(path),
-                   checkpoint_digest=_digest(path), engine_cache_dir=engine_cache_dir)
+                   checkpoint_digest=_digest(path), engine_cache_dir=engine_cache_dir,
+                   cpu_threads=cpu_threads)
 
     @classmethod
     def random(cls, preset: str = "tiny", seed: int = 0, device: str = "cpu",
-               backend: str = "eager", model: dict | None = None) -> "PoseEstimator":
+               backend: str = "eager", model: dict | None = None,
+               cpu_threads: int | None = 1) -> "PoseEstimator":
         """Random weights of a preset (``model`` overrides its fields): for tests and benchmarks of
         speed, never for accuracy."""
         cfg = LaPoseConfig.from_dict({"preset": preset, "model": model or {}})
@@ -213,7 +253,7 @@ class PoseEstimator:
         with torch.device(dev):
             net = LaPose(cfg.model)
         return cls(net, cfg, device=dev, backend=backend,
-                   checkpoint_name=f"random:{cfg.preset}:seed{seed}")
+                   checkpoint_name=f"random:{cfg.preset}:seed{seed}", cpu_threads=cpu_threads)
 
     def _set_backend(self, backend: str, digest: str, cache_dir: str | Path | None) -> str:
         if backend not in BACKENDS:
@@ -317,6 +357,7 @@ class PoseEstimator:
         if self.pair_part is not None:
             self.pair_part = parts[2]
 
+    @_on_cpu_threads
     def _warm_up(self) -> None:
         inputs = self.example_inputs()
         with torch.inference_mode():
@@ -336,6 +377,7 @@ class PoseEstimator:
         fitted, _ = fit_to_model(image, None, (m.image_height, m.image_width))
         return to_tensor(fitted)
 
+    @_on_cpu_threads
     @torch.inference_mode()
     def encode_frame(self, image: np.ndarray) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """One camera frame -> what the window keeps of it, one row per view (encoder features
@@ -347,6 +389,7 @@ class PoseEstimator:
         out = self.frame_part(x)
         return tuple(out) if isinstance(out, (tuple, list)) else out
 
+    @_on_cpu_threads
     @torch.inference_mode()
     def predict_features(self, features: Sequence[torch.Tensor], timestamps: Sequence[float],
                          intrinsics: Sequence[float] | None = None) -> WindowPrediction:

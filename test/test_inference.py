@@ -249,3 +249,28 @@ def test_example_inputs_are_the_shapes_the_parts_pass():
         assert reading.shape == (est.views, window[3].shape[-1])
         translation = WindowPart(est.model)(*window)[0]
     assert translation.shape == (est.views, 15, 3) and torch.isfinite(translation).all()
+
+
+def test_cpu_threads_hold_while_it_runs_and_any_thread_gives_the_same_motion(window):
+    """The node runs the estimator on its processing thread, the offline evaluation on the main one:
+    with the estimator's own intra-op thread count they give the same motion, bit for bit."""
+    import threading
+
+    images, stamps = window
+    estimator = PoseEstimator.load(None)
+    seen = []
+    estimator.window_part.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    here = estimator.predict_window(images, list(stamps))
+    assert seen == [1] and torch.get_num_threads() == before
+
+    estimator.pair_cache.entries.clear()
+    elsewhere = {}
+    worker = threading.Thread(target=lambda: elsewhere.update(
+        prediction=estimator.predict_window(images, list(stamps))))
+    worker.start()
+    worker.join()
+    assert np.array_equal(elsewhere["prediction"].relative, here.relative)
+    assert elsewhere["prediction"].scale == here.scale
+    with pytest.raises(InferenceError, match="cpu_threads"):
+        PoseEstimator.random("tiny", cpu_threads=0)

@@ -376,8 +376,6 @@ def main() -> int:
     assets = out.parent / "results"
     assets.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    machine = (f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
-               + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
     estimators = {name: PoseEstimator.load(runs / name)
                   for name in (SHIPPED, *ABLATIONS) if (runs / name).is_dir()}
     shipped_note = ""
@@ -387,6 +385,10 @@ def main() -> int:
         shipped_note = (f" `{runs / SHIPPED}` was not kept on this machine: the shipped model's rows "
                         "evaluate the bundled model, its weights (`lapose_core/assets/default_model`).")
         print(f"{runs / SHIPPED}: not here; evaluating the bundled model in its place")
+    machine = (f"{platform.machine()} CPU, {torch.get_num_threads()} threads (the models on "
+               f"{estimators[SHIPPED].cpu_threads or torch.get_num_threads()}: PoseEstimator's "
+               f"cpu_threads), torch {torch.__version__}"
+               + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
     results: dict[tuple[str, str, float], dict] = {}
     kept: dict[tuple[str, str, float], object] = {}
 
