@@ -188,12 +188,13 @@ def _on_cpu_threads(method):
 class PoseEstimator:
     """``cpu_threads``: torch's intra-op threads while the estimator runs on the CPU (None: torch's
     setting). One by default: the bundled-size model's ops are small (about a thousand a window), so
-    a second thread gains little (a window in 57 ms against 62 on two cores), and when the estimator
+    a second thread gains little (a window in 57 ms on two threads, 62 on one), and when the estimator
     runs on another thread than the one that loaded it (the node's processing thread), the two
     threads' OpenMP teams outnumber the cores, their workers sleep between ops instead of spinning
     and a window takes 80-100 ms. One thread also leaves a core to the ROS executor and to the
     hybrid's feature matching. A paper-size model wants every core (None): one thread takes it from
-    9 to 17 s a window. Same thread count, same outputs: the node and the offline evaluation agree."""
+    9 to 17 s a window. Same thread count, same outputs: the node and the offline evaluation agree.
+    The count is torch's, process-wide, for the length of each call (restored after it)."""
 
     def __init__(self, model: LaPose, config: LaPoseConfig, *, device: str = "cpu",
                  backend: str = "eager", checkpoint_name: str = "random",
