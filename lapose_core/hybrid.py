@@ -46,7 +46,7 @@ import itertools
 import math
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -235,10 +235,7 @@ class HybridEstimator:
         self._vo = ClassicalVO((1.0, 1.0, 0.0, 0.0), max_features=self.config.max_features)
         self._vo_intrinsics: Optional[tuple] = None  # what self._vo.K holds
         self._pairs: OrderedDict[tuple[int, int], PairGeometry] = OrderedDict()
-        self._road = (RoadPlaneConfig(camera_height_m=self.config.camera_height_m,
-                                      pitch_deg=self.config.camera_pitch_deg,
-                                      tilt_prior_deg=self.config.road_tilt_prior_deg)
-                      if self.config.scale_source == "ground" else None)
+        self._road = self._road_config()
         m = lapose.config.model
         self._model_hw = (m.image_height, m.image_width)
         # One helper thread: the geometry (OpenCV) runs beside LA-Pose (torch), both release the GIL,
@@ -265,6 +262,20 @@ class HybridEstimator:
                 self._early.pop(next(iter(self._early)))
         self._last_frame = frame
         return frame
+
+    def set_camera_mount(self, height_m: float, pitch_deg: float) -> None:
+        """Take the metric scale from the road, the camera mounted ``height_m`` above it and pitched
+        ``pitch_deg`` down: the node calls it when the camera-to-base transform arrives from TF
+        after the estimator was built. Pairs matched for another mount are matched again; frames
+        encoded while no road was asked for give their pairs no road length."""
+        config = replace(self.config, scale_source="ground", camera_height_m=float(height_m),
+                                     camera_pitch_deg=float(pitch_deg)).validate()
+        if config == self.config:
+            return
+        self.config = config
+        self._road = self._road_config()
+        self._pairs.clear()
+        self._early.clear()  # matched with the old mount's road; a match still running is let go
 
     # ------------------------------------------------------------------ per window
     def predict_features(self, frames: Sequence[HybridFrame], timestamps: Sequence[float],
@@ -325,6 +336,13 @@ class HybridEstimator:
         return self.predict_features([encoded[id(im)] for im in images], timestamps, intrinsics)
 
     # ------------------------------------------------------------------ pieces
+    def _road_config(self) -> Optional[RoadPlaneConfig]:
+        cfg = self.config
+        if cfg.scale_source != "ground":
+            return None
+        return RoadPlaneConfig(camera_height_m=cfg.camera_height_m, pitch_deg=cfg.camera_pitch_deg,
+                               tilt_prior_deg=cfg.road_tilt_prior_deg)
+
     def _given_intrinsics(self, given: Optional[Sequence[float]]) -> Optional[tuple]:
         """The intrinsics passed in (else the estimator's own), when usable: 4 finite, fx, fy > 0."""
         given = self.intrinsics if given is None else tuple(float(v) for v in given)

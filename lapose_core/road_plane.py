@@ -66,6 +66,51 @@ class RoadFit:
     ok: bool  # within max_tilt_deg and min_ncc
 
 
+# The road is looked for about the mount's pitch alone (expected_normal): a camera rolled further
+# about its optical axis sees the road tilted beyond what the fit searches comfortably.
+MAX_MOUNT_ROLL_DEG = 2.0
+
+
+class MountError(ValueError):
+    """A camera mount the road's scale cannot use (the message says why)."""
+
+
+@dataclass(frozen=True)
+class CameraMount:
+    """How the camera sits above the road: what the road's scale needs."""
+
+    height_m: float  # optical centre above the road
+    pitch_deg: float  # optical axis below the road plane
+    roll_deg: float  # about the optical axis (must be small, MAX_MOUNT_ROLL_DEG)
+
+
+def mount_from_camera_pose(camera_to_base: np.ndarray, base_height_m: float) -> CameraMount:
+    """The camera's mount from its pose in a body frame (REP-103: x forward, z up) whose xy-plane is
+    parallel to the road and ``base_height_m`` above it (0 for ``base_footprint``, or a car's
+    ``base_link`` on the ground under its rear axle). ``camera_to_base`` (4x4) takes optical-frame
+    points (x right, y down, z forward) to the body frame, as the camera-to-base transform does.
+    Raises :class:`MountError` for a camera at or below the road, or rolled more than
+    ``MAX_MOUNT_ROLL_DEG``."""
+    T = np.asarray(camera_to_base, dtype=np.float64)
+    height = float(base_height_m) + float(T[2, 3])
+    # The road's downward normal in the optical frame: (0, cos p, sin p) for a camera pitched down
+    # by p and not rolled (expected_normal).
+    down = T[:3, :3].T @ np.array([0.0, 0.0, -1.0])
+    pitch = math.degrees(math.atan2(down[2], down[1]))
+    roll = math.degrees(math.atan2(down[0], math.hypot(down[1], down[2])))
+    if not (math.isfinite(height) and height > 0):
+        raise MountError(f"the camera is {height:.3f} m above the road (base {base_height_m:g} m + "
+                         f"{T[2, 3]:.3f} m of the camera in the base frame): it must be above it")
+    if not (abs(pitch) < 45 and down[1] > 0):
+        raise MountError(f"the camera looks {pitch:.1f} degrees below the road plane: the road's scale "
+                         "needs a camera looking ahead at the road (within 45 degrees)")
+    if abs(roll) > MAX_MOUNT_ROLL_DEG:
+        raise MountError(f"the camera is rolled {roll:.1f} degrees about its optical axis: the road's "
+                         f"scale looks for the road about the camera's pitch alone (at most "
+                         f"{MAX_MOUNT_ROLL_DEG:g} degrees of roll)")
+    return CameraMount(height, pitch, roll)
+
+
 def road_image(image: np.ndarray, config: RoadPlaneConfig) -> np.ndarray:
     """The grey image (float32, slightly blurred) that :func:`fit_road` aligns.
 

@@ -95,6 +95,11 @@ PARAMETERS: dict[str, Any] = {
     # looked for; the fit finds the road's own normal near it (`python training/geometry_study.py road`).
     "camera_height_m": 0.0,
     "camera_pitch_deg": 0.0,
+    # hybrid, camera_height_m 0: the height of base_frame's origin above the road (its xy-plane
+    # parallel to the road: 0 for base_footprint, or a car's base_link on the ground under the rear
+    # axle). >= 0 takes the camera's height and pitch from the camera-to-base transform (TF, else
+    # camera_to_base) and the metric scale from the road; < 0 = unknown.
+    "base_height_m": -1.0,
     # Pose and twist covariances are multiplied by this while the newest step is a fallback.
     "fallback_covariance_scale": 10.0,
     # auto = eager on cpu (torch.compile takes minutes to warm up on a small CPU for little gain),
@@ -193,12 +198,26 @@ def wrap_estimator(lapose: Any, params: dict[str, Any]):
         return lapose
     from lapose_core.hybrid import HybridConfig, HybridError, HybridEstimator
 
-    config = HybridConfig.for_camera(float(params["camera_height_m"]),
-                                     float(params["camera_pitch_deg"]))
+    height, pitch = road_mount(params, camera_to_base_from_xyz_quat(params["camera_to_base"]))
     try:
-        return HybridEstimator(lapose, config, intrinsics=intrinsics)
+        return HybridEstimator(lapose, HybridConfig.for_camera(height, pitch), intrinsics=intrinsics)
     except HybridError as e:
         raise LaPoseNodeError(f"parameter 'camera_height_m': {e}") from None
+
+
+def road_mount(params: dict[str, Any], camera_to_base: np.ndarray) -> tuple[float, float]:
+    """The camera's height above the road and pitch that the hybrid's road scale uses (height 0:
+    unknown, LA-Pose's scale): ``camera_height_m`` and ``camera_pitch_deg`` when the height is
+    given, else from the camera-to-base transform when ``base_height_m`` >= 0."""
+    from lapose_core.road_plane import MountError, mount_from_camera_pose
+
+    if params["camera_height_m"] > 0 or params["base_height_m"] < 0:
+        return float(params["camera_height_m"]), float(params["camera_pitch_deg"])
+    try:
+        mount = mount_from_camera_pose(camera_to_base, float(params["base_height_m"]))
+    except MountError as e:
+        raise LaPoseNodeError(f"parameters 'camera_to_base' and 'base_height_m': {e}") from None
+    return mount.height_m, mount.pitch_deg
 
 
 class LaPoseNode(Node):
@@ -245,6 +264,7 @@ class LaPoseNode(Node):
         self._intrinsics_from_info: Optional[tuple[float, float, float, float, int]] = None
         self._camera_frame = ""
         self._camera_to_base_source = "parameter camera_to_base"
+        self._mount_warning = ""
         self._path = Path()
         self._path.header.frame_id = p["odom_frame"]
         self._path_poses: deque[PoseStamped] = deque(maxlen=p["path_max_length"])
@@ -318,6 +338,32 @@ class LaPoseNode(Node):
             return
         self.vo.camera_to_base = transform_to_matrix(t.transform)
         self._camera_to_base_source = f"TF {base} <- {self._camera_frame}"
+        self._follow_camera_mount()
+
+    def _follow_camera_mount(self) -> None:
+        """With the road's scale taken from the camera-to-base transform (``base_height_m`` >= 0), a
+        transform from TF moves the mount the road is looked for from."""
+        from lapose_core.road_plane import MountError, mount_from_camera_pose
+
+        p = self.params
+        if p["camera_height_m"] > 0 or p["base_height_m"] < 0 or not hasattr(self.estimator, "set_camera_mount"):
+            return
+        try:
+            mount = mount_from_camera_pose(self.vo.camera_to_base, float(p["base_height_m"]))
+        except MountError as e:
+            if self._mount_warning != str(e):
+                self._mount_warning = str(e)
+                config = self.estimator.config
+                self.get_logger().warning(
+                    f"{self._camera_to_base_source} with base_height_m {p['base_height_m']:g}: {e}; the "
+                    f"road's scale keeps the camera {config.camera_height_m:.3f} m above the road, "
+                    f"{config.camera_pitch_deg:.2f} deg down")
+            return
+        config = self.estimator.config
+        if (config.camera_height_m, config.camera_pitch_deg) != (mount.height_m, mount.pitch_deg):
+            self.estimator.set_camera_mount(mount.height_m, mount.pitch_deg)
+            self.get_logger().info(f"road scale: camera {mount.height_m:.3f} m above the road, "
+                                   f"{mount.pitch_deg:.2f} deg down ({self._camera_to_base_source})")
 
     # ------------------------------------------------------------------ callbacks
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -525,8 +571,13 @@ class LaPoseNode(Node):
                 "inliers": "" if check is None else str(check.inliers),
                 "parallax_px": "" if check is None else f"{check.parallax_px:.2f}",
             })
+            config = self.estimator.config
+            values["metric_scale"] = (
+                f"road: camera {config.camera_height_m:.3f} m above it, {config.camera_pitch_deg:.2f} deg "
+                f"down" if config.scale_source == "ground" else config.scale_source)
             if vo.last_prediction is not None:
                 values["intrinsics"] = vo.last_prediction.intrinsics_source
+                values["window_scale"] = vo.last_prediction.scale_source  # road too rarely seen: lapose
         intrinsics = self._intrinsics_from_info
         if intrinsics is None and self.params["fx"] > 0 and vo.monitor.last_size is not None:
             intrinsics = (self.params["fx"], self.params["fy"], self.params["cx"], self.params["cy"],

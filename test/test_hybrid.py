@@ -84,6 +84,27 @@ def test_constant_speed_and_ground_plane_scales(lapose, sample):
         HybridConfig(scale_source="ground", camera_height_m=1.65, camera_pitch_deg=80.0).validate()
 
 
+def test_a_mount_set_later_gives_the_road_scale_of_a_hybrid_built_with_it(lapose, sample):
+    """The node learns the camera's mount from TF after it built its hybrid: set then, the mount
+    gives what a hybrid built with it gives, bit for bit, although the keyframes' pairs were
+    matched and their road aligned for the mount before (they are matched again)."""
+    seq, idx, images = sample
+    stamps = seq.timestamps[idx]
+    later = HybridEstimator(lapose, HybridConfig.for_camera(1.2), intrinsics=seq.intrinsics)
+    frames = [later.encode_frame(im) for im in images]
+    before = later.predict_features(frames, stamps)
+    later.set_camera_mount(1.65, 0.5)
+    after = later.predict_features(frames, stamps)
+    built = HybridEstimator(lapose, HybridConfig.for_camera(1.65, 0.5), intrinsics=seq.intrinsics)
+    expected = built.predict_window(images, stamps)
+    assert after.scale_source == expected.scale_source == "ground plane"
+    np.testing.assert_array_equal(after.relative, expected.relative)
+    # The road's lengths scale with the height: not the lengths of the mount before.
+    assert after.scale / before.scale == pytest.approx(1.65 / 1.2, rel=0.05)
+    with pytest.raises(HybridError, match="camera_pitch_deg"):
+        later.set_camera_mount(1.65, 60.0)
+
+
 @pytest.mark.parametrize("kind", ["black", "uniform", "blurred", "duplicated"])
 def test_bad_frames_fall_back_and_say_why(lapose, sample, kind):
     seq, idx, images = sample

@@ -318,6 +318,63 @@ def test_camera_intrinsics_reach_the_lapose_estimator(ros_context):
         node.destroy_node()
 
 
+def test_road_scale_takes_the_camera_mount_from_the_camera_to_base_transform(ros_context, capfd):
+    """base_height_m >= 0: the hybrid's road scale takes the camera's height and pitch from the
+    camera-to-base transform (the parameter, then TF while warming up); camera_height_m, when given,
+    wins; a mount the road cannot use is refused at start and ignored from TF, with the reason."""
+    import math
+
+    from rclpy.parameter import Parameter
+    from transforms3d.euler import euler2mat
+    from transforms3d.quaternions import mat2quat
+
+    from lapose_core.inference import PoseEstimator
+    from lapose_ros.node import LaPoseNode, LaPoseNodeError, PARAMETERS, wrap_estimator
+
+    def camera_to_base(z, pitch_deg=0.0, roll_deg=0.0):
+        T = default_camera_to_base()
+        T[:3, :3] = euler2mat(math.radians(roll_deg), math.radians(pitch_deg), 0.0, "sxyz") @ T[:3, :3]
+        T[:3, 3] = (1.5, 0.0, z)  # on the roof, ahead of the base's origin
+        return T
+
+    def xyz_quat(T):
+        w, x, y, z = mat2quat(T[:3, :3])
+        return [*map(float, T[:3, 3]), float(x), float(y), float(z), float(w)]
+
+    params = dict(PARAMETERS, base_height_m=0.45, camera_to_base=xyz_quat(camera_to_base(1.2, 2.0)))
+    config = wrap_estimator(PoseEstimator.random("tiny"), params).config
+    assert config.scale_source == "ground"
+    assert (config.camera_height_m, config.camera_pitch_deg) == pytest.approx((1.65, 2.0), abs=1e-9)
+    given = wrap_estimator(PoseEstimator.random("tiny"), dict(params, camera_height_m=1.4)).config
+    assert (given.camera_height_m, given.camera_pitch_deg) == (1.4, 0.0)
+    unknown = wrap_estimator(PoseEstimator.random("tiny"), dict(params, base_height_m=-1.0)).config
+    assert unknown.scale_source == "lapose"
+    with pytest.raises(LaPoseNodeError, match="'camera_to_base' and 'base_height_m'.*rolled 6.0 degrees"):
+        wrap_estimator(PoseEstimator.random("tiny"),
+                       dict(params, camera_to_base=xyz_quat(camera_to_base(1.2, roll_deg=6.0))))
+
+    node = LaPoseNode(context=ros_context, parameter_overrides=[
+        Parameter("checkpoint", value="random:tiny"), Parameter("publish_tf", value=False),
+        Parameter("base_height_m", value=0.45), Parameter("camera_to_base", value=params["camera_to_base"])])
+    try:
+        assert node.diagnostic_values()["metric_scale"] == "road: camera 1.650 m above it, 2.00 deg down"
+        # The transform from TF (what _lookup_camera_to_base hands on while warming up).
+        node.vo.camera_to_base = camera_to_base(1.25, 1.0)
+        node._camera_to_base_source = "TF base_link <- camera"
+        node._follow_camera_mount()
+        assert (node.estimator.config.camera_height_m, node.estimator.config.camera_pitch_deg) == \
+            pytest.approx((1.70, 1.0), abs=1e-9)
+        assert node.diagnostic_values()["metric_scale"] == "road: camera 1.700 m above it, 1.00 deg down"
+        node.vo.camera_to_base = camera_to_base(1.25, roll_deg=10.0)
+        capfd.readouterr()
+        node._follow_camera_mount()
+        assert node.estimator.config.camera_height_m == pytest.approx(1.70)  # kept
+        assert ("TF base_link <- camera with base_height_m 0.45: the camera is rolled 10.0 degrees"
+                in capfd.readouterr().err)
+    finally:
+        node.destroy_node()
+
+
 def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
     from lapose_ros import bench
 

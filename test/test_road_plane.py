@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lapose_core.eval.classical import ClassicalVO
-from lapose_core.road_plane import RoadPlaneConfig, fit_road, road_image
+from lapose_core.road_plane import RoadPlaneConfig, expected_normal, fit_road, road_image
 
 KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti"
 K = np.array([[353.5, 0.0, 300.7], [0.0, 353.5, 91.3], [0.0, 0.0, 1.0]])
@@ -167,3 +167,35 @@ def test_kitti_road_lengths_hardly_depend_on_the_assumed_pitch(shared_data):
     assert RoadPlaneConfig.tilt_prior_deg >= 10
     assert abs(loose[0.0] - loose[1.0]) < 0.4 * (tight[0.0] - tight[1.0])
     assert all(abs(v) < 0.06 for v in loose.values())
+
+
+def test_camera_mount_from_its_pose_in_the_base_frame():
+    """The node's camera-to-base transform and the base's height above the road give the road scale
+    its mount: a camera 1.2 m up a base 0.45 m above the road, pitched 3 degrees down, is 1.65 m up
+    and 3 degrees down; a mount the road fit cannot use is refused with the reason."""
+    from transforms3d.euler import euler2mat
+
+    from lapose_core.road_plane import MountError, mount_from_camera_pose
+    from lapose_ros.odometry import default_camera_to_base
+
+    def mounted(z, pitch_deg=0.0, roll_deg=0.0):
+        T = default_camera_to_base()  # optical axis along the base's x, level
+        # REP-103 body frame: a positive turn about y tips the nose (x) down, about x rolls.
+        T[:3, :3] = euler2mat(math.radians(roll_deg), math.radians(pitch_deg), 0.0, "sxyz") @ T[:3, :3]
+        T[2, 3] = z
+        return T
+
+    level = mount_from_camera_pose(mounted(1.2), 0.45)
+    assert (level.height_m, level.pitch_deg, level.roll_deg) == pytest.approx((1.65, 0.0, 0.0), abs=1e-12)
+    pitched = mount_from_camera_pose(mounted(1.2, pitch_deg=3.0), 0.45)
+    assert (pitched.height_m, pitched.pitch_deg) == pytest.approx((1.65, 3.0), abs=1e-9)
+    # The mount's pitch is the road normal the fit expects: (0, cos p, sin p) in the optical frame.
+    down = mounted(1.2, pitch_deg=3.0)[:3, :3].T @ np.array([0.0, 0.0, -1.0])
+    assert down == pytest.approx(expected_normal(RoadPlaneConfig(pitch_deg=pitched.pitch_deg)), abs=1e-12)
+    assert mount_from_camera_pose(mounted(1.2, roll_deg=1.5), 0.45).roll_deg == pytest.approx(1.5)
+    with pytest.raises(MountError, match="above the road"):
+        mount_from_camera_pose(mounted(-0.5), 0.45)
+    with pytest.raises(MountError, match="rolled 5.0 degrees"):
+        mount_from_camera_pose(mounted(1.2, roll_deg=5.0), 0.45)
+    with pytest.raises(MountError, match="below the road plane"):
+        mount_from_camera_pose(mounted(1.2, pitch_deg=60.0), 0.45)
