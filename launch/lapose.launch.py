@@ -28,13 +28,21 @@ ARGUMENTS = {
     "checkpoint": ("", "model checkpoint or run folder; empty = the bundled model"),
     "backend": ("auto", "auto | tensorrt | compile | eager (auto: eager on cpu, tensorrt on cuda)"),
     "device": ("cpu", "cpu | cuda (falls back to cpu when CUDA is unavailable)"),
+    "estimator": ("hybrid", "hybrid (feature geometry checked against LA-Pose) | lapose (the model alone)"),
+    "camera_height_m": ("0.0", "hybrid: camera height above the road in metres; > 0: metric scale "
+                               "from the road (0 = unknown)"),
+    "camera_pitch_deg": ("0.0", "hybrid: the camera's pitch below the road plane in degrees"),
+    "base_height_m": ("-1.0", "hybrid, camera_height_m 0: base_frame's height above the road; >= 0: "
+                              "the camera's height and pitch from the camera-to-base transform"),
     "use_sim_time": ("false", "use /clock (set automatically when bag is given)"),
     "rviz": ("false", "start rviz2 with config/lapose.rviz"),
     "bag": ("", "rosbag2 to replay with --clock; empty = live camera"),
 }
 LAUNCH_ONLY = ("rviz", "bag")
 STRING_PARAMETERS = ("image_topic", "camera_info_topic", "odom_frame", "base_frame", "checkpoint",
-                     "backend", "device")
+                     "backend", "device", "estimator")
+# Typed, so that camera_height_m:=2 reaches the node as the float it declares.
+FLOAT_PARAMETERS = ("camera_height_m", "camera_pitch_deg", "base_height_m")
 
 
 def share_directory() -> str:
@@ -56,6 +64,7 @@ def generate_launch_description() -> LaunchDescription:
         value_type=bool)
 
     overrides = {name: ParameterValue(arg(name), value_type=str) for name in STRING_PARAMETERS}
+    overrides.update({name: ParameterValue(arg(name), value_type=float) for name in FLOAT_PARAMETERS})
     overrides["use_sim_time"] = sim_time
     return LaunchDescription([
         *[DeclareLaunchArgument(name, default_value=default, description=description)

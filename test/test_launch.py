@@ -58,6 +58,11 @@ def test_every_launch_argument_maps_to_a_parameter():
         assert (str(value).lower() if isinstance(value, bool) else str(value)) == default, (
             f"launch argument '{name}' defaults to {default!r} but {PARAMS_FILE.name} has {value!r}")
     assert set(constants["STRING_PARAMETERS"]) <= set(constants["ARGUMENTS"])
+    # Every argument that is not a string or the launch file's own is passed on with its type.
+    typed = set(constants["STRING_PARAMETERS"]) | set(constants["FLOAT_PARAMETERS"]) | {"use_sim_time"}
+    assert typed | set(constants["LAUNCH_ONLY"]) == set(constants["ARGUMENTS"])
+    for name in constants["FLOAT_PARAMETERS"]:
+        assert isinstance(params[name], float), f"{name} is not a float in {PARAMS_FILE.name}"
 
 
 def test_parameter_file_matches_the_node():
