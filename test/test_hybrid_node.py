@@ -6,8 +6,9 @@ import pytest
 
 pytest.importorskip("rclpy", reason="rclpy not installed (make setup-ros)")
 
-from lapose_core import ASSETS_DIR  # noqa: E402
+from lapose_core import ASSETS_DIR, KITTI_CAMERA_HEIGHT_M  # noqa: E402
 from lapose_core.eval.evaluate import load_method_estimator, stream_sequence  # noqa: E402
+from lapose_core.hybrid import HybridConfig  # noqa: E402
 from lapose_ros.bag_from_sequence import DEFAULT_START_TIME, write_bag_from_sequence  # noqa: E402
 from lapose_ros.odometry import camera_motion_to_base, default_camera_to_base  # noqa: E402
 from lapose_ros.replay import replay_bag  # noqa: E402
@@ -16,14 +17,22 @@ pytestmark = pytest.mark.timeout(300)
 SAMPLE = ASSETS_DIR / "sample_sequence"
 
 
-def test_replayed_bag_matches_offline_hybrid_trajectory(tmp_path, ros_domain_id):
+@pytest.mark.parametrize("mount", [None, "base_height_m"])
+def test_replayed_bag_matches_offline_hybrid_trajectory(tmp_path, ros_domain_id, mount):
+    """With LA-Pose's scale, and with the road's: the node's camera is 1.65 m above the road when
+    its base is (base_height_m) and the camera sits at the base's origin (camera_to_base's default),
+    as the offline hybrid is told directly."""
     bag = tmp_path / "sample"
     write_bag_from_sequence(SAMPLE, bag, storage="mcap")
-    result = replay_bag(bag, tmp_path / "replay", rate=1.0, node_params={"estimator": "hybrid"},
+    node_params = {"estimator": "hybrid"}
+    if mount:
+        node_params["base_height_m"] = KITTI_CAMERA_HEIGHT_M
+    result = replay_bag(bag, tmp_path / "replay", rate=1.0, node_params=node_params,
                         domain_id=ros_domain_id, verbose=False)
     log = (tmp_path / "replay" / "node.log").read_text()
     assert result.node_returncode == 0, log
-    stamps, poses, _ = stream_sequence(SAMPLE, load_method_estimator("hybrid"), fps=2.0)
+    config = HybridConfig.for_camera(KITTI_CAMERA_HEIGHT_M if mount else None)
+    stamps, poses, _ = stream_sequence(SAMPLE, load_method_estimator("hybrid", hybrid_config=config), fps=2.0)
     expected = camera_motion_to_base(poses, default_camera_to_base())
     start_ns = int(np.floor(DEFAULT_START_TIME)) * 10**9 + int(round((DEFAULT_START_TIME % 1) * 1e9))
     by_stamp = dict(zip(result.estimate.stamps_ns.tolist(), result.estimate.poses))
