@@ -1,5 +1,5 @@
-"""training/geometry_study.py, the studies behind the hybrid's inlier floor, the road's camera pitch
-and the step-length fit, on a labelled training sequence."""
+"""training/geometry_study.py, the studies behind the hybrid's inlier floor, the road's camera pitch,
+the step-length fit and the node's rectification, on a labelled training sequence."""
 from __future__ import annotations
 
 import importlib.util
@@ -76,3 +76,13 @@ def test_lengths_road_corrects_the_triangulated_chain(study, shared_data, monkey
     assert rows[0.08][1] < 0.8 * rows[10.0][1]
     # and reshaping the chain costs no direction: pooled AUC@5 at least the scaled chain's.
     assert 0.5 < rows[10.0][3] <= rows[0.08][3] + 0.005
+
+
+def test_distortion_scores_raw_and_rectified_images(study, shared_data, monkeypatch, capsys):
+    out = run(study, monkeypatch, capsys, "distortion", "--data", str(shared_data / "kitti" / "06_head"),
+              "--fps", "4", "--max-windows", "1")
+    rows = re.findall(r"^\| 06_head \| 4 \| (.+?) \| (pinhole|raw, as they are|raw, rectified) \| (\d+) \| "
+                      r"([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
+    assert len(rows) == 9, out
+    assert {r[0] for r in rows} == {"LA-Pose", "hybrid", "hybrid, road (1.65 m)"}
+    assert all(int(r[2]) == 1 and 0 <= float(r[3]) <= 1 and float(r[4]) > 0 for r in rows)
