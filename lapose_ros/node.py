@@ -55,6 +55,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from .image_conversion import ImageConversionError, ImageConverter, UnsupportedEncodingError
+from .rectify import CameraModel, RectificationError, Rectifier, should_rectify
 from .odometry import (DEFAULT_CAMERA_TO_BASE, NewestFrameBuffer, OdometryConfigError, OdometryEstimate,
                        VisualOdometry, camera_to_base_from_xyz_quat, pose_to_xyz_quat)
 
@@ -110,6 +111,10 @@ PARAMETERS: dict[str, Any] = {
     # Camera pose in the base frame, x y z qx qy qz qw. Used when TF has no base_frame <- camera
     # transform (or tf2_ros is absent). Default: camera at the base origin looking along base x.
     "camera_to_base": list(DEFAULT_CAMERA_TO_BASE),
+    # A CameraInfo with lens distortion: each image is remapped to its rectified pinhole camera (P),
+    # as image_proc's image_rect is. auto: unless image_topic is rectified already (image_rect...);
+    # always; never.
+    "rectify": "auto",
     # Intrinsics used when no CameraInfo arrives (0 = unknown). The hybrid matches features with them
     # (without any, with LA-Pose's field of view); a model that refits its rotations reads them at
     # their field of view and about their principal point (without any, the predicted field of view
@@ -262,6 +267,13 @@ class LaPoseNode(Node):
         self._latency_ms: deque[float] = deque(maxlen=200)
         self._keyframe_latency_ms: deque[float] = deque(maxlen=200)
         self._intrinsics_from_info: Optional[tuple[float, float, float, float, int]] = None
+        try:
+            self._rectify = should_rectify(p["rectify"], p["image_topic"])
+        except RectificationError as e:
+            raise LaPoseNodeError(str(e)) from None
+        self._camera_model: Optional[CameraModel] = None
+        self._rectifier: Optional[Rectifier] = None
+        self._rectification = "none (no CameraInfo yet)"
         self._camera_frame = ""
         self._camera_to_base_source = "parameter camera_to_base"
         self._mount_warning = ""
@@ -368,9 +380,31 @@ class LaPoseNode(Node):
     # ------------------------------------------------------------------ callbacks
     def _on_camera_info(self, msg: CameraInfo) -> None:
         fx, fy, cx, cy = msg.k[0], msg.k[4], msg.k[2], msg.k[5]
-        if fx > 0 and fy > 0:
-            self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
-            self.estimator.intrinsics = (float(fx), float(fy), float(cx), float(cy))
+        if not (fx > 0 and fy > 0):
+            return
+        camera = CameraModel.from_camera_info(msg)
+        if camera != self._camera_model:  # CameraInfo comes with every image: maps built once
+            self._camera_model = camera
+            self._rectifier, self._rectification = self._rectifier_for(camera)
+        if self._rectifier is not None:  # the images are remapped to P's pinhole camera
+            fx, fy, cx, cy = self._rectifier.intrinsics
+        self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
+        self.estimator.intrinsics = (float(fx), float(fy), float(cx), float(cy))
+
+    def _rectifier_for(self, camera: CameraModel) -> tuple[Optional[Rectifier], str]:
+        """The rectifier for a camera (None: its images are used as they are) and what diagnostics say."""
+        if not camera.distorted:
+            return None, "none (CameraInfo without distortion)"
+        if not self._rectify:
+            return None, f"none ({self.params['image_topic']} is rectified already; rectify: {self.params['rectify']})"
+        try:
+            rectifier = Rectifier(camera)
+        except RectificationError as e:
+            self.get_logger().warning(f"{self.params['camera_info_topic']}: {e}; images are used as they "
+                                      "are (distorted)")
+            return None, f"none ({e})"
+        self.get_logger().info(f"rectifying {self.params['image_topic']}: {rectifier.description}")
+        return rectifier, rectifier.description
 
     def destroy_node(self) -> None:
         if hasattr(self, "_worker"):  # absent when the constructor failed before starting it
@@ -420,6 +454,12 @@ class LaPoseNode(Node):
             self.counters["corrupt_frames"] += 1
             log.warning(f"skipping corrupt frame: {e}", throttle_duration_sec=5.0)
             return "corrupt", False, ""
+        rectifier = self._rectifier
+        if rectifier is not None:
+            try:
+                image = rectifier(image)
+            except RectificationError as e:  # a CameraInfo of another size: it does not describe it
+                log.warning(f"{self.params['image_topic']}: {e}", throttle_duration_sec=5.0)
         self._camera_frame = msg.header.frame_id
         was_tracking = self.vo.tracking
         if not was_tracking and self.vo.resets == 0:
@@ -557,6 +597,7 @@ class LaPoseNode(Node):
             "checkpoint": str(getattr(self.estimator, "checkpoint_name", "")),
             "image_conversion": self.convert.backend,
             "camera_to_base": self._camera_to_base_source,
+            "rectification": self._rectification,
             "estimator": self.estimator_kind,
         }
         if self.estimator_kind == "hybrid":

@@ -375,6 +375,52 @@ def test_road_scale_takes_the_camera_mount_from_the_camera_to_base_transform(ros
         node.destroy_node()
 
 
+@pytest.mark.parametrize("topic", ["/camera/image_raw", "/camera/image_rect"])
+def test_distorted_camera_images_are_rectified_before_odometry(ros_context, topic):
+    """A CameraInfo with distortion: the node remaps each image to P's pinhole camera before the
+    estimator sees it, and hands the estimator P's intrinsics; an image_rect topic is rectified
+    already and is left alone, with K's."""
+    import time
+
+    from rclpy.parameter import Parameter
+
+    from lapose_core import ASSETS_DIR
+    from lapose_core.inference import PoseEstimator
+    from lapose_ros.node import LaPoseNode
+
+    stream = KittiStream(ASSETS_DIR / "sample_sequence")
+    image_msg, info = stream.messages(0, encoding="rgb8")
+    fx, fy, cx, cy = info.k[0], info.k[4], info.k[2], info.k[5]
+    info.distortion_model = "plumb_bob"
+    info.d = [-0.25, 0.06, 0.0005, -0.0005, 0.0]
+    info.p = [1.1 * fx, 0.0, cx + 3.0, 0.0, 0.0, 1.1 * fy, cy - 2.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    node = LaPoseNode(estimator=PoseEstimator.random("tiny"), context=ros_context, parameter_overrides=[
+        Parameter("publish_tf", value=False), Parameter("image_topic", value=topic)])
+    try:
+        node._on_camera_info(info)
+        node._on_camera_info(info)  # every image brings one: the maps are built once
+        seen = []
+        process = node.vo.process
+        node.vo.process = lambda stamp, image: (seen.append(image), process(stamp, image))[1]
+        node._process_image(image_msg, time.perf_counter())
+        raw = np.repeat(stream.gray(0)[..., None], 3, -1)
+        if topic.endswith("image_raw"):
+            assert node.estimator.intrinsics == pytest.approx((1.1 * fx, 1.1 * fy, cx + 3.0, cy - 2.0))
+            assert node.diagnostic_values()["rectification"] == "plumb_bob, 5 coefficients, to P's pinhole camera"
+            expected = cv2.remap(raw, *cv2.initUndistortRectifyMap(
+                np.reshape(info.k, (3, 3)), np.asarray(info.d), None, np.reshape(info.p, (3, 4))[:, :3],
+                (info.width, info.height), cv2.CV_32FC1), cv2.INTER_LINEAR)
+            # Rectified as OpenCV's own maps do it (the node's are fixed-point: within a grey level).
+            assert np.abs(seen[0].astype(int) - expected).mean() < 1.0
+            assert np.abs(seen[0].astype(int) - raw).mean() > 10
+        else:
+            assert node.estimator.intrinsics == pytest.approx((fx, fy, cx, cy))
+            assert "is rectified already" in node.diagnostic_values()["rectification"]
+            np.testing.assert_array_equal(seen[0], raw)
+    finally:
+        node.destroy_node()
+
+
 def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
     from lapose_ros import bench
 
