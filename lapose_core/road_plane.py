@@ -161,12 +161,22 @@ def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return gain, float(ym - gain * xm)
 
 
+_SAMPLE_ROW = 4096
+
+
 def _sample(image: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear samples of image at (2, N) points and which points lie inside it."""
     h, w = image.shape
     inside = (pts[0] >= 0) & (pts[0] <= w - 2) & (pts[1] >= 0) & (pts[1] <= h - 2)
-    values = cv2.remap(image, pts[0].astype(np.float32)[None], pts[1].astype(np.float32)[None],
-                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+    # remap takes maps under 32767 pixels a side: the points are laid out in rows of _SAMPLE_ROW
+    # (a band at full KITTI resolution has more than 32767 pixels). Each sample is its own, so the
+    # layout does not change a value.
+    n = pts.shape[1]
+    rows = max(1, -(-n // _SAMPLE_ROW))
+    pad = rows * _SAMPLE_ROW - n if n > _SAMPLE_ROW else 0
+    grid = [np.pad(pts[k].astype(np.float32), (0, pad)).reshape(rows, -1) for k in (0, 1)]
+    values = cv2.remap(image, grid[0], grid[1], cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE).reshape(-1)[:n]
     return values, inside
 
 
