@@ -105,6 +105,32 @@ def test_a_mount_set_later_gives_the_road_scale_of_a_hybrid_built_with_it(lapose
         later.set_camera_mount(1.65, 60.0)
 
 
+def test_a_large_camera_image_is_shrunk_for_the_geometry(lapose, sample):
+    """A 1.05 MP camera (the sample upsampled 3x) is seen by the geometry at max_geometry_pixels,
+    with its intrinsics scaled to match: the motion is the sample's own within half a degree a step
+    and the same AUC@5, and the road gives the same scale."""
+    seq, idx, images = sample
+    stamps = seq.timestamps[idx]
+    big = [cv2.resize(im, None, fx=3, fy=3, interpolation=cv2.INTER_LINEAR) for im in images]
+    fx, fy, cx, cy = seq.intrinsics[:4]
+    big_K = (3 * fx, 3 * fy, 3 * (cx + 0.5) - 0.5, 3 * (cy + 0.5) - 0.5)
+    config = HybridConfig.for_camera(1.65)
+    small = HybridEstimator(lapose, config).predict_window(images, stamps, intrinsics=seq.intrinsics)
+    shrunk = HybridEstimator(lapose, config)
+    p = shrunk.predict_window(big, stamps, intrinsics=big_K)
+    gh, gw = shrunk._geometry_size(big[0].shape[:2])
+    assert gh * gw <= config.max_geometry_pixels < big[0].shape[0] * big[0].shape[1]
+    assert shrunk._vo.K[0, 0] == pytest.approx(3 * fx * gw / big[0].shape[1])
+    assert p.intrinsics == big_K and p.scale_source == "ground plane"
+    gt = metrics.relative_to_first(seq.poses[idx])
+    auc_big, auc_small = (metrics.auc(metrics.pose_pair_errors(q.poses, gt), 5) for q in (p, small))
+    turns = [metrics.rotation_angle_deg(a[:3, :3].T @ b[:3, :3]) for a, b in zip(p.relative, small.relative)]
+    assert auc_big == pytest.approx(auc_small, abs=0.03) and max(turns) < 0.5
+    assert p.scale == pytest.approx(small.scale, rel=0.03)
+    with pytest.raises(HybridError, match="max_geometry_pixels"):
+        HybridConfig(max_geometry_pixels=0).validate()
+
+
 @pytest.mark.parametrize("kind", ["black", "uniform", "blurred", "duplicated"])
 def test_bad_frames_fall_back_and_say_why(lapose, sample, kind):
     seq, idx, images = sample
