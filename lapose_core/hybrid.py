@@ -33,7 +33,8 @@ constant speed times the keyframe interval (``"constant"``).
 
 Intrinsics: the sequence's or the CameraInfo's when given and consistent with LA-Pose's field of view
 (within ``max_fov_ratio``); otherwise a pinhole camera with LA-Pose's field of view, centred. Which one
-was used is reported.
+was used is reported. A camera image larger than ``max_geometry_pixels`` is shrunk for the geometry,
+its intrinsics with it.
 
 :class:`HybridEstimator` has the ``encode_frame`` / ``predict_features`` interface of
 :class:`lapose_core.inference.PoseEstimator`, so the streaming node (``lapose_ros.odometry``) and the
@@ -277,7 +278,7 @@ class HybridEstimator:
         after the estimator was built. Pairs matched for another mount are matched again; frames
         encoded while no road was asked for give their pairs no road length."""
         config = replace(self.config, scale_source="ground", camera_height_m=float(height_m),
-                                     camera_pitch_deg=float(pitch_deg)).validate()
+                         camera_pitch_deg=float(pitch_deg)).validate()
         if config == self.config:
             return
         self.config = config

@@ -55,9 +55,9 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from .image_conversion import ImageConversionError, ImageConverter, UnsupportedEncodingError
-from .rectify import CameraModel, RectificationError, Rectifier, should_rectify
 from .odometry import (DEFAULT_CAMERA_TO_BASE, NewestFrameBuffer, OdometryConfigError, OdometryEstimate,
                        VisualOdometry, camera_to_base_from_xyz_quat, pose_to_xyz_quat)
+from .rectify import CameraModel, RectificationError, Rectifier, should_rectify
 
 NODE_NAME = "lapose_node"
 PROCESSED_TOPIC = "~/processed"  # one DiagnosticArray per image handled (see the module docstring)
@@ -396,7 +396,9 @@ class LaPoseNode(Node):
         if not camera.distorted:
             return None, "none (CameraInfo without distortion)"
         if not self._rectify:
-            return None, f"none ({self.params['image_topic']} is rectified already; rectify: {self.params['rectify']})"
+            choice = self.params["rectify"]
+            return None, ("none (rectify: never)" if choice == "never" else
+                          f"none ({self.params['image_topic']} is rectified already)")
         try:
             rectifier = Rectifier(camera)
         except RectificationError as e:
