@@ -385,7 +385,13 @@ class LaPoseNode(Node):
         camera = CameraModel.from_camera_info(msg)
         if camera != self._camera_model:  # CameraInfo comes with every image: maps built once
             self._camera_model = camera
-            self._rectifier, self._rectification = self._rectifier_for(camera)
+            rectifier, self._rectification = self._rectifier_for(camera)
+            with self._lock:  # between two frames
+                if (rectifier or self._rectifier) and self.counters["frames"]:
+                    # The window's frames were seen through the other camera (at start: an image
+                    # taken before the first CameraInfo); they would not match the next ones.
+                    self.vo.reset("camera model changed: images rectified anew")
+                self._rectifier = rectifier
         if self._rectifier is not None:  # the images are remapped to P's pinhole camera
             fx, fy, cx, cy = self._rectifier.intrinsics
         self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)

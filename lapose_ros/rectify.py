@@ -75,6 +75,9 @@ class Rectifier:
             raise RectificationError(
                 f"CameraInfo distortion model '{model}' is not supported (supported: "
                 f"{', '.join(PINHOLE_MODELS + FISHEYE_MODELS)})")
+        for name in ("K", "D", "R", "P"):
+            if not all(np.isfinite(getattr(camera, name))):
+                raise RectificationError(f"CameraInfo {name} has a non-finite value: {getattr(camera, name)}")
         if camera.width <= 0 or camera.height <= 0:
             raise RectificationError(f"CameraInfo size {camera.width}x{camera.height} is not an image size")
         K = np.asarray(camera.K, dtype=np.float64).reshape(3, 3)

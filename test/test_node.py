@@ -397,8 +397,13 @@ def test_distorted_camera_images_are_rectified_before_odometry(ros_context, topi
     node = LaPoseNode(estimator=PoseEstimator.random("tiny"), context=ros_context, parameter_overrides=[
         Parameter("publish_tf", value=False), Parameter("image_topic", value=topic)])
     try:
+        node._handle_image(image_msg, time.perf_counter())  # an image before the first CameraInfo
         node._on_camera_info(info)
         node._on_camera_info(info)  # every image brings one: the maps are built once
+        rectified = topic.endswith("image_raw")
+        # Frames seen through another camera leave the window (once).
+        assert node.vo.resets == int(rectified)
+        assert node.vo.last_reset_reason == ("camera model changed: images rectified anew" if rectified else "")
         seen = []
         process = node.vo.process
         node.vo.process = lambda stamp, image: (seen.append(image), process(stamp, image))[1]

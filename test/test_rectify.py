@@ -67,6 +67,9 @@ def test_rectification_refuses_what_it_cannot_do(frame):
     with pytest.raises(RectificationError, match="with 3 coefficients"):
         Rectifier(CameraModel(camera.width, camera.height, "plumb_bob", camera.K, (0.1, 0.0, 0.0),
                               camera.R, camera.P))
+    with pytest.raises(RectificationError, match="CameraInfo D has a non-finite value"):
+        Rectifier(CameraModel(camera.width, camera.height, "plumb_bob", camera.K, (float("nan"),) * 5,
+                              camera.R, camera.P))
     with pytest.raises(RectificationError, match="image 310x94 but CameraInfo 621x188"):
         Rectifier(camera)(cv2.resize(image, (310, 94)))
     # No P: rectified to K's camera.
