@@ -111,7 +111,7 @@ PARAMETERS: dict[str, Any] = {
     # Camera pose in the base frame, x y z qx qy qz qw. Used when TF has no base_frame <- camera
     # transform (or tf2_ros is absent). Default: camera at the base origin looking along base x.
     "camera_to_base": list(DEFAULT_CAMERA_TO_BASE),
-    # A CameraInfo with lens distortion: each image is remapped to its rectified pinhole camera (P),
+    # A CameraInfo with lens distortion: each keyframe is remapped to its rectified pinhole camera (P),
     # as image_proc's image_rect is. auto: unless image_topic is rectified already (image_rect...);
     # always; never.
     "rectify": "auto",
@@ -249,6 +249,7 @@ class LaPoseNode(Node):
         self.vo = VisualOdometry(estimator, fps=fps, max_gap_s=p["max_gap_s"],
                                  camera_to_base=camera_to_base_from_xyz_quat(p["camera_to_base"]),
                                  fallback_covariance_scale=p["fallback_covariance_scale"])
+        self.vo.prepare_keyframe = self._rectify_keyframe
         self.pose_covariance = diagonal_covariance(p["pose_covariance_diagonal"], "pose_covariance_diagonal")
         self.twist_covariance = diagonal_covariance(p["twist_covariance_diagonal"],
                                                     "twist_covariance_diagonal")
@@ -397,6 +398,17 @@ class LaPoseNode(Node):
         self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
         self.estimator.intrinsics = (float(fx), float(fy), float(cx), float(cy))
 
+    def _rectify_keyframe(self, image: np.ndarray) -> np.ndarray:
+        """A keyframe's image as the estimator sees it: rectified when the camera is distorted."""
+        rectifier = self._rectifier
+        if rectifier is None:
+            return image
+        try:
+            return rectifier(image)
+        except RectificationError as e:  # a CameraInfo of another size: it does not describe it
+            self.get_logger().warning(f"{self.params['image_topic']}: {e}", throttle_duration_sec=5.0)
+            return image
+
     def _rectifier_for(self, camera: CameraModel) -> tuple[Optional[Rectifier], str]:
         """The rectifier for a camera (None: its images are used as they are) and what diagnostics say."""
         if not camera.distorted:
@@ -462,12 +474,6 @@ class LaPoseNode(Node):
             self.counters["corrupt_frames"] += 1
             log.warning(f"skipping corrupt frame: {e}", throttle_duration_sec=5.0)
             return "corrupt", False, ""
-        rectifier = self._rectifier
-        if rectifier is not None:
-            try:
-                image = rectifier(image)
-            except RectificationError as e:  # a CameraInfo of another size: it does not describe it
-                log.warning(f"{self.params['image_topic']}: {e}", throttle_duration_sec=5.0)
         self._camera_frame = msg.header.frame_id
         was_tracking = self.vo.tracking
         if not was_tracking and self.vo.resets == 0:

@@ -23,7 +23,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from transforms3d.axangles import axangle2mat, mat2axangle
@@ -364,6 +364,9 @@ class VisualOdometry:
         self.trajectory = TrajectoryIntegrator()
         self.camera_to_base = default_camera_to_base() if camera_to_base is None else camera_to_base
         self.keyframes: deque[tuple[float, Any]] = deque(maxlen=self.num_frames)
+        # Applied to a keyframe's image before the estimator sees it (the node's rectification):
+        # frames between keyframes only carry their stamp and size, so they are not touched.
+        self.prepare_keyframe: Optional[Callable[[np.ndarray], np.ndarray]] = None
         self.resets = 0
         self.last_reset_reason = ""
         self.last_prediction: Any = None
@@ -428,6 +431,8 @@ class VisualOdometry:
                 result.estimate = self._estimate(stamp, is_keyframe=False)
             return result
         result.is_keyframe = True
+        if self.prepare_keyframe is not None:
+            image = self.prepare_keyframe(image)
         self.keyframes.append((stamp, self.estimator.encode_frame(image)))
         if len(self.keyframes) < self.num_frames:
             return result

@@ -4,9 +4,9 @@ A car's camera publishes raw images (``image_raw``) whose lens distortion its ``
 Everything downstream assumes a pinhole camera: the hybrid's essential matrix and road homography,
 and the model's rotation refit, which reads the flow at a pinhole field of view. Fed raw images, a
 wide lens bends straight lines, and the rotation and direction it reads drift. So when ``CameraInfo``
-carries distortion, each image is remapped to the rectified pinhole camera of its projection matrix
-``P`` (where ``P`` is unset, ``K``), exactly as ``image_rect`` would be, and ``P``'s fx fy cx cy are
-the intrinsics. Without distortion images pass as they are, and so do the images of a topic that
+carries distortion, each keyframe's image is remapped to the rectified pinhole camera of its
+projection matrix ``P`` (where ``P`` is unset, ``K``), exactly as ``image_rect`` would be, and
+``P``'s fx fy cx cy are the intrinsics (frames between keyframes carry only their stamps: untouched). Without distortion images pass as they are, and so do the images of a topic that
 is rectified already (``image_rect``, ``image_rect_color``), whose ``CameraInfo`` still describes the
 raw camera's distortion (:func:`should_rectify`).
 

@@ -377,8 +377,8 @@ def test_road_scale_takes_the_camera_mount_from_the_camera_to_base_transform(ros
 
 @pytest.mark.parametrize("topic", ["/camera/image_raw", "/camera/image_rect"])
 def test_distorted_camera_images_are_rectified_before_odometry(ros_context, topic):
-    """A CameraInfo with distortion: the node remaps each image to P's pinhole camera before the
-    estimator sees it, and hands the estimator P's intrinsics; an image_rect topic is rectified
+    """A CameraInfo with distortion: the node remaps each keyframe's image to P's pinhole camera
+    before the estimator sees it, and hands the estimator P's intrinsics; an image_rect topic is rectified
     already and is left alone, with K's."""
     import time
 
@@ -404,11 +404,13 @@ def test_distorted_camera_images_are_rectified_before_odometry(ros_context, topi
         # Frames seen through another camera leave the window (once).
         assert node.vo.resets == int(rectified)
         assert node.vo.last_reset_reason == ("camera model changed: images rectified anew" if rectified else "")
-        seen = []
-        process = node.vo.process
-        node.vo.process = lambda stamp, image: (seen.append(image), process(stamp, image))[1]
-        node._process_image(image_msg, time.perf_counter())
-        raw = np.repeat(stream.gray(0)[..., None], 3, -1)
+        seen = []  # what the estimator is given: keyframes only (the next keyframe, 0.5 s on)
+        encode = node.estimator.encode_frame
+        node.estimator.encode_frame = lambda image: (seen.append(image), encode(image))[1]
+        for index in (5, 7, 10):
+            node._process_image(stream.messages(index, encoding="rgb8")[0], time.perf_counter())
+        assert len(seen) == 2
+        raw = np.repeat(stream.gray(5)[..., None], 3, -1)
         if topic.endswith("image_raw"):
             assert node.estimator.intrinsics == pytest.approx((1.1 * fx, 1.1 * fy, cx + 3.0, cy - 2.0))
             assert node.diagnostic_values()["rectification"] == "plumb_bob, 5 coefficients, to P's pinhole camera"
