@@ -6,7 +6,9 @@ so no ROS installation is needed, in either storage format (mcap, Kilted's defau
 
 Topics (all header stamps = ``start_time`` + times.txt, recording time = header stamp):
 
-* ``/camera/image_raw``   sensor_msgs/Image, ``mono8`` or ``rgb8`` as the image file stores it
+* ``/camera/image_raw``   sensor_msgs/Image, ``mono8`` or ``rgb8`` as the image file stores it; with
+  ``compressed``, ``/camera/image_raw/compressed`` sensor_msgs/CompressedImage instead, holding the
+  image file's own JPEG or PNG bytes (image_transport's ``compressed``, as cars' bags are recorded)
 * ``/camera/camera_info`` sensor_msgs/CameraInfo: K and P from calib.txt, plumb_bob with zero distortion
 * ``/ground_truth/odom``  nav_msgs/Odometry ``odom`` -> ``base_link`` (REP-103 body frame)
 * ``/tf``                 tf2_msgs/TFMessage ``odom`` -> ``gt_base_link`` (same pose)
@@ -115,11 +117,23 @@ def read_stored_pixels(path: Path) -> tuple[np.ndarray, str]:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "rgb8"
 
 
+def compressed_image_msg(types, ns: int, frame_id: str, path: Path, encoding: str):
+    """A CompressedImage of an image file's own bytes, its format named as image_transport's
+    compressed plugin names it (``mono8; jpeg compressed mono8``)."""
+    kind = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}.get(path.suffix.lower())
+    if kind is None:
+        raise BagWriteError(f"{path}: only JPEG and PNG files can be written as compressed images")
+    stored = "mono8" if encoding == "mono8" else "bgr8"
+    return types["sensor_msgs/msg/CompressedImage"](
+        header=_header(types, ns, frame_id), format=f"{stored}; {kind} compressed {stored}",
+        data=np.fromfile(path, dtype=np.uint8))
+
+
 def write_bag_from_sequence(sequence_dir: str | Path, out: str | Path, *, storage: str = "mcap",
                             camera_frame: str = "camera_optical", image_topic: str = IMAGE_TOPIC,
                             camera_info_topic: str = CAMERA_INFO_TOPIC,
                             start_time: float = DEFAULT_START_TIME, ground_truth: bool = True,
-                            max_frames: int | None = None) -> BagSummary:
+                            max_frames: int | None = None, compressed: bool = False) -> BagSummary:
     """Write the bag described in the module docstring; returns what was written.
 
     ``ground_truth=False`` leaves out ``/ground_truth/odom`` and ``/tf`` (a bag as a car without a
@@ -153,6 +167,9 @@ def write_bag_from_sequence(sequence_dir: str | Path, out: str | Path, *, storag
         body = kitti_to_body_poses(sequence.poses[:n])
         linear, angular = body_twists(body, sequence.timestamps[:n])
 
+    image_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+    if compressed:
+        image_topic = f"{image_topic.rstrip('/')}/compressed"
     counts = {image_topic: 0, camera_info_topic: 0}
     if ground_truth:
         counts.update({GROUND_TRUTH_TOPIC: 0, TF_TOPIC: 0})
@@ -160,7 +177,7 @@ def write_bag_from_sequence(sequence_dir: str | Path, out: str | Path, *, storag
     try:
         with Writer(out, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
             connections = {
-                image_topic: writer.add_connection(image_topic, "sensor_msgs/msg/Image", typestore=typestore),
+                image_topic: writer.add_connection(image_topic, image_type, typestore=typestore),
                 camera_info_topic: writer.add_connection(camera_info_topic, "sensor_msgs/msg/CameraInfo",
                                                          typestore=typestore),
             }
@@ -185,10 +202,14 @@ def write_bag_from_sequence(sequence_dir: str | Path, out: str | Path, *, storag
                     raise BagWriteError(f"{sequence.image_path(i)}: image is {pixels.shape[1]}x"
                                         f"{pixels.shape[0]} but calib.txt says {width}x{height}")
                 channels = 1 if pixels.ndim == 2 else 3
-                write(image_topic, ns, types["sensor_msgs/msg/Image"](
-                    header=_header(types, ns, camera_frame), height=height, width=width,
-                    encoding=encoding, is_bigendian=0, step=width * channels,
-                    data=np.ascontiguousarray(pixels).reshape(-1)))
+                if compressed:
+                    write(image_topic, ns, compressed_image_msg(types, ns, camera_frame,
+                                                                sequence.image_path(i), encoding))
+                else:
+                    write(image_topic, ns, types["sensor_msgs/msg/Image"](
+                        header=_header(types, ns, camera_frame), height=height, width=width,
+                        encoding=encoding, is_bigendian=0, step=width * channels,
+                        data=np.ascontiguousarray(pixels).reshape(-1)))
                 write(camera_info_topic, ns, types["sensor_msgs/msg/CameraInfo"](
                     header=_header(types, ns, camera_frame), height=height, width=width,
                     distortion_model="plumb_bob", d=np.zeros(5),
@@ -240,12 +261,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ground-truth", action="store_true",
                         help=f"leave out {GROUND_TRUTH_TOPIC} and {TF_TOPIC}")
     parser.add_argument("--max-frames", type=int, default=None, help="write only the first N frames")
+    parser.add_argument("--compressed", action="store_true",
+                        help="images as sensor_msgs/CompressedImage on <image topic>/compressed (the "
+                             "files' own JPEG/PNG bytes)")
 
 
 def run(args: argparse.Namespace) -> int:
     summary = write_bag_from_sequence(
         args.sequence, args.out, storage=args.storage, camera_frame=args.camera_frame,
         image_topic=args.image_topic, camera_info_topic=args.camera_info_topic,
-        start_time=args.start_time, ground_truth=not args.no_ground_truth, max_frames=args.max_frames)
+        start_time=args.start_time, ground_truth=not args.no_ground_truth, max_frames=args.max_frames,
+        compressed=args.compressed)
     print(summary)
     return 0

@@ -122,6 +122,27 @@ def write_image_bag(path, frames, topic="/cam/image_raw", storage=StoragePlugin.
                 writer.write(info_conn, ns, TYPESTORE.serialize_cdr(info(header), "sensor_msgs/msg/CameraInfo"))
 
 
+def test_compressed_bag_holds_the_image_files_bytes(sequence, tmp_path):
+    """--compressed: the images on /camera/image_raw/compressed as the files' own JPEG bytes, read back
+    by RosbagSource (which finds the camera info next to the image_transport topic) pixel for pixel."""
+    out = tmp_path / "compressed"
+    summary = write_bag_from_sequence(sequence.path, out, compressed=True, max_frames=5)
+    assert summary.topics == {f"{IMAGE_TOPIC}/compressed": 5, CAMERA_INFO_TOPIC: 5, GROUND_TRUTH_TOPIC: 5,
+                              TF_TOPIC: 5}
+    with AnyReader([out]) as reader:
+        connection = reader.topics[f"{IMAGE_TOPIC}/compressed"]
+        assert connection.msgtype == "sensor_msgs/msg/CompressedImage"
+        _, _, raw = next(reader.messages(connections=reader.topics[f"{IMAGE_TOPIC}/compressed"].connections))
+        msg = reader.deserialize(raw, connection.msgtype)
+    assert msg.format == "mono8; jpeg compressed mono8"
+    assert bytes(msg.data) == sequence.image_path(0).read_bytes()
+    source = RosbagSource(out, image_topic=f"{IMAGE_TOPIC}/compressed")
+    assert len(source) == 5
+    np.testing.assert_allclose(source.intrinsics, sequence.intrinsics)
+    for i in range(5):
+        np.testing.assert_array_equal(source.read(i), sequence.read(i))
+
+
 def test_image_encodings(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
@@ -222,6 +243,12 @@ def test_bag_from_sequence_cli(sequence, tmp_path, capsys):
         assert set(reader.topics) == {IMAGE_TOPIC, CAMERA_INFO_TOPIC}
         connection, _, raw = next(reader.messages())
         assert reader.deserialize(raw, connection.msgtype).header.frame_id == "cam0"
+
+    compressed = parser.parse_args(["bag-from-sequence", str(sequence.path), str(tmp_path / "jpeg"),
+                                    "--max-frames", "2", "--compressed"])
+    assert compressed.func(compressed) == 0
+    with AnyReader([tmp_path / "jpeg"]) as reader:
+        assert reader.topics[f"{IMAGE_TOPIC}/compressed"].msgtype == "sensor_msgs/msg/CompressedImage"
 
     # Writing over an existing bag is refused with a one-line error naming it.
     assert args.func(args) == 2

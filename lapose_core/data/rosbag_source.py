@@ -113,7 +113,9 @@ def image_msg_to_rgb(msg, where: str) -> np.ndarray:
 
 def compressed_msg_to_rgb(msg, where: str) -> np.ndarray:
     """A deserialised ``sensor_msgs/CompressedImage`` (jpeg, png, ...) -> (H, W, 3) uint8 RGB."""
-    data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
+    raw = msg.data  # an array from rosbags; bytes or array('B') from rclpy
+    data = (np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray, memoryview))
+            else np.asarray(raw, dtype=np.uint8).reshape(-1))
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise FrameReadError(f"{where}: compressed image (format '{msg.format}', {data.size} bytes) "
