@@ -1,8 +1,10 @@
-"""``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB, the input of the pose estimator.
+"""``sensor_msgs/Image`` (or ``CompressedImage``) -> (H, W, 3) uint8 RGB, the input of the pose estimator.
 
 The buffer is unpacked by ``cv_bridge`` where it is importable (it knows every encoding, row padding
 and byte order) and by numpy otherwise; the colour and bit-depth conversion after that is shared, so
-both paths give the same array. ``mono16`` is scaled linearly to 8 bits (65535 -> 255).
+both paths give the same array. ``mono16`` is scaled linearly to 8 bits (65535 -> 255). A
+``CompressedImage`` (image_transport's ``compressed``: JPEG, PNG) is decoded by OpenCV, as the bag
+reader decodes one (:func:`lapose_core.data.rosbag_source.compressed_msg_to_rgb`).
 
 No rclpy import here: a message is read through its fields only.
 """
@@ -13,6 +15,9 @@ import sys
 from typing import Any, Callable, Optional
 
 import numpy as np
+
+from lapose_core.data.frame_source import FrameReadError
+from lapose_core.data.rosbag_source import compressed_msg_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,11 @@ class ImageConverter:
             self._unpack = unpack_with_numpy
 
     def __call__(self, msg: Any, topic: str = "") -> np.ndarray:
+        if hasattr(msg, "format"):  # sensor_msgs/CompressedImage (image_transport's compressed)
+            try:
+                return compressed_msg_to_rgb(msg, topic or "input")
+            except FrameReadError as e:
+                raise ImageConversionError(str(e)) from None
         if msg.encoding not in SUPPORTED_ENCODINGS:
             raise UnsupportedEncodingError(msg.encoding, topic)
         if msg.height == 0 or msg.width == 0:

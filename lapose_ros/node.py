@@ -50,7 +50,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
@@ -283,7 +283,9 @@ class LaPoseNode(Node):
         self._path_poses: deque[PoseStamped] = deque(maxlen=p["path_max_length"])
 
         qos = sensor_qos(p["qos_depth"])
-        self.create_subscription(Image, p["image_topic"], self._on_image, qos)
+        # image_transport's layout: <base>/compressed carries sensor_msgs/CompressedImage.
+        image_type = CompressedImage if p["image_topic"].rstrip("/").endswith("/compressed") else Image
+        self.create_subscription(image_type, p["image_topic"], self._on_image, qos)
         self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, qos)
         self.odom_pub = self.create_publisher(Odometry, p["odom_topic"], 10)
         self.path_pub = self.create_publisher(Path, p["path_topic"], 1)

@@ -57,6 +57,25 @@ def test_every_encoding_converts_to_the_same_rgb(kitti_gray, prefer_cv_bridge):
     assert np.array_equal(convert(make_image(mono16, "mono16")), gray_rgb)
 
 
+def test_compressed_images_decode_to_the_raw_ones_pixels(kitti_gray, shared_data):
+    """image_transport's compressed: a JPEG's own bytes decode to what the file holds (as rclpy hands
+    them over, array('B'), and as bytes); undecodable data is a conversion error (a corrupt frame)."""
+    from array import array
+
+    from sensor_msgs.msg import CompressedImage
+
+    convert = ImageConverter(prefer_cv_bridge=False)
+    jpeg = (shared_data / "kitti" / "03_head" / "images" / "000000.jpg").read_bytes()
+    msg = CompressedImage(format="mono8; jpeg compressed mono8")
+    msg.data = array("B", jpeg)
+    assert np.array_equal(convert(msg), np.repeat(kitti_gray[..., None], 3, -1))
+    msg.data = jpeg
+    assert np.array_equal(convert(msg), np.repeat(kitti_gray[..., None], 3, -1))
+    msg.data = jpeg[:40]
+    with pytest.raises(ImageConversionError, match="compressed image .* cannot be decoded"):
+        convert(msg, "/camera/image_raw/compressed")
+
+
 def test_row_padding_and_byte_order(kitti_gray):
     convert = ImageConverter(prefer_cv_bridge=False)
     h, w = kitti_gray.shape
