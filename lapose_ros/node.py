@@ -277,6 +277,7 @@ class LaPoseNode(Node):
         self._rectification = "none (no CameraInfo yet)"
         self._camera_frame = ""
         self._camera_to_base_source = "parameter camera_to_base"
+        self._has_tracked = False  # the camera-to-base transform is taken from TF until then
         self._mount_warning = ""
         self._path = Path()
         self._path.header.frame_id = p["odom_frame"]
@@ -478,7 +479,7 @@ class LaPoseNode(Node):
             return "corrupt", False, ""
         self._camera_frame = msg.header.frame_id
         was_tracking = self.vo.tracking
-        if not was_tracking and self.vo.resets == 0:
+        if not self._has_tracked:  # frozen once tracking starts (a reset before that does not freeze it)
             self._lookup_camera_to_base()
         try:
             result = self.vo.process(stamp_seconds(msg.header.stamp), image)
@@ -499,6 +500,7 @@ class LaPoseNode(Node):
             return result.outcome, False, result.reset_reason or ""
         if not was_tracking:
             log.info(f"tracking (camera-to-base from {self._camera_to_base_source})")
+            self._has_tracked = True
         published = self.params["publish_rate"] <= 0
         if published:
             self._publish_odometry(result.estimate, msg.header.stamp)

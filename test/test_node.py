@@ -426,9 +426,11 @@ def test_distorted_camera_images_are_rectified_before_odometry(ros_context, topi
         seen = []  # what the estimator is given: keyframes only (the next keyframe, 0.5 s on)
         encode = node.estimator.encode_frame
         node.estimator.encode_frame = lambda image: (seen.append(image), encode(image))[1]
+        lookups = []  # TF's camera-to-base transform is still looked for: the reset came before tracking
+        node._lookup_camera_to_base = lambda: lookups.append(1)
         for index in (5, 7, 10):
             node._process_image(stream.messages(index, encoding="rgb8")[0], time.perf_counter())
-        assert len(seen) == 2
+        assert len(seen) == 2 and len(lookups) == 3
         raw = np.repeat(stream.gray(5)[..., None], 3, -1)
         if topic.endswith("image_raw"):
             assert node.estimator.intrinsics == pytest.approx((1.1 * fx, 1.1 * fy, cx + 3.0, cy - 2.0))
