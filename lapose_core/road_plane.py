@@ -89,8 +89,8 @@ def mount_from_camera_pose(camera_to_base: np.ndarray, base_height_m: float) -> 
     parallel to the road and ``base_height_m`` above it (0 for ``base_footprint``, or a car's
     ``base_link`` on the ground under its rear axle). ``camera_to_base`` (4x4) takes optical-frame
     points (x right, y down, z forward) to the body frame, as the camera-to-base transform does.
-    Raises :class:`MountError` for a camera at or below the road, or rolled more than
-    ``MAX_MOUNT_ROLL_DEG``."""
+    Raises :class:`MountError` for a camera at or below the road, one not looking ahead at it
+    (within 45 degrees of level, upright), or one rolled more than ``MAX_MOUNT_ROLL_DEG``."""
     T = np.asarray(camera_to_base, dtype=np.float64)
     height = float(base_height_m) + float(T[2, 3])
     # The road's downward normal in the optical frame: (0, cos p, sin p) for a camera pitched down
