@@ -44,7 +44,8 @@ windows of the pinhole view at the raw camera's focal length (what a rectified c
 raw images as they are (with the raw camera's K: what the node did before it rectified), and of the
 raw images rectified as the node rectifies them. On ``00_head`` at 2 fps with a wide lens's barrel
 distortion (-0.25, 0.06) the raw images cost the hybrid AUC@5 0.823 -> 0.655 and ATE-S 0.015 ->
-0.105; rectified, 0.825 and 0.021.
+0.105; rectified, 0.825 and 0.021. (The bundled model was trained on these drives, which flatters
+its own figures; what the study measures is raw against rectified.)
 
     python training/geometry_study.py pairs --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head
     python training/geometry_study.py road --data ../shared/data/kitti/00_head ../shared/data/kitti/07_head ../shared/data/kitti/06_head
