@@ -424,7 +424,7 @@ class LaPoseNode(Node):
             rectifier = Rectifier(camera)
         except RectificationError as e:
             self.get_logger().warning(f"{self.params['camera_info_topic']}: {e}; images are used as they "
-                                      "are (distorted)")
+                                      "are (distorted)", throttle_duration_sec=5.0)  # NaN: every message
             return None, f"none ({e})"
         self.get_logger().info(f"rectifying {self.params['image_topic']}: {rectifier.description}")
         return rectifier, rectifier.description

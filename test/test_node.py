@@ -449,6 +449,28 @@ def test_distorted_camera_images_are_rectified_before_odometry(ros_context, topi
         node.destroy_node()
 
 
+def test_a_camera_info_that_cannot_be_rectified_leaves_the_images_as_they_are(ros_context):
+    from rclpy.parameter import Parameter
+
+    from lapose_core import ASSETS_DIR
+    from lapose_core.inference import PoseEstimator
+    from lapose_ros.node import LaPoseNode
+
+    _, info = KittiStream(ASSETS_DIR / "sample_sequence").messages(0)
+    info.distortion_model = "plumb_bob"
+    info.d = [float("nan")] * 5
+    node = LaPoseNode(estimator=PoseEstimator.random("tiny"), context=ros_context,
+                      parameter_overrides=[Parameter("publish_tf", value=False)])
+    try:
+        for _ in range(3):  # NaN != NaN: every message looks new; the warning is throttled
+            node._on_camera_info(info)
+        assert node.diagnostic_values()["rectification"].startswith("none (CameraInfo D has a non-finite")
+        assert node.estimator.intrinsics == pytest.approx((info.k[0], info.k[4], info.k[2], info.k[5]))
+        assert node.vo.resets == 0
+    finally:
+        node.destroy_node()
+
+
 def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
     from lapose_ros import bench
 
