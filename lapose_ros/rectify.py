@@ -85,7 +85,8 @@ class Rectifier:
             raise RectificationError(f"CameraInfo K has no focal length (fx {K[0, 0]}, fy {K[1, 1]})")
         R = np.asarray(camera.R, dtype=np.float64).reshape(3, 3) if any(camera.R) else np.eye(3)
         P = np.asarray(camera.P, dtype=np.float64).reshape(3, 4) if any(camera.P) else None
-        new_K = P[:, :3] if P is not None and P[0, 0] > 0 and P[1, 1] > 0 else K
+        has_P = P is not None and P[0, 0] > 0 and P[1, 1] > 0
+        new_K = P[:, :3] if has_P else K
         D = np.asarray(camera.D, dtype=np.float64)
         size = (camera.width, camera.height)
         if model in FISHEYE_MODELS:
@@ -99,7 +100,7 @@ class Rectifier:
             self._maps = cv2.initUndistortRectifyMap(K, D, R, new_K, size, cv2.CV_16SC2)
         self.size = (camera.height, camera.width)
         self.intrinsics = (float(new_K[0, 0]), float(new_K[1, 1]), float(new_K[0, 2]), float(new_K[1, 2]))
-        self.description = f"{model}, {len(D)} coefficients, to P's pinhole camera"
+        self.description = f"{model}, {len(D)} coefficients, to {'P' if has_P else 'K (no P)'}'s pinhole camera"
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if tuple(image.shape[:2]) != self.size:

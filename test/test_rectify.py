@@ -73,9 +73,10 @@ def test_rectification_refuses_what_it_cannot_do(frame):
     with pytest.raises(RectificationError, match="image 310x94 but CameraInfo 621x188"):
         Rectifier(camera)(cv2.resize(image, (310, 94)))
     # No P: rectified to K's camera.
-    assert Rectifier(CameraModel(camera.width, camera.height, "plumb_bob", camera.K, camera.D, camera.R,
-                                 (0.0,) * 12)).intrinsics == pytest.approx(
-        (camera.K[0], camera.K[4], camera.K[2], camera.K[5]))
+    without_p = Rectifier(CameraModel(camera.width, camera.height, "plumb_bob", camera.K, camera.D, camera.R,
+                                      (0.0,) * 12))
+    assert without_p.intrinsics == pytest.approx((camera.K[0], camera.K[4], camera.K[2], camera.K[5]))
+    assert without_p.description == "plumb_bob, 5 coefficients, to K (no P)'s pinhole camera"
     assert not CameraModel(camera.width, camera.height, "plumb_bob", camera.K, (0.0,) * 5, camera.R,
                            camera.P).distorted
 
