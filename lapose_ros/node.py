@@ -1,6 +1,7 @@
 """``lapose_node``: LA-Pose visual odometry as a ROS 2 node.
 
-Subscribes a camera (``sensor_msgs/Image`` + ``sensor_msgs/CameraInfo``) and publishes
+Subscribes a camera (``sensor_msgs/Image``, or ``CompressedImage`` on a ``.../compressed`` topic, +
+``sensor_msgs/CameraInfo``; a distorted camera's keyframes are rectified) and publishes
 ``nav_msgs/Odometry``, the ``odom -> base_link`` transform, a ``nav_msgs/Path`` of keyframe poses and
 ``diagnostic_msgs/DiagnosticArray`` at 1 Hz. The node is thin: keyframe selection, the feature cache,
 trajectory integration and the reset rules live in :mod:`lapose_ros.odometry`.
