@@ -215,15 +215,26 @@ def road_mount(params: dict[str, Any], camera_to_base: np.ndarray) -> tuple[floa
     """The camera's height above the road and pitch that the hybrid's road scale uses (height 0:
     unknown, LA-Pose's scale): ``camera_height_m`` and ``camera_pitch_deg`` when the height is
     given, else from the camera-to-base transform when ``base_height_m`` >= 0."""
-    from lapose_core.road_plane import MountError, mount_from_camera_pose
+    from lapose_core.road_plane import MountError
 
-    if params["camera_height_m"] > 0 or params["base_height_m"] < 0:
-        return float(params["camera_height_m"]), float(params["camera_pitch_deg"])
     try:
-        mount = mount_from_camera_pose(camera_to_base, float(params["base_height_m"]))
+        mount = mount_from_transform(params, camera_to_base)
     except MountError as e:
         raise LaPoseNodeError(f"parameters 'camera_to_base' and 'base_height_m': {e}") from None
+    if mount is None:
+        return float(params["camera_height_m"]), float(params["camera_pitch_deg"])
     return mount.height_m, mount.pitch_deg
+
+
+def mount_from_transform(params: dict[str, Any], camera_to_base: np.ndarray):
+    """The camera's mount from the camera-to-base transform, when the parameters take it from there
+    (``base_height_m`` >= 0 and no ``camera_height_m``); else None. Raises
+    :class:`lapose_core.road_plane.MountError` for a mount the road's scale cannot use."""
+    from lapose_core.road_plane import mount_from_camera_pose
+
+    if params["camera_height_m"] > 0 or params["base_height_m"] < 0:
+        return None
+    return mount_from_camera_pose(camera_to_base, float(params["base_height_m"]))
 
 
 class LaPoseNode(Node):
@@ -360,13 +371,13 @@ class LaPoseNode(Node):
     def _follow_camera_mount(self) -> None:
         """With the road's scale taken from the camera-to-base transform (``base_height_m`` >= 0), a
         transform from TF moves the mount the road is looked for from."""
-        from lapose_core.road_plane import MountError, mount_from_camera_pose
+        from lapose_core.road_plane import MountError
 
         p = self.params
-        if p["camera_height_m"] > 0 or p["base_height_m"] < 0 or not hasattr(self.estimator, "set_camera_mount"):
+        if not hasattr(self.estimator, "set_camera_mount"):
             return
         try:
-            mount = mount_from_camera_pose(self.vo.camera_to_base, float(p["base_height_m"]))
+            mount = mount_from_transform(p, self.vo.camera_to_base)
         except MountError as e:
             if self._mount_warning != str(e):
                 self._mount_warning = str(e)
@@ -375,6 +386,8 @@ class LaPoseNode(Node):
                     f"{self._camera_to_base_source} with base_height_m {p['base_height_m']:g}: {e}; the "
                     f"road's scale keeps the camera {config.camera_height_m:.3f} m above the road, "
                     f"{config.camera_pitch_deg:.2f} deg down")
+            return
+        if mount is None:
             return
         config = self.estimator.config
         if (config.camera_height_m, config.camera_pitch_deg) != (mount.height_m, mount.pitch_deg):
