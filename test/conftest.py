@@ -21,6 +21,17 @@ _domain_ids = itertools.count(int(os.environ.get("LAPOSE_TEST_DOMAIN_BASE", 100 
 
 
 @pytest.fixture(scope="session")
+def study():
+    """``training/geometry_study.py`` as a module (the training scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("geometry_study", REPO / "training" / "geometry_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data folder. CI must have it; elsewhere (``colcon test`` on a robot, say) the tests
     that need it are skipped with the reason."""

@@ -2,22 +2,8 @@
 the step-length fit and the node's rectification, on a labelled training sequence."""
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
-from pathlib import Path
-
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("geometry_study", REPO / "training" / "geometry_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(study, monkeypatch, capsys, *argv: str) -> str:

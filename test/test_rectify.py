@@ -5,9 +5,6 @@ A raw camera is simulated from a frame of the bundled sample (``training/geometr
 sample's (pinhole) camera, so every raw pixel has image content. Rectified, its images must be the
 pinhole view at the raw camera's focal length.
 """
-import importlib.util
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -21,18 +18,6 @@ RATIONAL = (-0.25, 0.06, 0.0005, -0.0005, 0.0, 0.01, -0.01, 0.0)
 EQUIDISTANT = (0.05, -0.01, 0.002, 0.0)
 
 
-def _study():
-    path = Path(__file__).resolve().parents[1] / "training" / "geometry_study.py"
-    spec = importlib.util.spec_from_file_location("geometry_study", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def raw_camera(K, model, D, shape):
-    return _study().raw_camera(K, shape, D, model=model)
-
-
 @pytest.fixture(scope="module")
 def frame():
     seq = KittiSequence(ASSETS_DIR / "sample_sequence")
@@ -42,9 +27,9 @@ def frame():
 
 @pytest.mark.parametrize("model,D", [("plumb_bob", PLUMB_BOB), ("rational_polynomial", RATIONAL),
                                      ("equidistant", EQUIDISTANT)])
-def test_rectified_raw_images_are_the_pinhole_view(frame, model, D):
+def test_rectified_raw_images_are_the_pinhole_view(study, frame, model, D):
     image, K = frame
-    camera, raw_view = raw_camera(K, model, D, image.shape[:2])
+    camera, raw_view = study.raw_camera(K, image.shape[:2], D, model=model)
     rectifier = Rectifier(camera)
     raw = raw_view(image)
     # The pinhole camera with the raw camera's intrinsics, seen through the sample's camera.
@@ -59,9 +44,9 @@ def test_rectified_raw_images_are_the_pinhole_view(frame, model, D):
     assert camera.distorted and rectifier.description.startswith(model)
 
 
-def test_rectification_refuses_what_it_cannot_do(frame):
+def test_rectification_refuses_what_it_cannot_do(study, frame):
     image, K = frame
-    camera, _ = raw_camera(K, "plumb_bob", PLUMB_BOB, image.shape[:2])
+    camera, _ = study.raw_camera(K, image.shape[:2], PLUMB_BOB)
     with pytest.raises(RectificationError, match="distortion model 'mei' is not supported"):
         Rectifier(CameraModel(camera.width, camera.height, "mei", camera.K, camera.D, camera.R, camera.P))
     with pytest.raises(RectificationError, match="with 3 coefficients"):

@@ -322,18 +322,22 @@ def study_distortion(args: argparse.Namespace) -> None:
                  "raw, as they are": raw_view, "raw, rectified": lambda im: rectify(raw_view(im))}
         scores = {}
         windows = eval_windows(seq, fps, lapose.num_frames, 1.0)
+        # One hybrid per estimator and view for the sequence (its pairs are keyed by frame).
+        hybrids = {(view, name): HybridEstimator(lapose, config)
+                   for view, (name, config) in itertools.product(views, estimators.items()) if config}
         for idx, gt, images in WindowScan(seq, windows, max_windows=args.max_windows):
-            for (view, make), (name, config) in itertools.product(views.items(), estimators.items()):
-                frames = [make(im) for im in images]
-                if config is None:
-                    pred = lapose.predict_features([lapose.encode_frame(f) for f in frames],
-                                                   seq.timestamps[idx], intrinsics=intrinsics).poses
-                else:
-                    pred = HybridEstimator(lapose, config).predict_window(frames, seq.timestamps[idx],
-                                                                          intrinsics=intrinsics).poses
-                pred = np.asarray(pred, dtype=np.float64)
-                scores.setdefault((name, view), []).append(
-                    (pose_pair_errors(pred, gt), ate_s(pred, gt), ate_m(pred, gt)))
+            for view, make in views.items():
+                frames = [make(im) for im in images]  # each view rendered once a window
+                for name in estimators:
+                    if (view, name) in hybrids:
+                        pred = hybrids[view, name].predict_window(frames, seq.timestamps[idx],
+                                                                  intrinsics=intrinsics).poses
+                    else:
+                        pred = lapose.predict_features([lapose.encode_frame(f) for f in frames],
+                                                       seq.timestamps[idx], intrinsics=intrinsics).poses
+                    pred = np.asarray(pred, dtype=np.float64)
+                    scores.setdefault((name, view), []).append(
+                        (pose_pair_errors(pred, gt), ate_s(pred, gt), ate_m(pred, gt)))
         for (name, view), found in scores.items():
             pooled = auc(np.concatenate([f[0] for f in found]), 5)
             print(f"| {seq.name} | {fps:g} | {name} | {view} | {len(found)} | {pooled:.3f} | "
