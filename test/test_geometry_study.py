@@ -68,7 +68,11 @@ def test_distortion_scores_raw_and_rectified_images(study, shared_data, monkeypa
     out = run(study, monkeypatch, capsys, "distortion", "--data", str(shared_data / "kitti" / "06_head"),
               "--fps", "4", "--max-windows", "1")
     rows = re.findall(r"^\| 06_head \| 4 \| (.+?) \| (pinhole|raw, as they are|raw, rectified) \| (\d+) \| "
-                      r"([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
-    assert len(rows) == 9, out
-    assert {r[0] for r in rows} == {"LA-Pose", "hybrid", "hybrid, road (1.65 m)"}
+                      r"([\d.]+) \| ([\d.]+) \| ([\d.]+|n/a) \|$", out, re.M)
+    assert len(rows) == 12, out
+    assert {r[0] for r in rows} == {"LA-Pose", "hybrid", "hybrid, road (1.65 m)", "classical"}
     assert all(int(r[2]) == 1 and 0 <= float(r[3]) <= 1 and float(r[4]) > 0 for r in rows)
+    assert all((r[5] == "n/a") == (r[0] == "classical") for r in rows)  # classical: no metric scale
+    # The straight-ahead prior on the same windows.
+    assert re.search(r"^\| 06_head \| 4 \| prior: straight ahead.* \| any \| 1 \| [\d.]+ \| [\d.]+ \| n/a \|$",
+                     out, re.M), out
