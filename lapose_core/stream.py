@@ -52,21 +52,27 @@ class KeyframeSelector:
         self._intervals: deque[float] = deque(maxlen=15)
 
     def is_due(self, stamp: float) -> bool:
-        """Whether a frame at ``stamp`` would become a keyframe now (changes nothing)."""
-        if self._last_keyframe is None:
-            return True
-        tolerance = min(0.5 * camera_period(self._intervals), 0.25 * self.period)
-        return stamp - self._last_keyframe >= self.period - tolerance
+        """Whether the frame at ``stamp``, offered next, becomes a keyframe (changes nothing)."""
+        intervals = list(self._intervals)
+        if self._last_frame is not None and stamp > self._last_frame:
+            intervals = intervals[1 - self._intervals.maxlen:] + [stamp - self._last_frame]
+        return self._due(stamp, intervals)
 
     def offer(self, stamp: float) -> bool:
         """Whether the frame at ``stamp`` (seconds) becomes a keyframe."""
         if self._last_frame is not None and stamp > self._last_frame:
             self._intervals.append(stamp - self._last_frame)
         self._last_frame = stamp
-        if self.is_due(stamp):
+        if self._due(stamp, self._intervals):
             self._last_keyframe = stamp
             return True
         return False
+
+    def _due(self, stamp: float, intervals: Sequence[float]) -> bool:
+        if self._last_keyframe is None:
+            return True
+        tolerance = min(0.5 * camera_period(intervals), 0.25 * self.period)
+        return stamp - self._last_keyframe >= self.period - tolerance
 
     def reset(self) -> None:
         self._last_keyframe = None

@@ -46,22 +46,39 @@ class UnsupportedEncodingError(ImageConversionError):
                          f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
 
 
-def unpack_with_numpy(msg: Any) -> np.ndarray:
-    """The raw pixel array of an image message, (H, W) or (H, W, C), native byte order."""
-    dtype_code, channels = SUPPORTED_ENCODINGS[msg.encoding]
-    dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
+def _raw_bytes(msg: Any) -> np.ndarray:
+    if isinstance(msg.data, (list, tuple, np.ndarray)):
+        return np.asarray(msg.data, dtype=np.uint8).reshape(-1)
+    return np.frombuffer(msg.data, dtype=np.uint8)  # bytes or array.array('B') as rclpy gives it: no copy
+
+
+def check_raw_image(msg: Any, topic: str = "", data: Optional[np.ndarray] = None) -> tuple[int, int]:
+    """(height, width) of a ``sensor_msgs/Image`` whose header and buffer agree; raises
+    :class:`ImageConversionError` naming what does not. Reads no pixel."""
+    if msg.encoding not in SUPPORTED_ENCODINGS:
+        raise UnsupportedEncodingError(msg.encoding, topic)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    row_bytes = width * channels * dtype.itemsize
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"empty image ({width}x{height}) on {topic or 'input'}")
+    dtype_code, channels = SUPPORTED_ENCODINGS[msg.encoding]
+    row_bytes = width * channels * np.dtype(dtype_code).itemsize
     if step < row_bytes:
         raise ImageConversionError(f"image step {step} is smaller than width*channels*bytes "
                                    f"= {row_bytes} ({msg.encoding}, {width}x{height})")
-    if isinstance(msg.data, (list, tuple, np.ndarray)):
-        data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
-    else:  # bytes or array.array('B') as rclpy gives it: no copy
-        data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size < step * height:
-        raise ImageConversionError(f"image data has {data.size} bytes, expected step*height = "
+    size = (len(msg.data) if data is None else data.size)
+    if size < step * height:
+        raise ImageConversionError(f"image data has {size} bytes, expected step*height = "
                                    f"{step}*{height} = {step * height} ({msg.encoding})")
+    return height, width
+
+
+def unpack_with_numpy(msg: Any) -> np.ndarray:
+    """The raw pixel array of an image message, (H, W) or (H, W, C), native byte order."""
+    data = _raw_bytes(msg)
+    height, width = check_raw_image(msg, data=data)
+    dtype_code, channels = SUPPORTED_ENCODINGS[msg.encoding]
+    dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
+    step, row_bytes = int(msg.step), width * channels * dtype.itemsize
     rows = data[: step * height].reshape(height, step)[:, :row_bytes]
     pixels = rows.copy().view(dtype).reshape(height, width, channels)
     pixels = pixels.astype(dtype.newbyteorder("="), copy=False)
@@ -105,16 +122,26 @@ class ImageConverter:
         if self._unpack is None:
             self._unpack = unpack_with_numpy
 
+    @staticmethod
+    def frame_size(msg: Any, topic: str = "") -> Optional[tuple[int, int]]:
+        """(height, width) of an image message without converting it, after the checks that need
+        no pixels (a raw image's encoding and buffer length; a compressed image's data is there);
+        None for a compressed image, whose size only decoding tells. Raises
+        :class:`ImageConversionError` as converting would."""
+        if hasattr(msg, "format"):
+            if not len(msg.data):
+                raise ImageConversionError(f"{topic or 'input'}: compressed image (format "
+                                           f"'{msg.format}') has no data")
+            return None
+        return check_raw_image(msg, topic)
+
     def __call__(self, msg: Any, topic: str = "") -> np.ndarray:
         if hasattr(msg, "format"):  # sensor_msgs/CompressedImage (image_transport's compressed)
             try:
                 return compressed_msg_to_rgb(msg, topic or "input")
             except FrameReadError as e:
                 raise ImageConversionError(str(e)) from None
-        if msg.encoding not in SUPPORTED_ENCODINGS:
-            raise UnsupportedEncodingError(msg.encoding, topic)
-        if msg.height == 0 or msg.width == 0:
-            raise ImageConversionError(f"empty image ({msg.width}x{msg.height}) on {topic or 'input'}")
+        check_raw_image(msg, topic)
         pixels = self._unpack(msg)
         expected = (int(msg.height), int(msg.width))
         if pixels.shape[:2] != expected:

@@ -479,8 +479,12 @@ class LaPoseNode(Node):
     def _process_image(self, msg: Image, arrival: float) -> tuple[str, bool, str]:
         """Odometry from one image; returns (outcome, whether odometry was published, reset reason)."""
         log = self.get_logger()
+        stamp, topic = stamp_seconds(msg.header.stamp), self.params["image_topic"]
         try:
-            image = self.convert(msg, self.params["image_topic"])
+            # Only keyframes (and frames that start a new window) are converted: between them the
+            # stamp and the size are all that count, and decoding a 1080p frame costs about 9 ms.
+            size = self.convert.frame_size(msg, topic)
+            image = self.convert(msg, topic) if self.vo.needs_pixels(stamp, size) else None
         except UnsupportedEncodingError as e:
             self.counters["corrupt_frames"] += 1
             if e.encoding not in self._warned_encodings:
@@ -496,12 +500,12 @@ class LaPoseNode(Node):
         if not self._has_tracked:  # frozen once tracking starts (a reset before that does not freeze it)
             self._lookup_camera_to_base()
         try:
-            result = self.vo.process(stamp_seconds(msg.header.stamp), image)
+            result = self.vo.process(stamp, image, size)
         except Exception as e:  # noqa: BLE001 - a failing model must not take the robot's node down
             self.counters["model_errors"] += 1
             reason = f"model error {type(e).__name__}: {e}"
             self.vo.reset(reason)
-            log.error(f"model failed on frame at {stamp_seconds(msg.header.stamp):.3f}: "
+            log.error(f"model failed on frame at {stamp:.3f}: "
                       f"{type(e).__name__}: {e}; window reset", throttle_duration_sec=5.0)
             return "model_error", False, reason
         if result.reset_reason:

@@ -20,7 +20,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
-from lapose_ros.image_conversion import fill_image_msg
+from lapose_ros.image_conversion import ImageConverter, fill_image_msg
 from lapose_ros.odometry import DEFAULT_CAMERA_TO_BASE, VisualOdometry, camera_to_base_from_xyz_quat
 from lapose_ros.playback import SpinningThread
 from node_harness import BASE_STAMP, Harness, KittiStream, msg_pose
@@ -418,3 +418,26 @@ def test_start_up_objects_are_frozen_out_of_full_collections(estimator):
         assert any(x is made_later[0] for x in tracked)
     finally:
         gc.unfreeze()  # the rest of the test session collects as usual
+
+
+def test_only_keyframes_are_converted(live, kitti):
+    """Between keyframes the node reads an image's header, not its pixels: at 2 fps from the ~10 Hz
+    stream one frame in five is converted, and a frame cut short in transit is still counted."""
+    node, harness = live(model_fps=2.0)
+    converted = []
+
+    class Counting(ImageConverter):
+        def __call__(self, msg, topic=""):
+            converted.append(stamp_of(msg))
+            return super().__call__(msg, topic)
+
+    node.node.convert = Counting()
+    events = [("frame", kitti, i, kitti.stamp(i)) for i in range(22)]
+    events += [("corrupt", kitti, 22, kitti.stamp(22))]  # between keyframes 20 and 25
+    events += [("frame", kitti, i, kitti.stamp(i)) for i in range(23, 30)]
+    outcomes = send(harness, events)
+    keyframes = [i for i, outcome in enumerate(outcomes) if outcome == "keyframe"]
+    assert keyframes == list(range(0, 30, 5))
+    assert outcomes[22] == "corrupt" and outcomes.count("frame") == 30 - 6 - 1
+    np.testing.assert_allclose(converted, [kitti.stamp(i) for i in keyframes], atol=1e-6)
+    assert node.node.diagnostic_values()["corrupt_frames"] == "1"

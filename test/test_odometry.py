@@ -47,6 +47,20 @@ def test_keyframes_tolerate_jitter_and_dropped_frames():
     assert [i for i in stream if selector.offer(i * 0.1)] == [0, 6, 11, 16, 21, 26]
 
 
+def test_is_due_says_what_offer_will_do():
+    """The node decides from is_due whether to decode a frame, before offer() sees it: the two must
+    agree even while the camera period is being learned from the first intervals and under jitter."""
+    rng = np.random.default_rng(1)
+    stamps = np.cumsum(rng.choice([1 / 30, 1 / 30, 1 / 30, 2 / 30, 0.2], 400) + rng.uniform(-3e-3, 3e-3, 400))
+    for fps in (1.0, 2.0, 4.0, 12.0):
+        selector, taken = KeyframeSelector(fps=fps), 0
+        for t in stamps:
+            due = selector.is_due(t)
+            assert selector.offer(t) == due
+            taken += due
+        assert taken > 20
+
+
 def test_keyframe_rate_must_be_positive():
     with pytest.raises(OdometryConfigError, match="model_fps"):
         KeyframeSelector(fps=0.0)
@@ -218,6 +232,39 @@ def test_visual_odometry_resets_keep_odometry_continuous(estimator, frames):
     result = vo.process(frames[0][0], frames[0][1])
     assert "backwards" in result.reset_reason and vo.resets == 3
     assert np.allclose(vo.trajectory.anchor, np.eye(4))
+
+
+def test_frames_between_keyframes_need_no_pixels(estimator, frames):
+    """Leaving out the pixels of every frame needs_pixels() does not ask for gives the same odometry:
+    the same keyframes, poses and resets (a gap, a size change, a backwards jump, a repeat)."""
+    small = cv2.resize(frames[0][1], (320, 96))
+    stream = [(s, im) for s, im in frames[:40]] + [frames[40]]  # frame 40 twice: a repeat
+    stream += [(s + 5.0, im) for s, im in frames[41:60]]  # a gap
+    stream += [(frames[60][0] + 5.0, small)]  # a new size, on a frame between keyframes
+    stream += [(s + 5.0, cv2.resize(im, (320, 96))) for s, im in frames[61:70]]
+    stream += frames[:86]  # a bag loop
+    full, lazy = (VisualOdometry(estimator, fps=2.0, max_gap_s=1.0) for _ in range(2))
+    decoded = 0
+    for stamp, image in stream:
+        expected = full.process(stamp, image)
+        needed = lazy.needs_pixels(stamp, image.shape[:2])
+        decoded += needed
+        got = lazy.process(stamp, image if needed else None, image.shape[:2])
+        assert (got.is_keyframe, got.duplicate, got.reset_reason) == \
+            (expected.is_keyframe, expected.duplicate, expected.reset_reason)
+        assert (got.estimate is None) == (expected.estimate is None)
+        if got.estimate is not None:
+            np.testing.assert_allclose(got.estimate.pose, expected.estimate.pose, atol=1e-9)
+        assert needed == expected.is_keyframe  # exactly the keyframes, resets included
+    assert full.resets == lazy.resets == 3 and lazy.tracking
+    assert decoded == 33 < len(stream) / 4  # one frame in five at 2 fps from 10 Hz, and the resets
+    # A frame whose size is not known (compressed) is taken as the stream's size until decoded.
+    assert not lazy.needs_pixels(frames[86][0], None)
+    assert lazy.process(frames[86][0], None).estimate is not None
+    # Leaving out a keyframe's pixels is a caller's error, said as such.
+    keyframe = next(s for s, _ in frames[87:] if lazy.needs_pixels(s))
+    with pytest.raises(ValueError, match="needs its pixels"):
+        lazy.process(keyframe, None)
 
 
 def test_non_finite_model_output_resets_without_publishing(frames):
