@@ -1,7 +1,7 @@
 """The launch file, the parameter file and the RViz view.
 
 Checks that run everywhere read the files (the launch file through its syntax tree, since ``launch``
-may be absent). Where ``launch_testing`` and an installed ``lapose_ros`` exist (a ROS host after
+may be absent; what it passes on comes from ``lapose_ros.launch_arguments``, tested here). Where ``launch_testing`` and an installed ``lapose_ros`` exist (a ROS host after
 ``colcon build``), the launch file is also run under ``launch_test``: this module doubles as the
 launch-test file when LAPOSE_LAUNCH_TEST=1.
 """
@@ -14,55 +14,62 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lapose_ros.launch_arguments import (ARGUMENTS, FLOAT_PARAMETERS, LAUNCH_ONLY, STRING_PARAMETERS,
+                                         LaunchArgumentError, help_text, node_overrides)
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "lapose.launch.py"
 PARAMS_FILE = REPO / "config" / "lapose.yaml"
 RVIZ_FILE = REPO / "config" / "lapose.rviz"
 
 
-def launch_constants() -> dict:
-    """Module-level constants of the launch file (ARGUMENTS, LAUNCH_ONLY, ...) without importing it."""
-    tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
-    constants = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                constants[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
-    constants["functions"] = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    return constants
-
-
 def node_parameters() -> dict:
-    return yaml.safe_load(PARAMS_FILE.read_text())["lapose_node"]["ros__parameters"]
+    return yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
 
 
-def test_launch_file_parses_and_declares_its_arguments():
-    constants = launch_constants()
-    assert "generate_launch_description" in constants["functions"]
-    assert set(constants["ARGUMENTS"]) >= {"image_topic", "camera_info_topic", "odom_frame", "base_frame",
-                                            "checkpoint", "backend", "device", "use_sim_time", "rviz", "bag"}
-    assert set(constants["LAUNCH_ONLY"]) == {"rviz", "bag"}
+def test_launch_file_parses_and_takes_its_arguments_from_the_package():
+    tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
+    assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    imported = {alias.name for n in tree.body if isinstance(n, ast.ImportFrom)
+                and n.module == "lapose_ros.launch_arguments" for alias in n.names}
+    assert imported >= {"ARGUMENTS", "node_overrides"}
+    assert set(ARGUMENTS) >= {"image_topic", "camera_info_topic", "odom_frame", "base_frame", "checkpoint",
+                              "backend", "device", "use_sim_time", "params_file", "rviz", "bag"}
+    assert set(LAUNCH_ONLY) == {"params_file", "rviz", "bag"}
 
 
 def test_every_launch_argument_maps_to_a_parameter():
-    constants, params = launch_constants(), node_parameters()
-    for name, (default, description) in constants["ARGUMENTS"].items():
+    params = node_parameters()
+    for name, (default, description) in ARGUMENTS.items():
         assert description, f"launch argument '{name}' has no description"
-        if name in constants["LAUNCH_ONLY"]:
+        if name in LAUNCH_ONLY:
             assert name not in params
             continue
         assert name in params, f"launch argument '{name}' is not a parameter in {PARAMS_FILE.name}"
         value = params[name]
         assert (str(value).lower() if isinstance(value, bool) else str(value)) == default, (
-            f"launch argument '{name}' defaults to {default!r} but {PARAMS_FILE.name} has {value!r}")
-    assert set(constants["STRING_PARAMETERS"]) <= set(constants["ARGUMENTS"])
+            f"launch argument '{name}' says the file has {default!r} but {PARAMS_FILE.name} has {value!r}")
+        assert repr(default) in help_text(name).replace('"', "'")
     # Every argument that is not a string or the launch file's own is passed on with its type.
-    typed = set(constants["STRING_PARAMETERS"]) | set(constants["FLOAT_PARAMETERS"]) | {"use_sim_time"}
-    assert typed | set(constants["LAUNCH_ONLY"]) == set(constants["ARGUMENTS"])
-    for name in constants["FLOAT_PARAMETERS"]:
+    typed = set(STRING_PARAMETERS) | set(FLOAT_PARAMETERS) | {"use_sim_time"}
+    assert typed | set(LAUNCH_ONLY) == set(ARGUMENTS)
+    for name in FLOAT_PARAMETERS:
         assert isinstance(params[name], float), f"{name} is not a float in {PARAMS_FILE.name}"
+
+
+def test_only_given_launch_arguments_override_the_parameter_file():
+    """An argument left out leaves the file's value alone (editing the file must count)."""
+    assert node_overrides({name: "" for name in ARGUMENTS}) == {}
+    given = node_overrides({"image_topic": "/front/image_raw", "camera_height_m": "2", "rviz": "true",
+                            "base_height_m": "", "use_sim_time": "False"})
+    assert given == {"image_topic": "/front/image_raw", "camera_height_m": 2.0, "use_sim_time": False}
+    assert type(given["camera_height_m"]) is float
+    assert node_overrides({"bag": "/data/drive", "use_sim_time": "false"}) == {"use_sim_time": True}
+    assert node_overrides({"use_sim_time": "TRUE"}) == {"use_sim_time": True}
+    with pytest.raises(LaunchArgumentError, match="camera_height_m:=high is not a number"):
+        node_overrides({"camera_height_m": "high"})
+    with pytest.raises(LaunchArgumentError, match="use_sim_time:=yes must be true or false"):
+        node_overrides({"use_sim_time": "yes"})
 
 
 def test_parameter_file_matches_the_node():
@@ -74,8 +81,9 @@ def test_parameter_file_matches_the_node():
         assert params[name] == default and type(params[name]) is type(default), name
 
 
-def test_parameter_file_loads_into_the_node(ros_domain_id):
-    """The real ROS parameter parser reads the file and the node accepts every value's type."""
+def test_parameter_file_loads_into_the_node(ros_domain_id, tmp_path):
+    """The real ROS parameter parser reads the file and the node accepts every value's type; the
+    file reaches the node under a namespace too (a car's launch puts it in one)."""
     import rclpy
     import rclpy.context
     from rclpy.parameter import parameter_dict_from_yaml_file
@@ -83,19 +91,26 @@ def test_parameter_file_loads_into_the_node(ros_domain_id):
     from lapose_core.inference import PoseEstimator
     from lapose_ros.node import LaPoseNode
 
-    parsed = parameter_dict_from_yaml_file(str(PARAMS_FILE), target_nodes=["lapose_node"])
+    parsed = parameter_dict_from_yaml_file(str(PARAMS_FILE), use_wildcard=True, target_nodes=["lapose_node"])
     assert set(parsed) == set(node_parameters())
-    context = rclpy.context.Context()
-    rclpy.init(args=["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "base_frame:=chassis"],
-               context=context)
-    try:
-        node = LaPoseNode(estimator=PoseEstimator.random("tiny"), context=context)
-        assert node.params["base_frame"] == "chassis"
-        assert node.params["camera_to_base"] == [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]
-        assert node.get_parameter("use_sim_time").value is False
-        node.destroy_node()
-    finally:
-        rclpy.shutdown(context=context)
+    edited = tmp_path / "my_car.yaml"
+    edited.write_text(PARAMS_FILE.read_text().replace("image_topic: /camera/image_raw",
+                                                      "image_topic: /front/image_raw"))
+    for params_file, ns, image_topic in ((PARAMS_FILE, "/", "/camera/image_raw"),
+                                         (edited, "/car", "/front/image_raw")):
+        context = rclpy.context.Context()
+        rclpy.init(args=["--ros-args", "--params-file", str(params_file), "-p", "base_frame:=chassis",
+                         "-r", f"__ns:={ns}"], context=context)
+        try:
+            node = LaPoseNode(estimator=PoseEstimator.random("tiny"), context=context)
+            assert node.get_namespace() == ns
+            assert node.params["image_topic"] == image_topic
+            assert node.params["base_frame"] == "chassis"
+            assert node.params["camera_to_base"] == [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]
+            assert node.get_parameter("use_sim_time").value is False
+            node.destroy_node()
+        finally:
+            rclpy.shutdown(context=context)
 
 
 def test_rviz_config_is_valid_and_shows_the_four_displays():
