@@ -58,7 +58,7 @@ from std_srvs.srv import Trigger
 from .image_conversion import ImageConversionError, ImageConverter, UnsupportedEncodingError
 from .odometry import (DEFAULT_CAMERA_TO_BASE, NewestFrameBuffer, OdometryConfigError, OdometryEstimate,
                        VisualOdometry, camera_to_base_from_xyz_quat, pose_to_xyz_quat)
-from .rectify import CameraModel, RectificationError, Rectifier, should_rectify
+from .rectify import CameraModel, RectificationError, Rectifier, is_rectified_topic, should_rectify
 
 NODE_NAME = "lapose_node"
 PROCESSED_TOPIC = "~/processed"  # one DiagnosticArray per image handled (see the module docstring)
@@ -397,10 +397,12 @@ class LaPoseNode(Node):
 
     # ------------------------------------------------------------------ callbacks
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        fx, fy, cx, cy = msg.k[0], msg.k[4], msg.k[2], msg.k[5]
+        camera = CameraModel.from_camera_info(msg)  # of the images as sent (binning, ROI)
+        # An image_rect topic's images are P's camera; raw images (rectified here or not) are K's.
+        fx, fy, cx, cy = (camera.rectified_intrinsics if is_rectified_topic(self.params["image_topic"])
+                          else camera.raw_intrinsics)
         if not (fx > 0 and fy > 0):
             return
-        camera = CameraModel.from_camera_info(msg)
         if camera != self._camera_model:  # CameraInfo comes with every image: maps built once
             self._camera_model = camera
             rectifier, self._rectification = self._rectifier_for(camera)
@@ -412,7 +414,7 @@ class LaPoseNode(Node):
                 self._rectifier = rectifier
         if self._rectifier is not None:  # the images are remapped to P's pinhole camera
             fx, fy, cx, cy = self._rectifier.intrinsics
-        self._intrinsics_from_info = (fx, fy, cx, cy, msg.width)
+        self._intrinsics_from_info = (fx, fy, cx, cy, camera.width)
         self.estimator.intrinsics = (float(fx), float(fy), float(cx), float(cy))
 
     def _rectify_keyframe(self, image: np.ndarray) -> np.ndarray:

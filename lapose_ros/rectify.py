@@ -32,14 +32,23 @@ class RectificationError(ValueError):
 RECTIFY_CHOICES = ("auto", "always", "never")
 
 
+def is_rectified_topic(image_topic: str) -> bool:
+    """Whether ``image_topic`` carries rectified images, as image_proc names them (``image_rect``,
+    ``image_rect_color``, and their ``/compressed``): their camera is CameraInfo's P, not K."""
+    names = image_topic.rstrip("/").split("/")
+    if names[-1] == "compressed":
+        names = names[:-1]
+    return bool(names) and names[-1].startswith("image_rect")
+
+
 def should_rectify(choice: str, image_topic: str) -> bool:
     """Whether distorted images of ``image_topic`` are rectified: ``auto`` unless the topic is a
-    rectified one already (its last name starts with ``image_rect``, as image_proc names them)."""
+    rectified one already (:func:`is_rectified_topic`)."""
     if choice not in RECTIFY_CHOICES:
         raise RectificationError(f"parameter 'rectify' must be one of {', '.join(RECTIFY_CHOICES)}, "
                                  f"got '{choice}'")
     if choice == "auto":
-        return not image_topic.rstrip("/").split("/")[-1].startswith("image_rect")
+        return not is_rectified_topic(image_topic)
     return choice == "always"
 
 
@@ -57,13 +66,42 @@ class CameraModel:
 
     @classmethod
     def from_camera_info(cls, msg: Any) -> "CameraModel":
-        return cls(int(msg.width), int(msg.height), str(msg.distortion_model),
-                   tuple(float(v) for v in msg.k), tuple(float(v) for v in msg.d),
-                   tuple(float(v) for v in msg.r), tuple(float(v) for v in msg.p))
+        """The camera of the images as sent. CameraInfo's K, P, width and height describe the full
+        sensor; a driver that bins (``binning_x/y`` > 1) or crops (``roi``, in full-sensor pixels)
+        sends smaller images, whose camera is K and P shifted by the crop's corner and divided by
+        the binning, as image_geometry reads them."""
+        bx, by = max(1, int(getattr(msg, "binning_x", 0))), max(1, int(getattr(msg, "binning_y", 0)))
+        roi = getattr(msg, "roi", None)
+        x0, y0, w, h = 0, 0, int(msg.width), int(msg.height)
+        if roi is not None and roi.width > 0 and roi.height > 0:
+            x0, y0, w, h = int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height)
+        to_image = np.array([[1.0 / bx, 0.0, -x0 / bx], [0.0, 1.0 / by, -y0 / by], [0.0, 0.0, 1.0]])
+        K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+        P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
+        if (bx, by, x0, y0) != (1, 1, 0, 0):
+            K = to_image @ K
+            P = to_image @ P if P.any() else P
+        return cls(w // bx, h // by, str(msg.distortion_model), tuple(float(v) for v in K.reshape(-1)),
+                   tuple(float(v) for v in msg.d), tuple(float(v) for v in msg.r),
+                   tuple(float(v) for v in P.reshape(-1)))
 
     @property
     def distorted(self) -> bool:
         return any(v != 0.0 for v in self.D)
+
+    @property
+    def raw_intrinsics(self) -> tuple[float, float, float, float]:
+        """fx fy cx cy of the raw images (K)."""
+        K = self.K
+        return K[0], K[4], K[2], K[5]
+
+    @property
+    def rectified_intrinsics(self) -> tuple[float, float, float, float]:
+        """fx fy cx cy of the rectified images (P; K where P is unset)."""
+        P = self.P
+        if len(P) == 12 and P[0] > 0 and P[5] > 0:
+            return P[0], P[5], P[2], P[6]
+        return self.raw_intrinsics
 
 
 class Rectifier:

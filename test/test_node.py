@@ -398,7 +398,7 @@ def test_road_scale_takes_the_camera_mount_from_the_camera_to_base_transform(ros
 def test_distorted_camera_images_are_rectified_before_odometry(ros_context, topic):
     """A CameraInfo with distortion: the node remaps each keyframe's image to P's pinhole camera
     before the estimator sees it, and hands the estimator P's intrinsics; an image_rect topic is rectified
-    already and is left alone, with K's."""
+    already and is left alone, and its camera is P's too (K is the raw camera's)."""
     import time
 
     from rclpy.parameter import Parameter
@@ -442,7 +442,7 @@ def test_distorted_camera_images_are_rectified_before_odometry(ros_context, topi
             assert np.abs(seen[0].astype(int) - expected).mean() < 1.0
             assert np.abs(seen[0].astype(int) - raw).mean() > 10
         else:
-            assert node.estimator.intrinsics == pytest.approx((fx, fy, cx, cy))
+            assert node.estimator.intrinsics == pytest.approx((1.1 * fx, 1.1 * fy, cx + 3.0, cy - 2.0))
             assert "is rectified already" in node.diagnostic_values()["rectification"]
             np.testing.assert_array_equal(seen[0], raw)
     finally:

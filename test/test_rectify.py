@@ -11,7 +11,7 @@ import pytest
 
 from lapose_core import ASSETS_DIR
 from lapose_core.data.sources import KittiSequence
-from lapose_ros.rectify import CameraModel, RectificationError, Rectifier, should_rectify
+from lapose_ros.rectify import CameraModel, RectificationError, Rectifier, is_rectified_topic, should_rectify
 
 PLUMB_BOB = (-0.25, 0.06, 0.0005, -0.0005, 0.0)  # a wide lens's barrel distortion
 RATIONAL = (-0.25, 0.06, 0.0005, -0.0005, 0.0, 0.01, -0.01, 0.0)
@@ -73,3 +73,50 @@ def test_topics_rectified_already_are_left_alone():
     assert should_rectify("always", "/camera/image_rect") and not should_rectify("never", "/camera/image_raw")
     with pytest.raises(RectificationError, match="parameter 'rectify' must be one of auto, always, never"):
         should_rectify("yes", "/camera/image_raw")
+
+
+def test_binned_and_cropped_camera_is_read_as_sent(study, frame):
+    """A driver that bins 2x2 and sends a region of interest: CameraInfo's K and P still describe the
+    full sensor. Read as image_geometry reads them, the binned crop rectifies to the binned crop of
+    the full pinhole view, and an image_rect topic's intrinsics are P's, not K's."""
+    from types import SimpleNamespace
+
+    image, K = frame
+    camera, raw_view = study.raw_camera(K, image.shape[:2], PLUMB_BOB)
+    x0, y0, w, h = 40, 20, 480, 140  # full-sensor pixels
+    info = SimpleNamespace(width=camera.width, height=camera.height, distortion_model="plumb_bob",
+                           k=camera.K, d=camera.D, r=camera.R, p=camera.P, binning_x=2, binning_y=2,
+                           roi=SimpleNamespace(x_offset=x0, y_offset=y0, width=w, height=h))
+    sent = CameraModel.from_camera_info(info)
+    assert (sent.width, sent.height) == (w // 2, h // 2)
+    fx, fy, cx, cy = camera.K[0], camera.K[4], camera.K[2], camera.K[5]
+    assert sent.raw_intrinsics == pytest.approx((fx / 2, fy / 2, (cx - x0) / 2, (cy - y0) / 2))
+    assert sent.rectified_intrinsics == pytest.approx(
+        (camera.P[0] / 2, camera.P[5] / 2, (camera.P[2] - x0) / 2, (camera.P[6] - y0) / 2))
+
+    def binned_crop(full):
+        return cv2.resize(full[y0:y0 + h, x0:x0 + w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+
+    K_raw = np.asarray(camera.K).reshape(3, 3)
+    pinhole = binned_crop(cv2.warpPerspective(image, K_raw @ np.linalg.inv(K), image.shape[1::-1]))
+    raw = binned_crop(raw_view(image))
+    inner = (slice(6, -6), slice(6, -6))
+    rectified_error = np.abs(Rectifier(sent)(raw).astype(float) - pinhole)[inner].mean()
+    raw_error = np.abs(raw.astype(float) - pinhole)[inner].mean()
+    assert rectified_error < 3.0 and raw_error > 3 * rectified_error, (rectified_error, raw_error)
+    # Read without the crop's corner, the rectification is off by more than the raw image is.
+    halved = np.array([[0.5], [0.5], [1.0]])  # binned, the crop's corner left out
+    uncropped = CameraModel(sent.width, sent.height, "plumb_bob", tuple((K_raw * halved).reshape(-1)),
+                            camera.D, camera.R, tuple((np.reshape(camera.P, (3, 4)) * halved).reshape(-1)))
+    misread_error = np.abs(Rectifier(uncropped)(raw).astype(float) - pinhole)[inner].mean()
+    assert misread_error > 3 * rectified_error, (misread_error, rectified_error)
+    # Without binning or ROI (all zero, as drivers leave them) the camera is CameraInfo's own.
+    info.binning_x = info.binning_y = 0
+    info.roi = SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0)
+    assert CameraModel.from_camera_info(info) == camera
+
+
+def test_rectified_topics_are_recognised():
+    assert is_rectified_topic("/camera/image_rect") and is_rectified_topic("/cam/image_rect_color/compressed")
+    assert not is_rectified_topic("/camera/image_raw") and not is_rectified_topic("/camera/image_raw/compressed")
+    assert not should_rectify("auto", "/camera/image_rect/compressed")
