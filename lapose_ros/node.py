@@ -65,6 +65,8 @@ PROCESSED_TOPIC = "~/processed"  # one DiagnosticArray per image handled (see th
 BACKEND_CHOICES = ("auto", "tensorrt", "compile", "eager")
 ESTIMATOR_CHOICES = ("hybrid", "lapose")
 
+DIAGNOSTICS_PERIOD_S = 1.0
+
 # name -> default. The same names and values are in config/lapose.yaml (a test keeps them in step).
 PARAMETERS: dict[str, Any] = {
     "image_topic": "/camera/image_raw",
@@ -288,6 +290,7 @@ class LaPoseNode(Node):
         self._rectifier: Optional[Rectifier] = None
         self._rectification = "none (no CameraInfo yet)"
         self._camera_frame = ""
+        self._last_handled: Optional[float] = None  # perf_counter() when the last image was handled
         self._camera_to_base_source = "parameter camera_to_base"
         self._has_tracked = False  # the camera-to-base transform is taken from TF until then
         self._mount_warning = ""
@@ -305,7 +308,7 @@ class LaPoseNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.processed_pub = self.create_publisher(DiagnosticArray, PROCESSED_TOPIC, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
-        self.create_timer(1.0, self._publish_diagnostics)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         if p["publish_rate"] > 0:
             self.create_timer(1.0 / p["publish_rate"], self._on_publish_timer)
         self._send_transform = self._make_tf_broadcaster() if p["publish_tf"] else None
@@ -477,6 +480,13 @@ class LaPoseNode(Node):
             outcome, published, reset_reason = self._process_image(msg, arrival)
         finally:  # every image is acknowledged, whatever became of it
             self._publish_processed(msg.header, outcome, published, reset_reason, arrival)
+            self._last_handled = time.perf_counter()
+
+    def camera_silence_s(self) -> Optional[float]:
+        """Seconds since the last image was handled (None before the first): a node still working
+        through the images it received is not silent."""
+        last = self._last_handled
+        return None if last is None else time.perf_counter() - last
 
     def _process_image(self, msg: Image, arrival: float) -> tuple[str, bool, str]:
         """Odometry from one image; returns (outcome, whether odometry was published, reset reason)."""
@@ -625,6 +635,7 @@ class LaPoseNode(Node):
             "model_errors": str(self.counters["model_errors"]),
             "resets": str(vo.resets),
             "last_reset_reason": vo.last_reset_reason,
+            "seconds_since_image": "" if (silence := self.camera_silence_s()) is None else f"{silence:.1f}",
             "latency_ms_p50": f"{np.percentile(lat, 50):.1f}" if lat.size else "",
             "latency_ms_p95": f"{np.percentile(lat, 95):.1f}" if lat.size else "",
             "keyframe_latency_ms_p50": f"{np.percentile(key, 50):.1f}" if key.size else "",
@@ -669,16 +680,26 @@ class LaPoseNode(Node):
         return values
 
     def _publish_diagnostics(self) -> None:
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [self.diagnostic_status()]
+        self.diag_pub.publish(array)
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The node's status as /diagnostics publishes it each second."""
         status = DiagnosticStatus()
         status.name = f"{self.get_name()}: visual odometry"
         status.hardware_id = self._camera_frame or self.params["image_topic"]
         status.level = DiagnosticStatus.OK if self.vo.tracking else DiagnosticStatus.WARN
         status.message = self.vo.status
+        # Silent for longer than max_gap_s: the next image starts a new window, the odometry has
+        # stopped (a period's grace, so that a tick just after a frame never reads as silence).
+        silence = self.camera_silence_s()
+        if silence is not None and silence > self.params["max_gap_s"] + DIAGNOSTICS_PERIOD_S:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"{status.message}; no image for {silence:.1f} s on {self.params['image_topic']}"
         status.values = [KeyValue(key=k, value=v) for k, v in self.diagnostic_values().items()]
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
-        self.diag_pub.publish(array)
+        return status
 
 
 # What rclpy raises when a received message cannot be handed to Python (seen, rarely, under load:

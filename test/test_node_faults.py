@@ -441,3 +441,21 @@ def test_only_keyframes_are_converted(live, kitti):
     assert outcomes[22] == "corrupt" and outcomes.count("frame") == 30 - 6 - 1
     np.testing.assert_allclose(converted, [kitti.stamp(i) for i in keyframes], atol=1e-6)
     assert node.node.diagnostic_values()["corrupt_frames"] == "1"
+
+
+def test_a_silent_camera_is_reported(live, kitti):
+    """Once no image has come for longer than max_gap_s (and a diagnostics period), diagnostics warn
+    and say for how long: the odometry has stopped, whatever the last status was."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    node, harness = live()
+    status = node.node.diagnostic_status()
+    assert status.message == "warming up (0/16 keyframes)"  # nothing yet: not silent, not started
+    send(harness, [("frame", kitti, i, kitti.stamp(i)) for i in range(20)])
+    status = node.node.diagnostic_status()
+    assert (status.message, status.level) == ("tracking", DiagnosticStatus.OK)
+    node.node._last_handled -= MAX_GAP_S + 1.5  # as if the camera had stopped that long ago
+    status = node.node.diagnostic_status()
+    assert status.level == DiagnosticStatus.WARN
+    assert status.message.startswith("tracking; no image for 2.5 s on /camera/image_raw")
+    assert float({kv.key: kv.value for kv in status.values}["seconds_since_image"]) >= 2.5
