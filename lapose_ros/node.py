@@ -37,7 +37,7 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Optional
 
 import numpy as np
@@ -297,6 +297,9 @@ class LaPoseNode(Node):
         self._path = Path()
         self._path.header.frame_id = p["odom_frame"]
         self._path_poses: deque[PoseStamped] = deque(maxlen=p["path_max_length"])
+        # The image stamps of recent keyframes as they came: a stamp through float seconds loses
+        # its last nanoseconds (2.4e-7 s at today's epoch), and the path must carry the image's own.
+        self._keyframe_stamps: OrderedDict[float, Any] = OrderedDict()
 
         qos = sensor_qos(p["qos_depth"])
         # image_transport's layout: <base>/compressed carries sensor_msgs/CompressedImage.
@@ -520,6 +523,10 @@ class LaPoseNode(Node):
             log.error(f"model failed on frame at {stamp:.3f}: "
                       f"{type(e).__name__}: {e}; window reset", throttle_duration_sec=5.0)
             return "model_error", False, reason
+        if result.is_keyframe:
+            self._keyframe_stamps[stamp] = msg.header.stamp
+            while len(self._keyframe_stamps) > 2 * self.vo.num_frames:
+                self._keyframe_stamps.popitem(last=False)
         if result.reset_reason:
             log.warning(f"odometry window reset: {result.reset_reason}")
         if result.restarted:
@@ -535,7 +542,7 @@ class LaPoseNode(Node):
         if published:
             self._publish_odometry(result.estimate, msg.header.stamp)
         if result.estimate.new_keyframes:
-            self._publish_path(result.estimate)
+            self._publish_path(result.estimate, msg.header.stamp)
         self._latency_ms.append((time.perf_counter() - arrival) * 1e3)
         return result.outcome, published, result.reset_reason or ""
 
@@ -608,14 +615,15 @@ class LaPoseNode(Node):
         r.x, r.y, r.z, r.w = map(float, q)
         self._send_transform(t)
 
-    def _publish_path(self, estimate: OdometryEstimate) -> None:
-        for stamp, pose in estimate.new_keyframes:
+    def _publish_path(self, estimate: OdometryEstimate, stamp: Any) -> None:
+        for seconds, pose in estimate.new_keyframes:
             ps = PoseStamped()
             ps.header.frame_id = self.params["odom_frame"]
-            ps.header.stamp = stamp_msg(stamp)
+            image_stamp = self._keyframe_stamps.get(seconds)
+            ps.header.stamp = stamp_msg(seconds) if image_stamp is None else image_stamp
             fill_pose(ps.pose, pose)
             self._path_poses.append(ps)
-        self._path.header.stamp = stamp_msg(estimate.stamp)
+        self._path.header.stamp = stamp
         self._path.poses = list(self._path_poses)
         self.path_pub.publish(self._path)
 

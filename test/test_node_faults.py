@@ -459,3 +459,21 @@ def test_a_silent_camera_is_reported(live, kitti):
     assert status.level == DiagnosticStatus.WARN
     assert status.message.startswith("tracking; no image for 2.5 s on /camera/image_raw")
     assert float({kv.key: kv.value for kv in status.values}["seconds_since_image"]) >= 2.5
+
+
+def test_path_carries_the_images_own_stamps(live, kitti):
+    """Stamps to the nanosecond: through float seconds at today's epoch they lose their last digits."""
+    node, harness = live()
+    sent = []
+    for i in range(20):
+        image, info = frame(kitti, i, kitti.stamp(i))
+        image.header.stamp.nanosec = image.header.stamp.nanosec // 1000 * 1000 + 789
+        info.header.stamp = image.header.stamp
+        sent.append((image.header.stamp.sec, image.header.stamp.nanosec))
+        harness.send_lockstep(image, info)
+    harness.spin_until(lambda: harness.paths and len(harness.paths[-1].poses) == 20, 10, "the path")
+    path = harness.paths[-1]  # every frame a keyframe at model_fps 10
+    assert [(p.header.stamp.sec, p.header.stamp.nanosec) for p in path.poses] == sent
+    assert (path.header.stamp.sec, path.header.stamp.nanosec) == sent[-1]
+    odom = harness.odom[-1].header.stamp
+    assert (odom.sec, odom.nanosec) == sent[-1]
