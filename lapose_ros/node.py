@@ -45,6 +45,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import Odometry, Path
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -195,6 +196,25 @@ def load_estimator(checkpoint: str, backend: str, device: str, engine_cache_dir:
                               engine_cache_dir=engine_cache_dir or None)
 
 
+def check_parameters(p: dict[str, Any]) -> None:
+    """The checks that need no model, made before it loads (seconds on a car's computer)."""
+    for name in ("odom_frame", "base_frame"):
+        if not p[name] or p[name].startswith("/"):
+            raise LaPoseNodeError(f"parameter '{name}' must be a frame id without a leading '/' (tf2 "
+                                  f"rejects those), got '{p[name]}'")
+    if p["odom_frame"] == p["base_frame"]:
+        raise LaPoseNodeError(f"parameters 'odom_frame' and 'base_frame' are both '{p['odom_frame']}': "
+                              "the odometry moves one frame in the other")
+    if p["fx"] > 0 and not (p["fy"] > 0 and p["cx"] > 0 and p["cy"] > 0):
+        raise LaPoseNodeError(f"parameters fx fy cx cy must all be > 0 when fx is given, got "
+                              f"{p['fx']} {p['fy']} {p['cx']} {p['cy']}")
+    for name, meaning in (("model_fps", "0 = the model's own rate"), ("publish_rate", "0 = one per image")):
+        if p[name] < 0:
+            raise LaPoseNodeError(f"parameter '{name}' must be >= 0 ({meaning}), got {p[name]}")
+    if p["path_max_length"] < 1:
+        raise LaPoseNodeError(f"parameter 'path_max_length' must be >= 1, got {p['path_max_length']}")
+
+
 def wrap_estimator(lapose: Any, params: dict[str, Any]):
     """The estimator the ``estimator`` parameter asks for, around a loaded LA-Pose estimator."""
     if params["estimator"] not in ESTIMATOR_CHOICES:
@@ -244,15 +264,18 @@ class LaPoseNode(Node):
 
     def __init__(self, estimator: Any = None, node_name: str = NODE_NAME, **node_kwargs):
         super().__init__(node_name, **node_kwargs)
+        # Read once at start: read-only, so `ros2 param set` says so instead of appearing to work.
+        read_only = ParameterDescriptor(read_only=True)
         for name, default in PARAMETERS.items():
             try:
-                self.declare_parameter(name, default)
+                self.declare_parameter(name, default, read_only)
             except InvalidParameterTypeException as e:
                 raise LaPoseNodeError(f"parameter '{name}' must be of type {type(default).__name__} "
                                       f"like its default {default!r}: {e}") from None
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
         self.params = p
         log = self.get_logger()
+        check_parameters(p)
 
         if estimator is None:  # an estimator passed in is used as it is
             estimator = wrap_estimator(load_estimator(p["checkpoint"], p["backend"], p["device"],
@@ -267,8 +290,6 @@ class LaPoseNode(Node):
         self.pose_covariance = diagonal_covariance(p["pose_covariance_diagonal"], "pose_covariance_diagonal")
         self.twist_covariance = diagonal_covariance(p["twist_covariance_diagonal"],
                                                     "twist_covariance_diagonal")
-        if p["path_max_length"] < 1:
-            raise LaPoseNodeError(f"parameter 'path_max_length' must be >= 1, got {p['path_max_length']}")
         if p["invert_tf"] and not p["publish_tf"]:
             log.warning("invert_tf is set but publish_tf is false: no TF is published")
 

@@ -86,6 +86,7 @@ def test_parameter_file_loads_into_the_node(ros_domain_id, tmp_path):
     file reaches the node under a namespace too (a car's launch puts it in one)."""
     import rclpy
     import rclpy.context
+    import rclpy.parameter
     from rclpy.parameter import parameter_dict_from_yaml_file
 
     from lapose_core.inference import PoseEstimator
@@ -108,6 +109,9 @@ def test_parameter_file_loads_into_the_node(ros_domain_id, tmp_path):
             assert node.params["base_frame"] == "chassis"
             assert node.params["camera_to_base"] == [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]
             assert node.get_parameter("use_sim_time").value is False
+            # Read once at start: changing one later is refused, not silently ignored.
+            refused = node.set_parameters([rclpy.parameter.Parameter("image_topic", value="/other")])[0]
+            assert not refused.successful and "read-only" in refused.reason
             node.destroy_node()
         finally:
             rclpy.shutdown(context=context)

@@ -312,6 +312,23 @@ def test_device_and_backend_parameters(caplog):
         load_estimator("random:tiny", "eager", "tpu", "", logger)
 
 
+@pytest.mark.parametrize("change,message", [
+    ({"odom_frame": "/odom"}, "'odom_frame' must be a frame id without a leading '/'"),
+    ({"base_frame": ""}, "'base_frame' must be a frame id"),
+    ({"base_frame": "odom"}, "'odom_frame' and 'base_frame' are both 'odom'"),
+    ({"fx": 360.0}, "fx fy cx cy must all be > 0 when fx is given, got 360.0 0.0 0.0 0.0"),
+    ({"model_fps": -2.0}, r"'model_fps' must be >= 0 \(0 = the model's own rate\), got -2.0"),
+    ({"publish_rate": -1.0}, "'publish_rate' must be >= 0"),
+    ({"path_max_length": 0}, "'path_max_length' must be >= 1"),
+])
+def test_parameters_are_checked_before_the_model_loads(change, message):
+    from lapose_ros.node import PARAMETERS, LaPoseNodeError, check_parameters
+
+    check_parameters(dict(PARAMETERS))
+    with pytest.raises(LaPoseNodeError, match=message):
+        check_parameters(dict(PARAMETERS, **change))
+
+
 def test_camera_intrinsics_reach_the_lapose_estimator(ros_context):
     """Without the hybrid the node still hands LA-Pose the camera's intrinsics, for the principal
     point its rotation refit lays the flow out about: from the fx fy cx cy parameters, then from
