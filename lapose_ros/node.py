@@ -67,6 +67,7 @@ BACKEND_CHOICES = ("auto", "tensorrt", "compile", "eager")
 ESTIMATOR_CHOICES = ("hybrid", "lapose")
 
 DIAGNOSTICS_PERIOD_S = 1.0
+CLOCK_MISMATCH_S = 10.0  # publish_rate > 0: the node's clock this far from the image stamps is a setup error
 
 # name -> default. The same names and values are in config/lapose.yaml (a test keeps them in step).
 PARAMETERS: dict[str, Any] = {
@@ -592,6 +593,15 @@ class LaPoseNode(Node):
             estimate = self.vo.extrapolate(now.nanoseconds * 1e-9)
             if estimate is not None:
                 self._publish_odometry(estimate, now.to_msg())
+            last = self.vo.monitor.last_stamp
+            if estimate is None and self.vo.tracking and last is not None \
+                    and abs(offset := now.nanoseconds * 1e-9 - last) > CLOCK_MISMATCH_S:
+                # The timer publishes at this node's clock, which the images' stamps must share: a
+                # bag replayed without use_sim_time is stamped in the past, and nothing is published.
+                self.get_logger().warning(
+                    f"publish_rate: this node's clock is {offset:+.1f} s from the images' stamps, so no "
+                    "odometry is published (replaying a bag? set use_sim_time and play it with --clock)",
+                    throttle_duration_sec=10.0)
         finally:
             self._lock.release()
 

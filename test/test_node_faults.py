@@ -477,3 +477,36 @@ def test_path_carries_the_images_own_stamps(live, kitti):
     assert (path.header.stamp.sec, path.header.stamp.nanosec) == sent[-1]
     odom = harness.odom[-1].header.stamp
     assert (odom.sec, odom.nanosec) == sent[-1]
+
+
+def test_publish_rate_publishes_at_the_node_clock_and_says_when_it_cannot(live, kitti):
+    """publish_rate > 0: odometry from a timer at the node's clock, extrapolated from the last
+    keyframes. A clock far from the images' stamps (a bag played without use_sim_time) publishes
+    nothing, and the node says why instead of staying silent."""
+    node, harness = live(publish_rate=50.0)  # a timer: every image only feeds the odometry
+    send(harness, [("frame", kitti, i, kitti.stamp(i)) for i in range(20)])
+    harness.spin_for(0.3)
+    assert not harness.odom  # stamped in 2023: this node's clock is years ahead of them
+    last = node.node.vo.monitor.last_stamp
+    warnings = []
+
+    class Clock:
+        seconds = last + 0.05
+
+        def now(self):
+            return rclpy.time.Time(nanoseconds=int(round(self.seconds * 1e9)))
+
+    class Logger:
+        def warning(self, message, **kwargs):
+            warnings.append(message)
+
+    node.node.get_clock, node.node.get_logger = Clock, Logger  # the timer's view of time and its log
+    node.node._on_publish_timer()
+    harness.spin_until(lambda: harness.odom, 5, "odometry from the timer")
+    assert abs(stamp_of(harness.odom[0]) - (last + 0.05)) < 1e-6 and not warnings
+    expected = node.node.vo.extrapolate(last + 0.05).pose
+    np.testing.assert_allclose(msg_pose(harness.odom[0].pose.pose), expected, atol=1e-5)  # stamp via ns vs float s
+    Clock.seconds = last + 3600.0
+    node.node._on_publish_timer()
+    assert warnings and "clock is +3600.0 s from the images' stamps" in warnings[-1]
+    assert "use_sim_time" in warnings[-1]
