@@ -36,6 +36,16 @@ STRING_PARAMETERS = ("image_topic", "camera_info_topic", "odom_frame", "base_fra
 FLOAT_PARAMETERS = ("camera_height_m", "camera_pitch_deg", "base_height_m")
 
 
+# The node logs this once its model is loaded and it is subscribed: the launch file starts a bag's
+# playback on it, not before (loading, or building a TensorRT engine, can outlast a short bag).
+NODE_READY_LOG = "LA-Pose odometry:"
+
+
+def is_ready_line(text: bytes | str) -> bool:
+    """Whether a chunk of the node's output holds its ready line."""
+    return NODE_READY_LOG in (text.decode(errors="replace") if isinstance(text, bytes) else text)
+
+
 class LaunchArgumentError(ValueError):
     """A launch argument that cannot be passed on (the message names it)."""
 

@@ -57,6 +57,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from .image_conversion import ImageConversionError, ImageConverter, UnsupportedEncodingError
+from .launch_arguments import NODE_READY_LOG
 from .odometry import (DEFAULT_CAMERA_TO_BASE, NewestFrameBuffer, OdometryConfigError, OdometryEstimate,
                        VisualOdometry, camera_to_base_from_xyz_quat, pose_to_xyz_quat)
 from .rectify import CameraModel, RectificationError, Rectifier, is_rectified_topic, should_rectify
@@ -343,7 +344,7 @@ class LaPoseNode(Node):
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._process_frames, name="lapose_odometry", daemon=True)
         self._worker.start()
-        log.info(f"LA-Pose odometry: {p['image_topic']} -> {p['odom_topic']} ({p['odom_frame']} -> "
+        log.info(f"{NODE_READY_LOG} {p['image_topic']} -> {p['odom_topic']} ({p['odom_frame']} -> "
                  f"{p['base_frame']}), model {getattr(estimator, 'checkpoint_name', '?')}, backend "
                  f"{getattr(estimator, 'backend', '?')}, keyframes at {fps:g} fps")
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from lapose_ros.launch_arguments import (ARGUMENTS, FLOAT_PARAMETERS, LAUNCH_ONLY, STRING_PARAMETERS,
-                                         LaunchArgumentError, help_text, node_overrides)
+                                         LaunchArgumentError, help_text, is_ready_line, node_overrides)
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "lapose.launch.py"
@@ -32,7 +32,7 @@ def test_launch_file_parses_and_takes_its_arguments_from_the_package():
     assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     imported = {alias.name for n in tree.body if isinstance(n, ast.ImportFrom)
                 and n.module == "lapose_ros.launch_arguments" for alias in n.names}
-    assert imported >= {"ARGUMENTS", "node_overrides"}
+    assert imported >= {"ARGUMENTS", "node_overrides", "is_ready_line"}  # a bag waits for the node
     assert set(ARGUMENTS) >= {"image_topic", "camera_info_topic", "odom_frame", "base_frame", "checkpoint",
                               "backend", "device", "use_sim_time", "params_file", "rviz", "bag"}
     assert set(LAUNCH_ONLY) == {"params_file", "rviz", "bag"}
@@ -55,6 +55,12 @@ def test_every_launch_argument_maps_to_a_parameter():
     assert typed | set(LAUNCH_ONLY) == set(ARGUMENTS)
     for name in FLOAT_PARAMETERS:
         assert isinstance(params[name], float), f"{name} is not a float in {PARAMS_FILE.name}"
+
+
+def test_ready_line_is_found_in_the_nodes_output():
+    assert is_ready_line(b"[INFO] [1.2] [lapose_node]: LA-Pose odometry: /camera/image_raw -> /lapose/odom")
+    assert is_ready_line("[INFO] [lapose_node]: LA-Pose odometry: /cam")
+    assert not is_ready_line(b"[INFO] [lapose_node]: tf2_ros not installed")
 
 
 def test_only_given_launch_arguments_override_the_parameter_file():

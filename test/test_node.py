@@ -20,6 +20,7 @@ from std_srvs.srv import Trigger
 
 from lapose_ros.image_conversion import (ImageConversionError, ImageConverter, UnsupportedEncodingError,
                                          fill_image_msg)
+from lapose_ros.launch_arguments import is_ready_line
 from lapose_ros.odometry import camera_motion_to_base, default_camera_to_base
 from node_harness import Harness, KittiStream, TFMessage, msg_pose
 from sensor_msgs.msg import Image
@@ -188,6 +189,8 @@ def test_node_publishes_odometry_tf_path_and_diagnostics(ros_context, stream, tm
     finally:
         code = node.stop()
     assert code == 0, node.output()
+    # The line a launch file waits for before it plays a bag (lapose_ros.launch_arguments).
+    assert is_ready_line(node.output().encode()), node.output()
 
     # Odometry: frames, stamps (each one an image stamp), nothing while warming up.
     stamps = [round(rclpy.time.Time.from_msg(o.header.stamp).nanoseconds * 1e-9, 6) for o in harness.odom]
