@@ -313,7 +313,9 @@ class LaPoseNode(Node):
         self._rectifier: Optional[Rectifier] = None
         self._rectification = "none (no CameraInfo yet)"
         self._camera_frame = ""
-        self._last_handled: Optional[float] = None  # perf_counter() when the last image was handled
+        # perf_counter() when the last image arrived and when the last one was handled.
+        self._last_received: Optional[float] = None
+        self._last_handled: Optional[float] = None
         self._camera_to_base_source = "parameter camera_to_base"
         self._has_tracked = False  # the camera-to-base transform is taken from TF until then
         self._mount_warning = ""
@@ -485,7 +487,8 @@ class LaPoseNode(Node):
         """Camera callback: hand the frame to the processing thread, nothing else (never blocks)."""
         self.counters["received"] += 1
         due = self.vo.selector.is_due(stamp_seconds(msg.header.stamp))
-        self._frames.put((time.perf_counter(), msg), due_as_keyframe=due)
+        self._last_received = arrival = time.perf_counter()
+        self._frames.put((arrival, msg), due_as_keyframe=due)
 
     def _process_frames(self) -> None:
         while not self._stopping.is_set():
@@ -509,10 +512,11 @@ class LaPoseNode(Node):
             self._last_handled = time.perf_counter()
 
     def camera_silence_s(self) -> Optional[float]:
-        """Seconds since the last image was handled (None before the first): a node still working
-        through the images it received is not silent."""
-        last = self._last_handled
-        return None if last is None else time.perf_counter() - last
+        """Seconds since the last image arrived or was handled (None before the first): a node
+        still working through the images it received is not silent, nor is a camera whose images
+        arrive while a slow keyframe (a TensorRT engine's first build) holds the processing."""
+        last = max(self._last_received or 0.0, self._last_handled or 0.0)
+        return None if not last else time.perf_counter() - last
 
     def _process_image(self, msg: Image, arrival: float) -> tuple[str, bool, str]:
         """Odometry from one image; returns (outcome, whether odometry was published, reset reason)."""
