@@ -10,6 +10,7 @@ camera rates of 10 Hz (KITTI) and 30 Hz. The compiled model's output is compared
 same window.
 
   lapose bench --quick            # eager on the bundled model, 200 frames (40 keyframes)
+  lapose bench --quick --compressed   # the same frames as JPEG CompressedImage
   lapose bench --frames 100       # every backend, the paper-size model too
   lapose bench --soak 10          # the live node under a 30 Hz camera for 10 minutes (lapose_ros.soak)
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import cv2
 import numpy as np
 
 from lapose_core import KITTI_CAMERA_HEIGHT_M
@@ -92,15 +94,17 @@ def load_frames(folder: Path, count: int, loop: bool = False) -> tuple[list[np.n
 
 
 def measure_node(estimator: Any, frames: list[np.ndarray], times: np.ndarray, warmup: int,
-                 label: tuple[str, str, str], domain_id: int, timeout_s: float = 120.0) -> Measurement:
-    """Run LaPoseNode in-process; send each frame after the previous odometry came back."""
+                 label: tuple[str, str, str], domain_id: int, timeout_s: float = 120.0,
+                 compressed: bool = False) -> Measurement:
+    """Run LaPoseNode in-process; send each frame after the previous odometry came back.
+    ``compressed``: as sensor_msgs/CompressedImage (JPEG), as cars' bags carry them."""
     import rclpy
     import rclpy.context
     import rclpy.time
     from nav_msgs.msg import Odometry
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CompressedImage, Image
 
     from .image_conversion import fill_image_msg
     from .node import LaPoseNode, freeze_start_up_objects
@@ -111,13 +115,15 @@ def measure_node(estimator: Any, frames: list[np.ndarray], times: np.ndarray, wa
     context = rclpy.context.Context()
     rclpy.init(context=context)
     try:
+        image_topic = "/bench/image/compressed" if compressed else "/bench/image"
         node = LaPoseNode(estimator=estimator, context=context, parameter_overrides=[
-            Parameter("image_topic", value="/bench/image"), Parameter("odom_topic", value="/bench/odom"),
+            Parameter("image_topic", value=image_topic), Parameter("odom_topic", value="/bench/odom"),
             Parameter("camera_info_topic", value="/bench/camera_info"),
             Parameter("path_topic", value="/bench/path"), Parameter("publish_tf", value=False),
             Parameter("qos_depth", value=10), Parameter("max_gap_s", value=1e6)])
         client = rclpy.create_node("lapose_bench_camera", context=context)
-        publisher = client.create_publisher(Image, "/bench/image", 10)
+        publisher = client.create_publisher(CompressedImage if compressed else Image, image_topic, 10)
+        jpegs = [cv2.imencode(".jpg", gray)[1].tobytes() for gray in frames] if compressed else None
         received: dict[int, float] = {}
 
         def on_odom(msg: Odometry) -> None:
@@ -136,7 +142,10 @@ def measure_node(estimator: Any, frames: list[np.ndarray], times: np.ndarray, wa
 
         keyframe_ms, between_ms = [], []
         for i, gray in enumerate(frames):
-            msg = fill_image_msg(Image(), gray, "mono8")
+            if compressed:
+                msg = CompressedImage(format="mono8; jpeg compressed mono8", data=jpegs[i])
+            else:
+                msg = fill_image_msg(Image(), gray, "mono8")
             stamp_ns = int(round((1.0e9 + float(times[i])) * 1e9))
             msg.header.stamp = rclpy.time.Time(nanoseconds=stamp_ns).to_msg()
             msg.header.frame_id = "camera_optical"
@@ -274,7 +283,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 print(f"{model_name} {device} {backend}: ready in {setup_s:.1f} s, measuring "
                       f"{count} frames after {warmup} warm-up frames", flush=True)
                 results.append(measure_node(estimator, frames[:warmup + count], times, warmup,
-                                            (model_name, device, backend), args.domain_id))
+                                            (model_name, device, backend), args.domain_id,
+                                            compressed=args.compressed))
                 if backend == "eager":
                     eager = estimator
                 else:
@@ -289,7 +299,8 @@ def run_bench(args: argparse.Namespace) -> int:
               f"{'mid p50':>9}{'mid p95':>9}{'max Hz':>9}" +
               "".join(f"{f'load@{hz:g}Hz':>11}" for hz in CAMERA_RATES_HZ))
     print("\nlatency from image publication to odometry reception, ms (key: keyframe, one encoder pass "
-          "+ window model; mid: between keyframes)")
+          "+ window model; mid: between keyframes)" +
+          ("; images sent as JPEG sensor_msgs/CompressedImage" if args.compressed else ""))
     print(header)
     for m in results:
         print(f"{m.model:<{width}}{m.device:<7}{m.backend:<10}{percentile(m.keyframe_ms, 50)} "
@@ -326,6 +337,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "the road (default 1.65, the sample's KITTI camera; 0 skips it)")
     p.add_argument("--camera-pitch-deg", type=float, default=0.0,
                    help="that camera's pitch below the road plane, degrees (default 0, level)")
+    p.add_argument("--compressed", action="store_true",
+                   help="send the frames as JPEG sensor_msgs/CompressedImage on <topic>/compressed, as "
+                        "cars' bags carry them (the node decodes only keyframes)")
     p.add_argument("--domain-id", type=int, default=200 + os.getpid() % 30,
                    help="private ROS_DOMAIN_ID of the in-process node (discovery stays on loopback)")
     soak = p.add_argument_group("soak (--soak MINUTES): the node as its own process under a live camera")

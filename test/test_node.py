@@ -510,6 +510,19 @@ def test_bench_measures_the_node_in_process(ros_domain_id, shared_data, capsys):
     assert bench.main(["--frames", "0"]) == 2  # a bad option is an error message, not a traceback
 
 
+def test_bench_sends_compressed_images_when_asked(ros_domain_id, shared_data, capsys):
+    from lapose_ros import bench
+
+    code = bench.main(["--quick", "--frames", "6", "--domain-id", str(ros_domain_id), "--compressed",
+                       "--camera-height-m", "0", "--sequence", str(shared_data / "kitti" / "03_head")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "images sent as JPEG sensor_msgs/CompressedImage" in out
+    table = out[out.index("latency from image publication"):].splitlines()[2:]
+    rows = [line.split() for line in table if line.split()[1:3] == ["cpu", "eager"] and " at " not in line]
+    assert [r[0] for r in rows] == ["bundled", "hybrid:bundled"], out
+
+
 def test_bench_loops_a_short_sequence_with_time_running_on():
     from lapose_core import ASSETS_DIR
     from lapose_ros.bench import load_frames
