@@ -52,27 +52,30 @@ class KeyframeSelector:
         self._intervals: deque[float] = deque(maxlen=15)
 
     def is_due(self, stamp: float) -> bool:
-        """Whether the frame at ``stamp``, offered next, becomes a keyframe (changes nothing)."""
-        intervals = list(self._intervals)
-        if self._last_frame is not None and stamp > self._last_frame:
-            intervals = intervals[1 - self._intervals.maxlen:] + [stamp - self._last_frame]
-        return self._due(stamp, intervals)
+        """Whether the frame at ``stamp``, offered next, becomes a keyframe (changes nothing).
+
+        Safe from another thread (the node's image callback) while the processing thread offers
+        frames or resets: each field is read once."""
+        last_keyframe, last_frame, intervals = self._last_keyframe, self._last_frame, list(self._intervals)
+        if last_frame is not None and stamp > last_frame:
+            intervals = intervals[1 - self._intervals.maxlen:] + [stamp - last_frame]
+        return self._due(stamp, intervals, last_keyframe)
 
     def offer(self, stamp: float) -> bool:
         """Whether the frame at ``stamp`` (seconds) becomes a keyframe."""
         if self._last_frame is not None and stamp > self._last_frame:
             self._intervals.append(stamp - self._last_frame)
         self._last_frame = stamp
-        if self._due(stamp, self._intervals):
+        if self._due(stamp, self._intervals, self._last_keyframe):
             self._last_keyframe = stamp
             return True
         return False
 
-    def _due(self, stamp: float, intervals: Sequence[float]) -> bool:
-        if self._last_keyframe is None:
+    def _due(self, stamp: float, intervals: Sequence[float], last_keyframe: Optional[float]) -> bool:
+        if last_keyframe is None:
             return True
         tolerance = min(0.5 * camera_period(intervals), 0.25 * self.period)
-        return stamp - self._last_keyframe >= self.period - tolerance
+        return stamp - last_keyframe >= self.period - tolerance
 
     def reset(self) -> None:
         self._last_keyframe = None

@@ -59,10 +59,11 @@ def help_text(name: str) -> str:
 
 
 def is_true(name: str, value: str) -> bool:
+    """A boolean launch argument as launch's IfCondition reads one ('' = not given = false)."""
     lowered = value.strip().lower()
-    if lowered not in ("true", "false", ""):
+    if lowered not in ("true", "false", "1", "0", ""):
         raise LaunchArgumentError(f"launch argument {name}:={value} must be true or false")
-    return lowered == "true"
+    return lowered in ("true", "1")
 
 
 def node_overrides(values: Mapping[str, str]) -> dict[str, Any]:

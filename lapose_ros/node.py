@@ -201,7 +201,9 @@ def load_estimator(checkpoint: str, backend: str, device: str, engine_cache_dir:
 def check_parameters(p: dict[str, Any]) -> None:
     """The checks that need no model, made before it loads (seconds on a car's computer)."""
     for name in ("odom_frame", "base_frame"):
-        if not p[name] or p[name].startswith("/"):
+        if not p[name]:
+            raise LaPoseNodeError(f"parameter '{name}' must name a frame, got ''")
+        if p[name].startswith("/"):
             raise LaPoseNodeError(f"parameter '{name}' must be a frame id without a leading '/' (tf2 "
                                   f"rejects those), got '{p[name]}'")
     if p["odom_frame"] == p["base_frame"]:
@@ -313,7 +315,9 @@ class LaPoseNode(Node):
         self._rectifier: Optional[Rectifier] = None
         self._rectification = "none (no CameraInfo yet)"
         self._camera_frame = ""
-        # perf_counter() when the last image arrived and when the last one was handled.
+        # perf_counter() when the node was up (its model loaded), when the last image arrived and
+        # when the last one was handled.
+        self._started = time.perf_counter()
         self._last_received: Optional[float] = None
         self._last_handled: Optional[float] = None
         self._camera_to_base_source = "parameter camera_to_base"
@@ -508,15 +512,16 @@ class LaPoseNode(Node):
         try:
             outcome, published, reset_reason = self._process_image(msg, arrival)
         finally:  # every image is acknowledged, whatever became of it
+            self._last_handled = time.perf_counter()  # before: whoever waits on ~/processed sees it
             self._publish_processed(msg.header, outcome, published, reset_reason, arrival)
-            self._last_handled = time.perf_counter()
 
-    def camera_silence_s(self) -> Optional[float]:
-        """Seconds since the last image arrived or was handled (None before the first): a node
-        still working through the images it received is not silent, nor is a camera whose images
-        arrive while a slow keyframe (a TensorRT engine's first build) holds the processing."""
-        last = max(self._last_received or 0.0, self._last_handled or 0.0)
-        return None if not last else time.perf_counter() - last
+    def camera_silence_s(self) -> float:
+        """Seconds since the last image arrived or was handled, or since the node started (a wrong
+        image_topic, the commonest set-up error, then shows too): a node still working through the
+        images it received is not silent, nor is a camera whose images arrive while a slow keyframe
+        (a TensorRT engine's first build) holds the processing."""
+        latest = max(self._started, self._last_received or 0.0, self._last_handled or 0.0)
+        return time.perf_counter() - latest
 
     def _process_image(self, msg: Image, arrival: float) -> tuple[str, bool, str]:
         """Odometry from one image; returns (outcome, whether odometry was published, reset reason)."""
@@ -600,9 +605,11 @@ class LaPoseNode(Node):
                 self._publish_odometry(estimate, now.to_msg())
             last = self.vo.monitor.last_stamp
             if estimate is None and self.vo.tracking and last is not None \
+                    and self.camera_silence_s() <= self.params["max_gap_s"] \
                     and abs(offset := now.nanoseconds * 1e-9 - last) > CLOCK_MISMATCH_S:
-                # The timer publishes at this node's clock, which the images' stamps must share: a
-                # bag replayed without use_sim_time is stamped in the past, and nothing is published.
+                # Images keep coming, yet their stamps are far from this node's clock, at which the
+                # timer publishes: a bag replayed without use_sim_time (stamped in the past) or sim
+                # time without /clock (a clock at 0). A silent camera is diagnostics' to report.
                 self.get_logger().warning(
                     f"publish_rate: this node's clock is {offset:+.1f} s from the images' stamps, so no "
                     "odometry is published (replaying a bag? set use_sim_time and play it with --clock)",
@@ -679,7 +686,7 @@ class LaPoseNode(Node):
             "model_errors": str(self.counters["model_errors"]),
             "resets": str(vo.resets),
             "last_reset_reason": vo.last_reset_reason,
-            "seconds_since_image": "" if (silence := self.camera_silence_s()) is None else f"{silence:.1f}",
+            "seconds_since_image": f"{self.camera_silence_s():.1f}",
             "latency_ms_p50": f"{np.percentile(lat, 50):.1f}" if lat.size else "",
             "latency_ms_p95": f"{np.percentile(lat, 95):.1f}" if lat.size else "",
             "keyframe_latency_ms_p50": f"{np.percentile(key, 50):.1f}" if key.size else "",
@@ -739,7 +746,7 @@ class LaPoseNode(Node):
         # Silent for longer than max_gap_s: the next image starts a new window, the odometry has
         # stopped (a period's grace, so that a tick just after a frame never reads as silence).
         silence = self.camera_silence_s()
-        if silence is not None and silence > self.params["max_gap_s"] + DIAGNOSTICS_PERIOD_S:
+        if silence > self.params["max_gap_s"] + DIAGNOSTICS_PERIOD_S:
             status.level = DiagnosticStatus.WARN
             status.message = f"{status.message}; no image for {silence:.1f} s on {self.params['image_topic']}"
         status.values = [KeyValue(key=k, value=v) for k, v in self.diagnostic_values().items()]

@@ -502,11 +502,12 @@ class VisualOdometry:
     def extrapolate(self, stamp: float) -> Optional[OdometryEstimate]:
         """Odometry at an arbitrary stamp (for publishing at a fixed rate).
 
-        None while warming up, and once the camera has been silent for longer than ``max_gap_s``:
-        extrapolating further would publish a guess as if it were a measurement.
+        None while warming up, once the camera has been silent for longer than ``max_gap_s``
+        (extrapolating further would publish a guess as if it were a measurement), and for a stamp
+        that far before the last frame (a clock behind the images': nothing to publish there).
         """
         last = self.monitor.last_stamp
-        if not self.tracking or last is None or stamp - last > self.monitor.max_gap_s:
+        if not self.tracking or last is None or abs(stamp - last) > self.monitor.max_gap_s:
             return None
         return self._estimate(stamp, is_keyframe=False)
 

@@ -72,6 +72,7 @@ def test_only_given_launch_arguments_override_the_parameter_file():
     assert type(given["camera_height_m"]) is float
     assert node_overrides({"bag": "/data/drive", "use_sim_time": "false"}) == {"use_sim_time": True}
     assert node_overrides({"use_sim_time": "TRUE"}) == {"use_sim_time": True}
+    assert node_overrides({"use_sim_time": "1"}) == {"use_sim_time": True}  # as IfCondition reads it
     with pytest.raises(LaunchArgumentError, match="camera_height_m:=high is not a number"):
         node_overrides({"camera_height_m": "high"})
     with pytest.raises(LaunchArgumentError, match="use_sim_time:=yes must be true or false"):

@@ -317,7 +317,7 @@ def test_device_and_backend_parameters(caplog):
 
 @pytest.mark.parametrize("change,message", [
     ({"odom_frame": "/odom"}, "'odom_frame' must be a frame id without a leading '/'"),
-    ({"base_frame": ""}, "'base_frame' must be a frame id"),
+    ({"base_frame": ""}, "'base_frame' must name a frame, got ''"),
     ({"base_frame": "odom"}, "'odom_frame' and 'base_frame' are both 'odom'"),
     ({"fx": 360.0}, "fx fy cx cy must all be > 0 when fx is given, got 360.0 0.0 0.0 0.0"),
     ({"model_fps": -2.0}, r"'model_fps' must be >= 0 \(0 = the model's own rate\), got -2.0"),

@@ -445,12 +445,22 @@ def test_only_keyframes_are_converted(live, kitti):
 
 def test_a_silent_camera_is_reported(live, kitti):
     """Once no image has come for longer than max_gap_s (and a diagnostics period), diagnostics warn
-    and say for how long: the odometry has stopped, whatever the last status was."""
+    and say for how long: the odometry has stopped, whatever the last status was. Counted from the
+    node's start too, so a wrong image_topic shows."""
+    import re
+
     from diagnostic_msgs.msg import DiagnosticStatus
+
+    def silence(status):
+        found = re.search(r"; no image for (\d+\.\d) s on /camera/image_raw$", status.message)
+        return None if found is None else float(found.group(1))
 
     node, harness = live()
     status = node.node.diagnostic_status()
-    assert status.message == "warming up (0/16 keyframes)"  # nothing yet: not silent, not started
+    assert status.message == "warming up (0/16 keyframes)"  # just started: not silent yet
+    node.node._started -= MAX_GAP_S + 1.5  # as if it had started that long ago, and no image came
+    status = node.node.diagnostic_status()
+    assert status.message.startswith("warming up (0/16 keyframes); ") and silence(status) >= 2.5
     send(harness, [("frame", kitti, i, kitti.stamp(i)) for i in range(20)])
     status = node.node.diagnostic_status()
     assert (status.message, status.level) == ("tracking", DiagnosticStatus.OK)
@@ -458,7 +468,7 @@ def test_a_silent_camera_is_reported(live, kitti):
     node.node._last_received -= MAX_GAP_S + 1.5
     status = node.node.diagnostic_status()
     assert status.level == DiagnosticStatus.WARN
-    assert status.message.startswith("tracking; no image for 2.5 s on /camera/image_raw")
+    assert status.message.startswith("tracking; ") and silence(status) >= 2.5
     assert float({kv.key: kv.value for kv in status.values}["seconds_since_image"]) >= 2.5
     # Images still arriving while a slow keyframe holds the processing: the camera is not silent.
     node.node._last_received += MAX_GAP_S + 1.5
@@ -485,12 +495,14 @@ def test_path_carries_the_images_own_stamps(live, kitti):
 
 def test_publish_rate_publishes_at_the_node_clock_and_says_when_it_cannot(live, kitti):
     """publish_rate > 0: odometry from a timer at the node's clock, extrapolated from the last
-    keyframes. A clock far from the images' stamps (a bag played without use_sim_time) publishes
-    nothing, and the node says why instead of staying silent."""
-    node, harness = live(publish_rate=50.0)  # a timer: every image only feeds the odometry
+    keyframes. A clock far from the images' stamps while they keep coming (a bag played without
+    use_sim_time, or sim time without /clock) publishes nothing, and the node says why instead of
+    staying silent; a camera that stopped is left to diagnostics."""
+    # A timer every 100 s: its ticks are the test's own calls, none of the node's in between.
+    node, harness = live(publish_rate=0.01)
     send(harness, [("frame", kitti, i, kitti.stamp(i)) for i in range(20)])
     harness.spin_for(0.3)
-    assert not harness.odom  # stamped in 2023: this node's clock is years ahead of them
+    assert not harness.odom  # a timer publishes, not each image
     last = node.node.vo.monitor.last_stamp
     warnings = []
 
@@ -509,8 +521,17 @@ def test_publish_rate_publishes_at_the_node_clock_and_says_when_it_cannot(live, 
     harness.spin_until(lambda: harness.odom, 5, "odometry from the timer")
     assert abs(stamp_of(harness.odom[0]) - (last + 0.05)) < 1e-6 and not warnings
     expected = node.node.vo.extrapolate(last + 0.05).pose
-    np.testing.assert_allclose(msg_pose(harness.odom[0].pose.pose), expected, atol=1e-5)  # stamp via ns vs float s
-    Clock.seconds = last + 3600.0
+    # atol: the stamp goes through integer nanoseconds, the offline pose through float seconds.
+    np.testing.assert_allclose(msg_pose(harness.odom[0].pose.pose), expected, atol=1e-5)
+    for offset in (3600.0, -last):  # a bag's stamps in the past; sim time without /clock (now = 0)
+        Clock.seconds = last + offset
+        node.node._on_publish_timer()
+        assert warnings and f"clock is {offset:+.1f} s from the images' stamps" in warnings[-1]
+        assert "use_sim_time" in warnings[-1]
+    harness.spin_for(0.2)
+    assert len(harness.odom) == 1  # nothing published at either clock
+    node.node._last_handled -= 60.0  # the camera stopped a minute ago: not the clock's fault
+    node.node._last_received -= 60.0
+    count = len(warnings)
     node.node._on_publish_timer()
-    assert warnings and "clock is +3600.0 s from the images' stamps" in warnings[-1]
-    assert "use_sim_time" in warnings[-1]
+    assert len(warnings) == count

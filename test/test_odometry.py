@@ -61,6 +61,24 @@ def test_is_due_says_what_offer_will_do():
         assert taken > 20
 
 
+def test_is_due_is_safe_while_another_thread_resets(monkeypatch):
+    """The node's image callback asks is_due while its processing thread may reset the selector:
+    a reset landing in the middle of the question must not make it fail."""
+    import lapose_core.stream as stream
+
+    selector = KeyframeSelector(fps=2.0)
+    for t in (0.0, 0.1, 0.2):
+        selector.offer(t)
+    period = stream.camera_period
+
+    def reset_meanwhile(intervals):
+        selector.reset()  # what the other thread does, at the worst moment
+        return period(intervals)
+
+    monkeypatch.setattr(stream, "camera_period", reset_meanwhile)
+    assert selector.is_due(0.5)  # half a second after the keyframe at 0.0, as it was asked
+
+
 def test_keyframe_rate_must_be_positive():
     with pytest.raises(OdometryConfigError, match="model_fps"):
         KeyframeSelector(fps=0.0)
