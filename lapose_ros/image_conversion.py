@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from lapose_core.data.frame_source import FrameReadError
-from lapose_core.data.rosbag_source import compressed_msg_to_rgb
+from lapose_core.data.rosbag_source import compressed_msg_to_rgb, message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,7 @@ class UnsupportedEncodingError(ImageConversionError):
                          f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
 
 
-def _raw_bytes(msg: Any) -> np.ndarray:
-    if isinstance(msg.data, (list, tuple, np.ndarray)):
-        return np.asarray(msg.data, dtype=np.uint8).reshape(-1)
-    return np.frombuffer(msg.data, dtype=np.uint8)  # bytes or array.array('B') as rclpy gives it: no copy
-
-
-def check_raw_image(msg: Any, topic: str = "", data: Optional[np.ndarray] = None) -> tuple[int, int]:
+def check_raw_image(msg: Any, topic: str = "") -> tuple[int, int]:
     """(height, width) of a ``sensor_msgs/Image`` whose header and buffer agree; raises
     :class:`ImageConversionError` naming what does not. Reads no pixel."""
     if msg.encoding not in SUPPORTED_ENCODINGS:
@@ -65,7 +59,7 @@ def check_raw_image(msg: Any, topic: str = "", data: Optional[np.ndarray] = None
     if step < row_bytes:
         raise ImageConversionError(f"image step {step} is smaller than width*channels*bytes "
                                    f"= {row_bytes} ({msg.encoding}, {width}x{height})")
-    size = (len(msg.data) if data is None else data.size)
+    size = len(msg.data)
     if size < step * height:
         raise ImageConversionError(f"image data has {size} bytes, expected step*height = "
                                    f"{step}*{height} = {step * height} ({msg.encoding})")
@@ -74,8 +68,8 @@ def check_raw_image(msg: Any, topic: str = "", data: Optional[np.ndarray] = None
 
 def unpack_with_numpy(msg: Any) -> np.ndarray:
     """The raw pixel array of an image message, (H, W) or (H, W, C), native byte order."""
-    data = _raw_bytes(msg)
-    height, width = check_raw_image(msg, data=data)
+    height, width = check_raw_image(msg)
+    data = message_bytes(msg.data)
     dtype_code, channels = SUPPORTED_ENCODINGS[msg.encoding]
     dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
     step, row_bytes = int(msg.step), width * channels * dtype.itemsize

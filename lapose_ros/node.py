@@ -56,6 +56,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
+from lapose_core.data.rosbag_source import image_transport_base
+
 from .image_conversion import ImageConversionError, ImageConverter, UnsupportedEncodingError
 from .launch_arguments import NODE_READY_LOG
 from .odometry import (DEFAULT_CAMERA_TO_BASE, NewestFrameBuffer, OdometryConfigError, OdometryEstimate,
@@ -332,7 +334,7 @@ class LaPoseNode(Node):
 
         qos = sensor_qos(p["qos_depth"])
         # image_transport's layout: <base>/compressed carries sensor_msgs/CompressedImage.
-        image_type = CompressedImage if p["image_topic"].rstrip("/").endswith("/compressed") else Image
+        image_type = CompressedImage if image_transport_base(p["image_topic"])[1] else Image
         self.create_subscription(image_type, p["image_topic"], self._on_image, qos)
         self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, qos)
         self.odom_pub = self.create_publisher(Odometry, p["odom_topic"], 10)

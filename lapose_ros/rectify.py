@@ -20,6 +20,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lapose_core.data.rosbag_source import image_transport_base
+
 # CameraInfo's distortion models (sensor_msgs/distortion_models) that OpenCV rectifies.
 PINHOLE_MODELS = ("plumb_bob", "rational_polynomial")
 FISHEYE_MODELS = ("equidistant",)
@@ -35,10 +37,7 @@ RECTIFY_CHOICES = ("auto", "always", "never")
 def is_rectified_topic(image_topic: str) -> bool:
     """Whether ``image_topic`` carries rectified images, as image_proc names them (``image_rect``,
     ``image_rect_color``, and their ``/compressed``): their camera is CameraInfo's P, not K."""
-    names = image_topic.rstrip("/").split("/")
-    if names[-1] == "compressed":
-        names = names[:-1]
-    return bool(names) and names[-1].startswith("image_rect")
+    return image_transport_base(image_topic)[0].split("/")[-1].startswith("image_rect")
 
 
 def should_rectify(choice: str, image_topic: str) -> bool:

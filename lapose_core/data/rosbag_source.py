@@ -97,7 +97,7 @@ def image_msg_to_rgb(msg, where: str) -> np.ndarray:
     dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = width * channels * dtype.itemsize
-    data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
+    data = message_bytes(msg.data)
     if height == 0 or width == 0:
         raise FrameReadError(f"{where}: empty image ({width}x{height})")
     if step < row_bytes or data.size < step * height:
@@ -111,11 +111,17 @@ def image_msg_to_rgb(msg, where: str) -> np.ndarray:
     return np.ascontiguousarray(pixels if to_rgb is None else cv2.cvtColor(pixels, to_rgb))
 
 
+def message_bytes(data) -> np.ndarray:
+    """A message's ``data`` field as flat uint8: an array from rosbags, a list from a test; bytes or
+    array('B') from rclpy, read without a copy."""
+    if isinstance(data, (list, tuple, np.ndarray)):
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
 def compressed_msg_to_rgb(msg, where: str) -> np.ndarray:
     """A deserialised ``sensor_msgs/CompressedImage`` (jpeg, png, ...) -> (H, W, 3) uint8 RGB."""
-    raw = msg.data  # an array from rosbags; bytes or array('B') from rclpy
-    data = (np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray, memoryview))
-            else np.asarray(raw, dtype=np.uint8).reshape(-1))
+    data = message_bytes(msg.data)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise FrameReadError(f"{where}: compressed image (format '{msg.format}', {data.size} bytes) "
@@ -123,12 +129,19 @@ def compressed_msg_to_rgb(msg, where: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def camera_info_topic_for(image_topic: str) -> str:
-    """``/ns/image_raw`` (or ``/ns/image_raw/compressed``) -> ``/ns/camera_info``, image_transport's layout."""
+def image_transport_base(image_topic: str) -> tuple[str, bool]:
+    """image_transport's layout: ``/ns/image_raw/compressed`` -> (``/ns/image_raw``, True), the raw
+    topic it is a transport of and whether it is the compressed one; ``/ns/image_raw`` -> (itself,
+    False)."""
     topic = image_topic.rstrip("/")
     if topic.endswith("/compressed"):
-        topic = topic[: -len("/compressed")]
-    namespace = topic.rsplit("/", 1)[0]
+        return topic[: -len("/compressed")], True
+    return topic, False
+
+
+def camera_info_topic_for(image_topic: str) -> str:
+    """``/ns/image_raw`` (or ``/ns/image_raw/compressed``) -> ``/ns/camera_info``, image_transport's layout."""
+    namespace = image_transport_base(image_topic)[0].rsplit("/", 1)[0]
     return f"{namespace}/camera_info"
 
 
